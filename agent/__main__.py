@@ -1,0 +1,3 @@
+from agent.cli.main import cli
+
+cli(prog_name="stalela")

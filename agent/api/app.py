@@ -1,0 +1,214 @@
+"""The POS-facing HTTP API (contract v1, see docs/api.md)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from typing import Any
+
+import qrcode
+import qrcode.image.pure
+import qrcode.image.svg
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..errors import AgentError, IdempotencyConflict, InvalidInvoice
+from ..fiscal.models import MAX_ITEMS
+from ..service import AgentService
+from . import keys
+from .openapi import openapi_document
+from .problems import problem
+
+log = logging.getLogger("stalela.api")
+
+SERVICE = web.AppKey("service", AgentService)
+METRICS = web.AppKey("metrics", dict)
+
+PUBLIC_PATHS = {"/v1/health", "/v1/openapi.json", "/metrics"}
+
+
+def _metrics() -> dict[str, Any]:
+    reg = CollectorRegistry()
+    return {
+        "registry": reg,
+        "sealed": Counter("stalela_invoices_sealed_total", "Invoices sealed", ["mode"], registry=reg),
+        "refused": Counter("stalela_invoices_refused_total", "Invoices refused", ["status"], registry=reg),
+        "latency": Histogram("stalela_seal_seconds", "Time to seal, request to durable answer",
+                             buckets=(.001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5), registry=reg),
+        "remaining": Gauge("stalela_credential_numbers_remaining", "Fiscal numbers left", registry=reg),
+        "pending": Gauge("stalela_sync_pending", "Sealed invoices not yet acknowledged by the cloud", registry=reg),
+    }
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except AgentError as exc:
+        return problem(exc.status, exc.title, exc.detail, exc.type, **exc.extra)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return problem(413, "Request body too large", exc.text or "the body exceeds the limit",
+                       "/problems/body-too-large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason, exc.text or exc.reason)
+    except Exception:  # never a stack trace to the POS
+        log.exception("unhandled error", extra={"event": "api.error", "path": request.path})
+        return problem(500, "Internal error", "the agent hit an unexpected error; it was logged")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return problem(401, "Unauthorized", "send Authorization: Bearer <api key>", "/problems/unauthorized")
+    name = keys.lookup(request.app[SERVICE].journal.reader, token.strip())
+    if name is None:
+        return problem(401, "Unauthorized", "the API key is not valid for this agent", "/problems/unauthorized")
+    request["api_key_name"] = name
+    return await handler(request)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInvoice("the body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
+    except _FloatRejected as exc:
+        raise InvalidInvoice(f"amounts and quantities are decimal strings, not JSON numbers ({exc})",
+                             errors=[{"field": "body", "message": "floats are not allowed; send \"930.00\""}]) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInvoice(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+class _FloatRejected(ValueError):
+    pass
+
+
+def _reject_float(text: str):
+    raise _FloatRejected(text)
+
+
+def _reject_constant(text: str):
+    raise _FloatRejected(text)
+
+
+async def post_invoice(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    m = request.app[METRICS]
+    started = time.perf_counter()
+    payload = await _json_body(request)
+    if isinstance(payload, dict) and isinstance(payload.get("items"), list) and len(payload["items"]) > MAX_ITEMS:
+        raise InvalidInvoice(f"at most {MAX_ITEMS} items per invoice",
+                             errors=[{"field": "items", "message": f"{len(payload['items'])} items; at most {MAX_ITEMS}"}])
+    try:
+        job = service.prepare(payload)
+        # Fast path for retries: answer from the journal without queueing.
+        existing = service.existing(job.request["request_id"])
+        if existing is not None:
+            fingerprint, body = existing
+            if fingerprint != job.fingerprint:
+                raise IdempotencyConflict(
+                    f"request_id {job.request['request_id']!r} was already used for a different invoice")
+            return web.json_response(body, status=201)
+        outcome = await service.seal(job)
+    except AgentError as exc:
+        m["refused"].labels(str(exc.status)).inc()
+        raise
+    m["latency"].observe(time.perf_counter() - started)
+    if outcome.created:
+        m["sealed"].labels(outcome.invoice["mode"]).inc()
+    body = dict(outcome.invoice)
+    body["sync"] = {"state": "pending", "reason": None}
+    return web.json_response(body, status=201)
+
+
+async def get_invoice(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].get_invoice(request.match_info["id"])
+    if body is None:
+        return problem(404, "Not found", "no invoice with this id", "/problems/not-found")
+    return web.json_response(body)
+
+
+async def list_invoices(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        limit = int(q.get("limit", "50"))
+        cursor = int(q["cursor"]) if q.get("cursor") else None
+    except ValueError:
+        return problem(400, "Bad query", "limit and cursor are integers", "/problems/bad-query")
+    if not 1 <= limit <= 500:
+        return problem(400, "Bad query", "limit must be between 1 and 500", "/problems/bad-query")
+    status = q.get("status")
+    if status not in (None, "sealed", "queued"):
+        return problem(400, "Bad query", "status is sealed or queued", "/problems/bad-query")
+    items, nxt = request.app[SERVICE].list_invoices(status=status, since=q.get("since"), limit=limit, cursor=cursor)
+    return web.json_response({"items": items, "next_cursor": str(nxt) if nxt is not None else None})
+
+
+def _qr(payload: str, box_size: int = 10):
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=4, box_size=box_size)
+    qr.add_data(payload)
+    qr.make(fit=True)
+    return qr
+
+
+async def invoice_qr(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].get_invoice(request.match_info["id"])
+    if body is None:
+        return problem(404, "Not found", "no invoice with this id", "/problems/not-found")
+    payload = body["security"]["qr_payload"]
+    buf = io.BytesIO()
+    if request.match_info["fmt"] == "svg":
+        _qr(payload).make_image(image_factory=qrcode.image.svg.SvgPathImage).save(buf)
+        return web.Response(body=buf.getvalue(), content_type="image/svg+xml")
+    _qr(payload, box_size=6).make_image(image_factory=qrcode.image.pure.PyPNGImage).save(buf)
+    return web.Response(body=buf.getvalue(), content_type="image/png")
+
+
+async def health(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].health()
+    m = request.app[METRICS]
+    m["remaining"].set(body["credential"]["remaining_numbers"])
+    m["pending"].set(body["sync"]["pending"])
+    return web.json_response(body)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    h = request.app[SERVICE].health()
+    m["remaining"].set(h["credential"]["remaining_numbers"])
+    m["pending"].set(h["sync"]["pending"])
+    return web.Response(body=generate_latest(m["registry"]), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return problem(404, "Not found", f"no route {request.method} {request.path}", "/problems/not-found")
+
+
+def init_app(service: AgentService) -> web.Application:
+    app = web.Application(middlewares=[problems_middleware, auth_middleware],
+                          client_max_size=service.config.max_body_bytes)
+    app[SERVICE] = service
+    app[METRICS] = _metrics()
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/invoices", post_invoice)
+    app.router.add_get("/v1/invoices", list_invoices)
+    app.router.add_get("/v1/invoices/{id}", get_invoice)
+    app.router.add_get(r"/v1/invoices/{id}/qr.{fmt:svg|png}", invoice_qr)
+    return app

@@ -1,0 +1,165 @@
+"""Agent configuration: `config.toml` in the data folder, every key with a documented default.
+
+The data folder holds everything the agent owns:
+
+    config.toml          this configuration (no secrets)
+    agent.db             the journal (SQLite, WAL)
+    enrollment.json      outlet identity and the cloud issuer's public key (public data)
+    keys/agent.key       the agent's Ed25519 private key (0600)
+    keys/cloud.token     the agent's token for the cloud API (0600)
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+DRC_ZONES = ("Africa/Kinshasa", "Africa/Lubumbashi")
+
+DEFAULT_TOML = """\
+# Stalela Edge agent configuration. Every key is optional; the values shown are the defaults.
+
+[agent]
+# The POS API listens on loopback only unless you change this on purpose.
+host = "127.0.0.1"
+port = 8720
+# The outlet's time zone: Africa/Kinshasa (UTC+1) or Africa/Lubumbashi (UTC+2).
+# Left empty, the zone recorded for the outlet at enrollment is used.
+time_zone = ""
+# Identifier of this invoicing system (ISF) printed on receipts; empty = the outlet's ISF.
+isf = ""
+# Largest request body accepted, in bytes (413 beyond).
+max_body_bytes = 1048576
+
+[cloud]
+url = "http://127.0.0.1:8710"
+# Seconds before a cloud call is given up (the cashier never waits longer than this).
+timeout = 2.0
+
+[credential]
+# Ask the cloud for this many fiscal numbers per delegated credential.
+block_size = 500
+# Fetch the next credential when fewer numbers than this are left in the active one...
+renew_below_numbers = 100
+# ...or when it expires within this many seconds.
+renew_before_seconds = 3600
+# How often the renewal check runs, in seconds.
+check_interval = 30
+
+[sealing]
+# Largest number of invoices committed in one transaction (group commit).
+max_batch = 64
+"""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8720
+    time_zone: str = ""
+    isf: str = ""
+    max_body_bytes: int = 1048576
+    cloud_url: str = "http://127.0.0.1:8710"
+    cloud_timeout: float = 2.0
+    block_size: int = 500
+    renew_below_numbers: int = 100
+    renew_before_seconds: int = 3600
+    check_interval: float = 30.0
+    max_batch: int = 64
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agent.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "keys" / "agent.key"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "keys" / "cloud.token"
+
+    @property
+    def enrollment_path(self) -> Path:
+        return self.data_dir / "enrollment.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "config.toml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_SECTIONS = {
+    "agent": {"host": "host", "port": "port", "time_zone": "time_zone", "isf": "isf",
+              "max_body_bytes": "max_body_bytes"},
+    "cloud": {"url": "cloud_url", "timeout": "cloud_timeout"},
+    "credential": {"block_size": "block_size", "renew_below_numbers": "renew_below_numbers",
+                   "renew_before_seconds": "renew_before_seconds", "check_interval": "check_interval"},
+    "sealing": {"max_batch": "max_batch"},
+}
+
+
+def load_config(data_dir: Path) -> AgentConfig:
+    data_dir = Path(data_dir)
+    path = data_dir / "config.toml"
+    values: dict[str, object] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text("utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        for section, table in raw.items():
+            known = _SECTIONS.get(section)
+            if known is None or not isinstance(table, dict):
+                raise ConfigError(f"{path}: unknown section [{section}]")
+            for key, value in table.items():
+                if key not in known:
+                    raise ConfigError(f"{path}: unknown key {section}.{key}")
+                values[known[key]] = value
+    types = {f.name: f.type for f in fields(AgentConfig)}
+    for name, value in values.items():
+        want = {"str": str, "int": int, "float": (int, float)}[types[name]]
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {name} has the wrong type ({type(value).__name__})")
+    config = AgentConfig(data_dir=data_dir, **values)  # type: ignore[arg-type]
+    if config.time_zone and config.time_zone not in DRC_ZONES:
+        raise ConfigError(f"{path}: time_zone must be one of {', '.join(DRC_ZONES)}")
+    return config
+
+
+def write_default_config(data_dir: Path, **overrides: object) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "config.toml"
+    text = DEFAULT_TOML
+    for key, value in overrides.items():
+        rendered = f'"{value}"' if isinstance(value, str) else str(value)
+        lines = []
+        for line in text.splitlines():
+            if line.split("=")[0].strip() == key and not line.startswith("#"):
+                line = f"{key} = {rendered}"
+            lines.append(line)
+        text = "\n".join(lines) + "\n"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name or "Africa/Kinshasa")
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a secret file readable by the service user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,69 @@
+"""The agent daemon: HTTP API + journal writer + credential renewal, one process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from . import systemd_notify
+from .api.app import init_app
+from .cloud_client import CloudClient
+from .config import AgentConfig
+from .renewal import CredentialKeeper
+from .service import AgentService
+
+log = logging.getLogger("stalela.agent")
+
+
+async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
+    started = time.monotonic()
+    service = AgentService.open(config)
+    token = config.token_path.read_text("utf-8").strip() if config.token_path.exists() else None
+    client = CloudClient(config.cloud_url, token=token, timeout=config.cloud_timeout)
+    keeper = CredentialKeeper(service, client)
+    app = init_app(service)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+
+    scheduler = AsyncIOScheduler()
+    scheduler.add_job(keeper.check, "interval", seconds=config.check_interval, id="credential-renewal",
+                      max_instances=1, coalesce=True, next_run_time=None)
+    scheduler.start()
+    asyncio.get_running_loop().create_task(keeper.check())  # first check right away, off the start path
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    log.info("agent ready", extra={"event": "agent.ready", "url": f"http://{config.host}:{config.port}",
+                                   "outlet": service.identity.outlet_id,
+                                   "startup_ms": round((time.monotonic() - started) * 1000, 1)})
+    systemd_notify.notify("READY=1\nSTATUS=sealing")
+    interval = systemd_notify.watchdog_interval()
+
+    async def watchdog() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            # Only ping while the journal writer is alive: a dead writer means a restart is due.
+            if service.journal._thread.is_alive():
+                systemd_notify.notify("WATCHDOG=1")
+
+    wd = loop.create_task(watchdog()) if interval else None
+    try:
+        await stop.wait()
+    finally:
+        log.info("agent stopping", extra={"event": "agent.stopping"})
+        systemd_notify.notify("STOPPING=1")
+        if wd:
+            wd.cancel()
+        scheduler.shutdown(wait=False)
+        await runner.cleanup()
+        await client.close()
+        service.close()

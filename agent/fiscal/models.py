@@ -1,0 +1,317 @@
+"""The canonical invoice model, shared by the agent and the cloud.
+
+Strict on purpose: unknown fields are rejected (not ignored), money and quantities are decimal
+strings, enumerations are closed. What goes into a sealed invoice is exactly what these models
+serialize, and their canonical bytes (RFC 8785, see `canonical.py`) are what gets signed and
+chained.
+"""
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+from .money import fmt2, fmt_qty, parse_amount, parse_quantity, parse_rate
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(parse_amount),
+    PlainSerializer(fmt2, return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": r"^-?\d{1,15}(\.\d{1,2})?$", "examples": ["930.00"]}),
+]
+Quantity = Annotated[
+    Decimal,
+    BeforeValidator(parse_quantity),
+    PlainSerializer(fmt_qty, return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": r"^\d{1,9}(\.\d{1,3})?$", "examples": ["2", "2.5"]}),
+]
+Rate = Annotated[
+    Decimal,
+    BeforeValidator(parse_rate),
+    PlainSerializer(lambda d: format(d.normalize(), "f") if d == d.to_integral() else format(d, "f"), return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": r"^\d{1,3}(\.\d{1,4})?$", "examples": ["10"]}),
+]
+
+
+def _no_control_chars(value: str) -> str:
+    # Control characters have no business on a printed receipt and some are framing bytes on the
+    # device link (SOH, ETX, AMB...). \r and \n are not allowed in one-line fields either.
+    for ch in value:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise ValueError(f"control character U+{ord(ch):04X} is not allowed")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(lambda v: v), Field(min_length=1)]
+
+
+def text(max_length: int, min_length: int = 1):
+    return Annotated[
+        str,
+        Field(min_length=min_length, max_length=max_length),
+        BeforeValidator(_require_str),
+        BeforeValidator(_no_control_chars_any),
+    ]
+
+
+def _require_str(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _no_control_chars_any(value: object) -> object:
+    if isinstance(value, str):
+        _no_control_chars(value)
+    return value
+
+
+InvoiceType = Literal["FV", "FT", "EV", "ET", "FA", "EA"]
+CREDIT_TYPES = frozenset({"FA", "EA"})
+ClientType = Literal["PP", "PM", "PC", "PL", "AO"]
+ItemType = Literal["BIE", "SER", "TAX"]
+TaxGroup = Literal["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P"]
+TAX_GROUPS: tuple[str, ...] = tuple("ABCDEFGHIJKLMNOP")
+PaymentMethod = Literal["E", "V", "C", "M", "D", "A"]
+PAYMENT_ALIASES = {"cash": "E", "transfer": "V", "card": "C", "mobile_money": "M", "cheque": "D", "other": "A"}
+SignerMode = Literal["device", "cloud", "delegated"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, populate_by_name=True)
+
+
+class Operator(Strict):
+    id: text(16)
+    name: text(32)
+
+
+class Client(Strict):
+    type: ClientType = "PP"
+    nif: text(32) | None = None
+    name: text(128) | None = None
+    address: text(128) | None = None
+    phone: text(32) | None = None
+    email: text(128) | None = None
+    rccm: text(64) | None = None
+
+
+class SpecificTax(Strict):
+    """A specific tax (T.S.) that enters the VAT base: an amount per unit or a percentage."""
+
+    per_unit: Money | None = None
+    percent: Rate | None = None
+    description: text(16) | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SpecificTax":
+        if (self.per_unit is None) == (self.percent is None):
+            raise ValueError("give exactly one of per_unit or percent")
+        if self.per_unit is not None and self.per_unit <= 0:
+            raise ValueError("per_unit must be greater than zero")
+        if self.percent is not None and not (0 < self.percent <= 100):
+            raise ValueError("percent must be in (0, 100]")
+        return self
+
+
+class Item(Strict):
+    name: text(64)
+    code: text(24) | None = None
+    type: ItemType
+    tax_group: TaxGroup
+    unit_price: Money
+    quantity: Quantity = Decimal("1")
+    specific_tax: SpecificTax | None = None
+    original_price: Money | None = None
+    price_change: text(24) | None = None
+
+    @field_validator("unit_price")
+    @classmethod
+    def _positive_price(cls, v: Decimal) -> Decimal:
+        if v <= 0:
+            raise ValueError("unit_price must be greater than zero")
+        return v
+
+    @field_validator("quantity")
+    @classmethod
+    def _positive_qty(cls, v: Decimal) -> Decimal:
+        if v <= 0:
+            raise ValueError("quantity must be greater than zero")
+        return v
+
+    @model_validator(mode="after")
+    def _price_change_pair(self) -> "Item":
+        if (self.original_price is None) != (self.price_change is None):
+            raise ValueError("original_price and price_change go together")
+        if self.original_price is not None and self.original_price <= 0:
+            raise ValueError("original_price must be greater than zero")
+        return self
+
+
+class Payment(Strict):
+    method: PaymentMethod
+    amount: Money | None = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _alias(cls, v: object) -> object:
+        if isinstance(v, str):
+            return PAYMENT_ALIASES.get(v, v)
+        return v
+
+    @field_validator("amount")
+    @classmethod
+    def _positive(cls, v: Decimal | None) -> Decimal | None:
+        if v is not None and v <= 0:
+            raise ValueError("amount must be greater than zero")
+        return v
+
+
+class Reference(Strict):
+    """What a credit note (FA/EA) refers to: its nature and the 24-char code of the original."""
+
+    nature: Literal["COR", "RAN", "RAM", "RRR"]
+    code: Annotated[str, Field(min_length=24, max_length=24, pattern=r"^[A-Z0-9]{24}$")]
+
+
+class UsdRate(Strict):
+    rate: Annotated[Decimal, BeforeValidator(parse_amount), PlainSerializer(fmt2, return_type=str),
+                    Field(json_schema_extra={"type": "string", "examples": ["2850.00"]})]
+    date: date
+
+    @field_validator("rate")
+    @classmethod
+    def _positive(cls, v: Decimal) -> Decimal:
+        if v <= 0:
+            raise ValueError("rate must be greater than zero")
+        return v
+
+
+CommentLine = Literal["A", "B", "C", "D", "E", "F", "G", "H"]
+
+MAX_ITEMS = 500
+
+
+class InvoiceRequest(Strict):
+    """What a POS submits to `POST /v1/invoices`."""
+
+    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7E]+$")]
+    type: InvoiceType
+    price_mode: Literal["TTC", "HT"] = "TTC"
+    invoice_number: text(64)
+    pos_terminal_id: text(32)
+    operator: Operator
+    client: Client | None = None
+    # max_length is enforced in the API layer too, so 501 items get a precise 422.
+    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS)]
+    payments: Annotated[list[Payment], Field(max_length=16)] = []
+    comments: dict[CommentLine, text(255)] = {}
+    reference: Reference | None = None
+    usd_rate: UsdRate | None = None
+
+    @model_validator(mode="after")
+    def _credit_note_reference(self) -> "InvoiceRequest":
+        if self.type in CREDIT_TYPES and self.reference is None:
+            raise ValueError(f"a credit note ({self.type}) needs a reference to the original invoice")
+        if self.type not in CREDIT_TYPES and self.reference is not None:
+            raise ValueError(f"reference is only for credit notes (FA, EA), not {self.type}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed and sealed forms
+
+
+class GroupTotal(Strict):
+    rate: Money  # percent, two decimals ("16.00")
+    total: Money  # TTC of the group, specific taxes included
+    ht: Money
+    vat: Money
+
+
+class LineAmounts(Strict):
+    """The amounts of one item, as the device's 31h answer gives them (MV, MH, MT, TS)."""
+
+    total: Money
+    ht: Money
+    vat: Money
+    specific_tax: Money
+
+
+class PaymentLine(Strict):
+    method: PaymentMethod
+    amount: Money
+
+
+class Totals(Strict):
+    total: Money
+    vat: Money
+    specific_tax: Money
+    usd_equivalent: Money | None = None
+    by_group: dict[TaxGroup, GroupTotal]
+    payments: list[PaymentLine]
+    paid: Money
+    change: Money
+
+
+class Counters(Strict):
+    type: int
+    total: int
+    label: str
+
+
+class Security(Strict):
+    authority_id: str
+    code: str
+    counters: Counters
+    fiscal_number: int
+    timestamp: str
+    qr_payload: str
+    signature: str | None = None
+
+
+class Chain(Strict):
+    prev_hash: str
+    hash: str
+
+
+class SyncInfo(Strict):
+    state: Literal["pending", "accepted", "duplicate", "rejected", "quarantined"] = "pending"
+    reason: str | None = None
+
+
+class SealedInvoice(Strict):
+    """A sealed invoice as stored and returned. `chain.hash` covers everything but `sync`."""
+
+    id: str
+    request_id: str
+    status: Literal["sealed"] = "sealed"
+    mode: SignerMode
+    type: InvoiceType
+    price_mode: Literal["TTC", "HT"]
+    invoice_number: str
+    merchant_nif: str
+    outlet_id: str
+    isf: str
+    pos_terminal_id: str
+    operator: Operator
+    client: Client | None = None
+    items: list[Item]
+    lines: list[LineAmounts]
+    comments: dict[CommentLine, str] = {}
+    reference: Reference | None = None
+    usd_rate: UsdRate | None = None
+    totals: Totals
+    security: Security
+    chain: Chain
+    sync: SyncInfo = SyncInfo()

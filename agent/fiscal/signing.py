@@ -1,0 +1,104 @@
+"""Keys, signatures and the codes derived from them.
+
+Ed25519 throughout: small keys and signatures (they must fit in a QR code with room to spare),
+deterministic, and fast to verify, which is what the cloud's reconciliation rate needs.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+CODE_LENGTH = 24
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b32(data: bytes) -> str:
+    """Upper-case base32 without padding: QR alphanumeric-friendly and easy to read aloud."""
+    return base64.b32encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb32(text: str) -> bytes:
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def generate_private_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The raw 32-byte public key, base64url: how keys travel in credentials and APIs."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return b64url(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    raw = unb64url(text)
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def key_id(public_key: str) -> str:
+    """A short, stable name for a public key (first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(public_key.encode("ascii")).hexdigest()[:16]
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Write a private key readable by its owner only (0600), created that way from the start."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(
+            f"private key {path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
+        )
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    return key.sign(message)
+
+
+def verify(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        public_key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def auth_code(signature: bytes) -> str:
+    """The 24-character authentication code printed on the receipt, derived from the signature.
+
+    Same alphabet family as the device's SIG ([A-Z2-7] here), so receipts look alike whoever sealed.
+    """
+    return b32(hashlib.sha256(signature).digest())[:CODE_LENGTH]

@@ -1,0 +1,337 @@
+"""The journal: where invoices are sealed and kept.
+
+One writer thread owns the write connection. Seal jobs queue up; the writer takes as many as are
+waiting (up to `max_batch`) and seals them in ONE transaction — number allocation, signature,
+chain link and outbox entry for each — then commits once (group commit: one fsync for the whole
+batch). Only after COMMIT returns are the callers told. A failed commit rolls everything back, so
+no number is consumed and no half-written invoice remains.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
+from .fiscal.canonical import GENESIS_HASH
+from .fiscal.credential import BlockClosure, DelegatedCredential
+from .fiscal.seal import apply_signature
+from .identity import OutletIdentity
+from .store.db import connect
+
+log = logging.getLogger("stalela.journal")
+
+CREDIT_TYPES = ("FA", "EA")
+
+
+@dataclass
+class SealJob:
+    request: dict[str, Any]  # InvoiceRequest in JSON form
+    fingerprint: str
+    lines: list[dict[str, Any]]
+    totals: dict[str, Any]
+    future: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class SealOutcome:
+    invoice: dict[str, Any]
+    created: bool  # False when an earlier identical request was answered again
+
+
+def _now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Journal:
+    def __init__(self, db_path: Path, identity: OutletIdentity, agent_key, tz, *,
+                 isf: str = "", max_batch: int = 64, clock=_now_utc) -> None:
+        self.db_path = db_path
+        self.identity = identity
+        self.isf = isf or identity.isf
+        self._key = agent_key
+        self._tz = tz
+        self._clock = clock
+        self._max_batch = max_batch
+        self._chain_key = f"delegated:{identity.outlet_id}"
+        self._queue: queue.SimpleQueue[SealJob | None] = queue.SimpleQueue()
+        self._wconn = connect(db_path)
+        self.reader = connect(db_path)
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._started = False
+        self.last_clock_skew: float = 0.0
+        self.sealed_count = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if not self._started:
+            self._thread.start()
+            self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._started = False
+        self._wconn.close()
+        self.reader.close()
+
+    # ------------------------------------------------------------------ writing
+    def submit(self, job: SealJob) -> Future:
+        self._queue.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+            if stop:
+                return
+
+    def _commit_batch(self, batch: list[SealJob]) -> None:
+        conn = self._wconn
+        outcomes: list[tuple[SealJob, SealOutcome | None, Exception | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcome = self._seal_one(conn, job)
+                except (IdempotencyConflict, InvalidInvoice, SealingBlocked) as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, None, exc))
+                    continue
+                conn.execute("RELEASE job")
+                outcomes.append((job, outcome, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # disk full, I/O error, corrupted file...
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            log.error("journal commit failed", extra={"event": "journal.commit_failed",
+                                                       "error": str(exc), "batch": len(batch)})
+            failure = StorageFailure(f"the journal could not be written: {exc}")
+            for job in batch:
+                job.future.set_exception(failure)
+            return
+        for job, outcome, error in outcomes:
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                if outcome.created:
+                    self.sealed_count += 1
+                job.future.set_result(outcome)
+
+    def _seal_one(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
+        req = job.request
+        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
+                           (req["request_id"],)).fetchone()
+        if row is not None:
+            if row["request_hash"] != job.fingerprint:
+                raise IdempotencyConflict(
+                    f"request_id {req['request_id']!r} was already used for a different invoice")
+            return SealOutcome(json.loads(row["body"]), created=False)
+        if req["type"] in CREDIT_TYPES:
+            self._check_credit_note(conn, req, job.totals)
+
+        chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (self._chain_key,)).fetchone()
+        prev_hash = chain["last_hash"] if chain else GENESIS_HASH
+        last_ts = datetime.fromisoformat(chain["last_timestamp"]) if chain and chain["last_timestamp"] else None
+        counters = json.loads(chain["type_counters"]) if chain else {}
+
+        now = self._clock()
+        if last_ts is not None and now < last_ts:
+            # The box's clock went backwards: never sign earlier than the last invoice.
+            self.last_clock_skew = (last_ts - now).total_seconds()
+            now = last_ts
+        cred, number = self._allocate(conn, now)
+
+        counters[req["type"]] = counters.get(req["type"], 0) + 1
+        local = now.astimezone(self._tz).replace(microsecond=0)
+        invoice = {
+            "id": str(uuid.uuid4()),
+            "request_id": req["request_id"],
+            "status": "sealed",
+            "mode": "delegated",
+            "type": req["type"],
+            "price_mode": req["price_mode"],
+            "invoice_number": req["invoice_number"],
+            "merchant_nif": self.identity.merchant_nif,
+            "outlet_id": self.identity.outlet_id,
+            "isf": self.isf,
+            "pos_terminal_id": req["pos_terminal_id"],
+            "operator": req["operator"],
+            "client": req["client"],
+            "items": req["items"],
+            "lines": job.lines,
+            "comments": req["comments"],
+            "reference": req["reference"],
+            "usd_rate": req["usd_rate"],
+            "totals": job.totals,
+            "security": {
+                "authority_id": cred.id,
+                "code": "",
+                "counters": {"type": counters[req["type"]], "total": number,
+                             "label": f"{counters[req['type']]}/{number} {req['type']}"},
+                "fiscal_number": number,
+                "timestamp": local.isoformat(),
+                "qr_payload": "",
+                "signature": None,
+            },
+            "chain": {"prev_hash": prev_hash, "hash": ""},
+        }
+        apply_signature(invoice, self._key, cred)
+        body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
+        stamp = now.isoformat()
+        conn.execute(
+            "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
+            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body)"
+            " VALUES (?, ?, ?, 'sealed', 'delegated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (invoice["id"], req["request_id"], job.fingerprint, self._chain_key, cred.id, number,
+             req["type"], invoice["security"]["code"], job.totals["total"], local.isoformat(), stamp,
+             invoice["chain"]["hash"], prev_hash, body),
+        )
+        conn.execute(
+            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
+            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp,"
+            " type_counters=excluded.type_counters",
+            (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters)),
+        )
+        return SealOutcome(invoice, created=True)
+
+    def _check_credit_note(self, conn: sqlite3.Connection, req: dict, totals: dict) -> None:
+        code = req["reference"]["code"]
+        original = conn.execute("SELECT type, total FROM invoices WHERE code = ? AND status = 'sealed'",
+                                (code,)).fetchone()
+        if original is None:
+            raise InvalidInvoice(f"credit note refers to {code}, which is not a sealed invoice of this outlet",
+                                 errors=[{"field": "reference.code", "message": "unknown original invoice"}])
+        if original["type"] in CREDIT_TYPES:
+            raise InvalidInvoice("a credit note cannot refer to another credit note",
+                                 errors=[{"field": "reference.code", "message": "refers to a credit note"}])
+        already = Decimal("0")
+        for (body,) in conn.execute(
+                "SELECT body FROM invoices WHERE type IN ('FA','EA') AND status='sealed'"
+                " AND json_extract(body, '$.reference.code') = ?", (code,)):
+            already += Decimal(json.loads(body)["totals"]["total"])
+        limit = Decimal(original["total"]) - already
+        if Decimal(totals["total"]) > limit:
+            raise InvalidInvoice(
+                f"credit note total {totals['total']} exceeds what is left to credit on the original ({limit})",
+                errors=[{"field": "items", "message": f"credit exceeds the original invoice (at most {limit})"}])
+
+    # ------------------------------------------------------------------ credentials
+    def _allocate(self, conn: sqlite3.Connection, now: datetime) -> tuple[DelegatedCredential, int]:
+        """The next number of the active credential, moving to the ready one when it runs out."""
+        while True:
+            row = conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
+            if row is not None:
+                cred = DelegatedCredential.model_validate_json(row["body"])
+                number = row["next_number"]
+                if number <= cred.block_end and cred.valid_at(now):
+                    conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, cred.id))
+                    return cred, number
+                if number <= cred.block_end and now < cred.not_before:
+                    # The clock reads earlier than the credential's start: a clock problem, not the
+                    # end of the credential. Keep it open and say so.
+                    raise SealingBlocked(_BLOCK_TEXT["clock"], reason="clock_before_validity")
+                self._close(conn, cred, number - 1, now)
+            ready = conn.execute(
+                "SELECT * FROM credentials WHERE state = 'ready' ORDER BY block_start").fetchall()
+            usable = None
+            for r in ready:
+                c = DelegatedCredential.model_validate_json(r["body"])
+                if now >= c.not_after:
+                    self._close(conn, c, c.block_start - 1, now)
+                elif c.valid_at(now):
+                    usable = c
+                    break
+            if usable is None:
+                reason = "exhausted" if row is not None and row["next_number"] > row["block_end"] else (
+                    "expired" if row is not None else "no_credential")
+                raise SealingBlocked(_BLOCK_TEXT[reason], reason=reason)
+            conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (usable.id,))
+            log.info("credential activated", extra={"event": "credential.activated", "credential": usable.id,
+                                                    "block": f"{usable.block_start}-{usable.block_end}"})
+
+    def _close(self, conn, cred: DelegatedCredential, last_used: int, now: datetime) -> None:
+        closure = BlockClosure.make(self._key, cred.id, last_used)
+        conn.execute("UPDATE credentials SET state = 'closed', closed_at = ?, closure = ? WHERE id = ?",
+                     (now.isoformat(), closure.model_dump_json(), cred.id))
+        log.info("credential closed", extra={"event": "credential.closed", "credential": cred.id,
+                                             "last_used": last_used})
+
+    def add_credential(self, cred: DelegatedCredential) -> bool:
+        """Store a credential fetched from the cloud (as `ready`). Goes through the writer lock."""
+        conn = connect(self.db_path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            exists = conn.execute("SELECT 1 FROM credentials WHERE id = ?", (cred.id,)).fetchone()
+            if not exists:
+                conn.execute(
+                    "INSERT INTO credentials(id, body, block_start, block_end, next_number, not_before,"
+                    " not_after, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?)",
+                    (cred.id, cred.model_dump_json(), cred.block_start, cred.block_end, cred.block_start,
+                     cred.not_before.isoformat(), cred.not_after.isoformat(), _now_utc().isoformat()))
+            conn.execute("COMMIT")
+            return not exists
+        finally:
+            conn.close()
+
+
+_BLOCK_TEXT = {
+    "exhausted": "the delegated credential's block of fiscal numbers is used up and no renewed "
+                 "credential is available; connect to the cloud to renew it",
+    "expired": "the delegated credential has expired and no renewed credential is available; "
+               "connect to the cloud to renew it",
+    "clock": "the box's clock reads earlier than the start of the delegated credential's validity; "
+             "set the clock right (stalela credential status shows the window)",
+    "no_credential": "this agent holds no delegated credential; enroll it and fetch one "
+                     "(stalela credential renew)",
+}
+
+
+def credential_status(conn: sqlite3.Connection, now: datetime | None = None) -> dict[str, Any]:
+    """What health and the CLI show about credentials: the active one and what is ready."""
+    now = now or _now_utc()
+    rows = conn.execute("SELECT * FROM credentials WHERE state IN ('active','ready') ORDER BY block_start").fetchall()
+    active = None
+    ready = []
+    for r in rows:
+        usable = r["next_number"] <= r["block_end"] and datetime.fromisoformat(r["not_after"]) > now
+        info = {"id": r["id"], "block": [r["block_start"], r["block_end"]],
+                "next_number": r["next_number"],
+                "remaining": max(0, r["block_end"] - r["next_number"] + 1) if usable else 0,
+                "not_before": r["not_before"], "not_after": r["not_after"],
+                "seconds_left": max(0, int((datetime.fromisoformat(r["not_after"]) - now).total_seconds()))}
+        if r["state"] == "active" and active is None:
+            active = info
+        elif usable:
+            ready.append(info)
+    remaining = (active["remaining"] if active else 0) + sum(r["remaining"] for r in ready)
+    return {"active": active, "ready": ready, "remaining": remaining}

@@ -1,0 +1,155 @@
+"""The agent service: everything the HTTP layer needs, wired once at start-up."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import AgentConfig, zone
+from .errors import InvalidInvoice, SealingBlocked
+from .fiscal.canonical import request_fingerprint
+from .fiscal.models import InvoiceRequest
+from .fiscal.signing import load_private_key
+from .fiscal.tax import TaxError, compute
+from .identity import OutletIdentity
+from .journal import Journal, SealJob, SealOutcome, credential_status
+
+log = logging.getLogger("stalela.agent")
+
+
+class NotEnrolled(RuntimeError):
+    pass
+
+
+@dataclass
+class AgentService:
+    config: AgentConfig
+    identity: OutletIdentity
+    journal: Journal
+    started_at: float = field(default_factory=time.monotonic)
+    last_renewal_error: str | None = None
+
+    @classmethod
+    def open(cls, config: AgentConfig) -> "AgentService":
+        if not config.enrollment_path.exists():
+            raise NotEnrolled(f"{config.data_dir} is not enrolled yet: run `stalela agent enroll`")
+        identity = OutletIdentity.load(config.enrollment_path)
+        key = load_private_key(config.key_path)
+        tz = zone(config.time_zone or identity.time_zone)
+        journal = Journal(config.db_path, identity, key, tz, isf=config.isf, max_batch=config.max_batch)
+        journal.start()
+        return cls(config=config, identity=identity, journal=journal)
+
+    @property
+    def tz(self):
+        return zone(self.config.time_zone or self.identity.time_zone)
+
+    def close(self) -> None:
+        self.journal.close()
+
+    # ---------------------------------------------------------------- sealing
+    def prepare(self, payload: Any) -> SealJob:
+        """Validate and compute: everything that can refuse an invoice before it touches the journal."""
+        try:
+            request = InvoiceRequest.model_validate(payload)
+        except ValidationError as exc:
+            from .api.problems import validation_errors
+            raise InvalidInvoice("the invoice does not follow the contract", errors=validation_errors(exc)) from None
+        today = datetime.now(self.tz).date()
+        try:
+            result = compute(request, today)
+        except TaxError as exc:
+            raise InvalidInvoice(str(exc) or "the invoice's amounts are not valid", errors=exc.errors) from None
+        return SealJob(
+            request=request.model_dump(mode="json"),
+            fingerprint=request_fingerprint(request),
+            lines=[line.model_dump(mode="json") for line in result.lines],
+            totals=result.totals.model_dump(mode="json"),
+        )
+
+    def existing(self, request_id: str) -> tuple[str, dict] | None:
+        row = self.journal.reader.execute(
+            "SELECT request_hash, body, sync_state, sync_reason FROM invoices WHERE request_id = ?",
+            (request_id,)).fetchone()
+        if row is None:
+            return None
+        return row["request_hash"], self._with_sync(json.loads(row["body"]), row)
+
+    async def seal(self, job: SealJob) -> SealOutcome:
+        return await asyncio.wrap_future(self.journal.submit(job))
+
+    # ---------------------------------------------------------------- reading
+    @staticmethod
+    def _with_sync(body: dict, row) -> dict:
+        body["sync"] = {"state": row["sync_state"], "reason": row["sync_reason"]}
+        return body
+
+    def get_invoice(self, invoice_id: str) -> dict | None:
+        row = self.journal.reader.execute(
+            "SELECT body, sync_state, sync_reason FROM invoices WHERE id = ?", (invoice_id,)).fetchone()
+        return self._with_sync(json.loads(row["body"]), row) if row else None
+
+    def list_invoices(self, *, status: str | None, since: str | None, limit: int,
+                      cursor: int | None) -> tuple[list[dict], int | None]:
+        sql = "SELECT seq, body, sync_state, sync_reason FROM invoices WHERE 1=1"
+        args: list[Any] = []
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        if since:
+            sql += " AND created_at >= ?"
+            args.append(since)
+        if cursor is not None:
+            sql += " AND seq < ?"
+            args.append(cursor)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = self.journal.reader.execute(sql, args).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [self._with_sync(json.loads(r["body"]), r) for r in rows]
+        return items, (rows[-1]["seq"] if more and rows else None)
+
+    # ---------------------------------------------------------------- health
+    def health(self) -> dict[str, Any]:
+        now = datetime.now(timezone.utc)
+        cred = credential_status(self.journal.reader, now)
+        pending = self.journal.reader.execute(
+            "SELECT count(*) FROM invoices WHERE sync_state = 'pending'").fetchone()[0]
+        if cred["remaining"] == 0:
+            status, mode = "blocked", None
+        elif (cred["remaining"] < self.config.renew_below_numbers and not cred["ready"]) or self.last_renewal_error:
+            status, mode = "degraded", "delegated"
+        else:
+            status, mode = "ok", "delegated"
+        body: dict[str, Any] = {
+            "status": status,
+            "mode": mode,
+            "device": None,
+            "credential": {
+                "remaining_numbers": cred["remaining"],
+                "active": _public_cred(cred["active"]),
+                "ready": [_public_cred(c) for c in cred["ready"]],
+                "last_renewal_error": self.last_renewal_error,
+            },
+            "sync": {"pending": pending},
+            "clock_skew_seconds": self.journal.last_clock_skew,
+            "outlet_id": self.identity.outlet_id,
+        }
+        if status == "blocked":
+            body["reason"] = ("no delegated credential can seal (block used up or expired); "
+                              "sales must halt until the cloud renews the credential")
+        return body
+
+
+def _public_cred(info: dict | None) -> dict | None:
+    if info is None:
+        return None
+    return {"id": info["id"], "block": info["block"], "remaining": info["remaining"],
+            "expires_at": info["not_after"], "seconds_left": info["seconds_left"]}

@@ -1,0 +1,124 @@
+"""The agent's SQLite database: connection settings and recorded migrations.
+
+Durability settings are not negotiable here: WAL with `synchronous=FULL` means a COMMIT returns
+only after the WAL is fsync'ed, so an invoice is on disk before the POS hears it is sealed.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+# Each migration runs once, in order, inside a transaction, and is recorded in `_migrations`.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_journal", """
+        CREATE TABLE invoices (
+            seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- local sealing order (outbox order)
+            id             TEXT NOT NULL UNIQUE,
+            request_id     TEXT NOT NULL UNIQUE,
+            request_hash   TEXT NOT NULL,
+            status         TEXT NOT NULL,                      -- sealed | queued
+            mode           TEXT,                               -- device | cloud | delegated
+            chain_key      TEXT,
+            authority_id   TEXT,
+            fiscal_number  INTEGER,
+            type           TEXT NOT NULL,
+            code           TEXT,
+            total          TEXT NOT NULL,
+            sealed_at      TEXT,
+            created_at     TEXT NOT NULL,
+            hash           TEXT,
+            prev_hash      TEXT,
+            body           TEXT NOT NULL,                      -- JSON: sealed invoice (no sync) or draft
+            sync_state     TEXT NOT NULL DEFAULT 'pending',
+            sync_reason    TEXT,
+            synced_at      TEXT,
+            UNIQUE (chain_key, fiscal_number)
+        );
+        CREATE INDEX invoices_code ON invoices(code);
+        CREATE INDEX invoices_pending ON invoices(sync_state, seq);
+
+        -- One row per authority chain: the tip that the next invoice links to.
+        CREATE TABLE chains (
+            chain_key      TEXT PRIMARY KEY,
+            last_hash      TEXT NOT NULL,
+            last_number    INTEGER NOT NULL,
+            last_timestamp TEXT,
+            type_counters  TEXT NOT NULL DEFAULT '{}'
+        );
+
+        CREATE TABLE credentials (
+            id             TEXT PRIMARY KEY,
+            body           TEXT NOT NULL,
+            block_start    INTEGER NOT NULL,
+            block_end      INTEGER NOT NULL,
+            next_number    INTEGER NOT NULL,
+            not_before     TEXT NOT NULL,
+            not_after      TEXT NOT NULL,
+            state          TEXT NOT NULL,   -- ready | active | closed | revoked
+            received_at    TEXT NOT NULL,
+            closed_at      TEXT,
+            closure        TEXT             -- signed BlockClosure JSON, once closed
+        );
+
+        CREATE TABLE api_keys (
+            id           TEXT PRIMARY KEY,
+            name         TEXT NOT NULL UNIQUE,
+            key_hash     TEXT NOT NULL UNIQUE,
+            created_at   TEXT NOT NULL,
+            revoked_at   TEXT
+        );
+
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+    """),
+]
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the journal with the settings every connection must have."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                               isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(path: Path) -> list[str]:
+    """Apply pending migrations; returns the names applied now."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        db = sqlite_utils.Database(conn)
+        if "_migrations" not in db.table_names():
+            db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+        done = {row["name"] for row in db["_migrations"].rows}
+        applied = []
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO _migrations(name, applied_at) VALUES (?, datetime('now'))", (name,)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            applied.append(name)
+        return applied
+    finally:
+        conn.close()

@@ -1,0 +1,185 @@
+"""Offline verification of an agent's journal: chains, signatures, numbering, credentials.
+
+Used by `stalela verify`. It reads the database read-only and reports the FIRST fault precisely
+(which invoice, which number, what is wrong); it changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .fiscal.canonical import GENESIS_HASH
+from .fiscal.credential import BlockClosure, DelegatedCredential
+from .fiscal.seal import chain_hash, verify_stalela_seal
+from .store.db import connect
+
+
+@dataclass
+class Fault:
+    where: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+@dataclass
+class Report:
+    checked: int = 0
+    chains: dict[str, int] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+def _describe(row: sqlite3.Row) -> str:
+    return f"invoice {row['id']} (fiscal number {row['fiscal_number']}, authority {row['authority_id']})"
+
+
+def verify_journal(db_path: Path, issuer_public_key: str, *, stop_at_first: bool = True,
+                   progress: Callable[[int], None] | None = None) -> Report:
+    report = Report()
+    conn = connect(db_path, readonly=True)
+    try:
+        _verify(conn, issuer_public_key, report, stop_at_first, progress)
+    finally:
+        conn.close()
+    return report
+
+
+def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None:
+    def fault(where: str, problem: str) -> bool:
+        report.faults.append(Fault(where, problem))
+        return stop
+
+    creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]] = {}
+    for row in conn.execute("SELECT * FROM credentials"):
+        try:
+            cred = DelegatedCredential.model_validate_json(row["body"])
+        except ValueError as exc:
+            if fault(f"credential {row['id']}", f"stored credential is unreadable ({exc})"):
+                return
+            continue
+        if not cred.verify(issuer_key):
+            if fault(f"credential {row['id']}", "not signed by the cloud's issuer key"):
+                return
+        if cred.id != row["id"] or cred.block_start != row["block_start"] or cred.block_end != row["block_end"]:
+            if fault(f"credential {row['id']}", "table columns disagree with the signed credential"):
+                return
+        if row["closure"]:
+            closure = BlockClosure.model_validate_json(row["closure"])
+            if not closure.verify(cred.agent_public_key) or closure.credential_id != cred.id:
+                if fault(f"credential {row['id']}", "block closure statement is not validly signed"):
+                    return
+        creds[cred.id] = (cred, row)
+
+    # Walk every chain in sealing order.
+    chain_keys = [r[0] for r in conn.execute(
+        "SELECT DISTINCT chain_key FROM invoices WHERE status = 'sealed'")]
+    last_by_cred: dict[str, int] = {}
+    for key in chain_keys:
+        prev_hash = GENESIS_HASH
+        prev_number: int | None = None
+        prev_cred: str | None = None
+        count = 0
+        for row in conn.execute("SELECT * FROM invoices WHERE chain_key = ? AND status = 'sealed' ORDER BY seq",
+                                (key,)):
+            count += 1
+            report.checked += 1
+            if progress and report.checked % 1000 == 0:
+                progress(1000)
+            where = _describe(row)
+            try:
+                body = json.loads(row["body"])
+                sec = body["security"]
+            except (ValueError, KeyError, TypeError) as exc:
+                if fault(where, f"stored invoice is unreadable ({exc.__class__.__name__})"):
+                    return
+                continue
+            # Columns are what the journal indexes by: they must say what the sealed body says.
+            for col, val in (("id", body.get("id")), ("request_id", body.get("request_id")),
+                             ("fiscal_number", sec.get("fiscal_number")), ("authority_id", sec.get("authority_id")),
+                             ("code", sec.get("code")), ("hash", body["chain"].get("hash")),
+                             ("prev_hash", body["chain"].get("prev_hash")), ("type", body.get("type"))):
+                if row[col] != val:
+                    if fault(where, f"column {col} ({row[col]!r}) differs from the sealed invoice ({val!r})"):
+                        return
+            if body["chain"]["hash"] != chain_hash(body):
+                if fault(where, "content does not match its chain hash (the invoice was altered)"):
+                    return
+            if body["chain"]["prev_hash"] != prev_hash:
+                if fault(where, "chain broken: prev_hash does not match the previous invoice "
+                                "(an invoice was removed, inserted or reordered)"):
+                    return
+            prev_hash = body["chain"]["hash"]
+            number = sec["fiscal_number"]
+            if body.get("mode") == "delegated":
+                cred_row = creds.get(sec["authority_id"])
+                if cred_row is None:
+                    if fault(where, f"sealed with unknown credential {sec['authority_id']}"):
+                        return
+                    continue
+                cred, _ = cred_row
+                problems = verify_stalela_seal(body, cred.agent_public_key)
+                if problems:
+                    if fault(where, "; ".join(problems)):
+                        return
+                if not cred.block_start <= number <= cred.block_end:
+                    if fault(where, f"number outside the credential's block {cred.block_start}-{cred.block_end}"):
+                        return
+                moment = datetime.fromisoformat(sec["timestamp"])
+                if not cred.valid_at(moment):
+                    if fault(where, "timestamp outside the credential's validity window"):
+                        return
+                if prev_cred == cred.id:
+                    expected = prev_number + 1
+                else:
+                    if prev_cred is not None and prev_cred in creds:
+                        _check_closed_tail(creds[prev_cred], prev_number, fault)
+                    expected = cred.block_start
+                if number != expected:
+                    kind = "repeated" if prev_number is not None and number <= prev_number else "skipped"
+                    if fault(where, f"numbering {kind}: expected {expected}, found {number}"):
+                        return
+                prev_cred = cred.id
+                last_by_cred[cred.id] = number
+            prev_number = number
+        report.chains[key] = count
+        tip = conn.execute("SELECT last_hash FROM chains WHERE chain_key = ?", (key,)).fetchone()
+        if tip is not None and tip[0] != prev_hash:
+            if fault(f"chain {key}", "the last invoice is not the recorded chain tip "
+                                     "(invoices at the end of the chain are missing)"):
+                return
+    # Every credential's counter must agree with the last invoice sealed under it.
+    for cid, (cred, row) in creds.items():
+        used_to = last_by_cred.get(cid, cred.block_start - 1)
+        if row["next_number"] - 1 != used_to:
+            if fault(f"credential {cid}", f"allocated up to {row['next_number'] - 1} but the journal "
+                                          f"holds invoices only up to {used_to} (invoices missing)"):
+                return
+        if row["closure"]:
+            closure = BlockClosure.model_validate_json(row["closure"])
+            if closure.last_used != used_to:
+                if fault(f"credential {cid}", f"closed at {closure.last_used} but the journal ends at {used_to}"):
+                    return
+
+
+def _check_closed_tail(entry, last_number, fault) -> None:
+    # Moving on to the next credential is only valid once the previous one is closed or used up.
+    cred, row = entry
+    if row["state"] not in ("closed",) and last_number != cred.block_end:
+        fault(f"credential {cred.id}", "a later credential was used while this one was still open")
+
+
+def iter_count(db_path: Path) -> int:
+    conn = connect(db_path, readonly=True)
+    try:
+        return conn.execute("SELECT count(*) FROM invoices WHERE status='sealed'").fetchone()[0]
+    finally:
+        conn.close()

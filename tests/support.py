@@ -1,0 +1,170 @@
+"""Test support: build an enrolled agent data folder and run the real daemon as a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.api.keys import create_key
+from agent.config import write_default_config, write_secret
+from agent.fiscal.credential import DelegatedCredential
+from agent.fiscal.signing import generate_private_key, key_id, public_key_text, save_private_key
+from agent.identity import OutletIdentity
+from agent.store.db import connect, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTLET = "KIN-001"
+NIF = "A1234567B"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def invoice(request_id: str, n_items: int = 2, **overrides: Any) -> dict[str, Any]:
+    items = [{"name": f"ART {i}", "type": "BIE", "tax_group": "B" if i % 2 else "A",
+              "unit_price": f"{100 + i}.50", "quantity": "2"} for i in range(n_items)]
+    body = {"request_id": request_id, "type": "FV", "price_mode": "TTC", "invoice_number": f"F/{request_id}",
+            "pos_terminal_id": "POS-01", "operator": {"id": "1123", "name": "Jan"}, "items": items,
+            "payments": []}
+    body.update(overrides)
+    return body
+
+
+class AgentHarness:
+    """An enrolled agent data folder (test issuer) and, on demand, the daemon as a subprocess."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.issuer = generate_private_key()
+        self.issuer_pub = public_key_text(self.issuer)
+        self.proc: subprocess.Popen | None = None
+        self._cred_seq = 0
+        write_default_config(data_dir, port=self.port, url=f"http://127.0.0.1:{free_port()}",
+                             check_interval=3600)
+        migrate(data_dir / "agent.db")
+        self.agent_key = generate_private_key()
+        save_private_key(self.agent_key, data_dir / "keys" / "agent.key")
+        write_secret(data_dir / "keys" / "cloud.token", "test-token-not-used")
+        OutletIdentity(outlet_id=OUTLET, outlet_name="TEST OUTLET", merchant_nif=NIF, merchant_name="TEST SARL",
+                       time_zone="Africa/Kinshasa", isf="STL-KIN-001", agent_id="agent-1",
+                       issuer_public_key=self.issuer_pub, taxpayer={}).save(data_dir / "enrollment.json")
+        conn = connect(data_dir / "agent.db")
+        self.api_key = create_key(conn, "POS-01")
+        conn.close()
+
+    # -------------------------------------------------------------- credentials
+    def credential(self, start: int, end: int, *, valid_for: timedelta = timedelta(hours=12),
+                   not_before: datetime | None = None) -> DelegatedCredential:
+        self._cred_seq += 1
+        nb = not_before or datetime.now(timezone.utc) - timedelta(minutes=1)
+        return DelegatedCredential.issue(
+            self.issuer, key_id(self.issuer_pub), id=f"DC-{OUTLET}-{self._cred_seq}", outlet_id=OUTLET,
+            merchant_nif=NIF, agent_public_key=public_key_text(self.agent_key), block_start=start,
+            block_end=end, not_before=nb, not_after=nb + valid_for)
+
+    def add_credential(self, cred: DelegatedCredential) -> None:
+        conn = connect(self.data_dir / "agent.db")
+        conn.execute(
+            "INSERT INTO credentials(id, body, block_start, block_end, next_number, not_before, not_after,"
+            " state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?)",
+            (cred.id, cred.model_dump_json(), cred.block_start, cred.block_end, cred.block_start,
+             cred.not_before.isoformat(), cred.not_after.isoformat(), datetime.now(timezone.utc).isoformat()))
+        conn.close()
+
+    # -------------------------------------------------------------- process
+    def start(self, timeout: float = 20) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.log = open(self.data_dir / "agent.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "agent", "run", "--data", str(self.data_dir)],
+                                     stdout=self.log, stderr=self.log, env=env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.read_log()[-2000:]}")
+            try:
+                self.get("/v1/health")
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("agent did not become ready")
+
+    def read_log(self) -> str:
+        return (self.data_dir / "agent.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+        self.proc = None
+
+    # -------------------------------------------------------------- HTTP
+    def request(self, method: str, path: str, body: Any = None, *, key: str | None = "default",
+                raw: bytes | None = None, headers: dict | None = None) -> tuple[int, Any, dict]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if key is not None:
+            req.add_header("Authorization", f"Bearer {self.api_key if key == 'default' else key}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                payload = resp.read()
+                return resp.status, _decode(payload, resp.headers), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            return exc.code, _decode(payload, exc.headers), dict(exc.headers)
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw):
+        return self.request("POST", path, body, **kw)
+
+    # -------------------------------------------------------------- journal
+    def db(self):
+        return connect(self.data_dir / "agent.db")
+
+    def numbers(self) -> list[int]:
+        conn = self.db()
+        try:
+            return [r[0] for r in conn.execute(
+                "SELECT fiscal_number FROM invoices WHERE status='sealed' ORDER BY fiscal_number")]
+        finally:
+            conn.close()
+
+    def verify(self) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent", "verify", "--data", str(self.data_dir)],
+                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def _decode(payload: bytes, headers) -> Any:
+    ctype = headers.get("Content-Type", "")
+    if "json" in ctype:
+        return json.loads(payload)
+    return payload
