@@ -24,7 +24,7 @@ from typing import Any
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from .fiscal.canonical import GENESIS_HASH
 from .fiscal.credential import BlockClosure, DelegatedCredential
-from .fiscal.seal import apply_signature
+from .fiscal.seal import apply_signature, credential_qr_part
 from .identity import OutletIdentity
 from .store.db import connect
 
@@ -69,6 +69,8 @@ class Journal:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._started = False
         self.last_clock_skew: float = 0.0
+        # Parsed credentials and their QR part, by id: parsing costs more than the signature.
+        self._creds: dict[str, tuple[DelegatedCredential, str]] = {}
         self.sealed_count = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -204,7 +206,7 @@ class Journal:
             },
             "chain": {"prev_hash": prev_hash, "hash": ""},
         }
-        apply_signature(invoice, self._key, cred)
+        apply_signature(invoice, self._key, cred, credential_part=self._cred_part(cred))
         body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
         stamp = now.isoformat()
         conn.execute(
@@ -251,7 +253,7 @@ class Journal:
         while True:
             row = conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
             if row is not None:
-                cred = DelegatedCredential.model_validate_json(row["body"])
+                cred = self._credential(row)
                 number = row["next_number"]
                 if number <= cred.block_end and cred.valid_at(now):
                     conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, cred.id))
@@ -278,6 +280,16 @@ class Journal:
             conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (usable.id,))
             log.info("credential activated", extra={"event": "credential.activated", "credential": usable.id,
                                                     "block": f"{usable.block_start}-{usable.block_end}"})
+
+    def _credential(self, row) -> DelegatedCredential:
+        cached = self._creds.get(row["id"])
+        if cached is None:
+            cred = DelegatedCredential.model_validate_json(row["body"])
+            cached = self._creds[row["id"]] = (cred, credential_qr_part(cred))
+        return cached[0]
+
+    def _cred_part(self, cred: DelegatedCredential) -> str:
+        return self._creds[cred.id][1] if cred.id in self._creds else credential_qr_part(cred)
 
     def _close(self, conn, cred: DelegatedCredential, last_used: int, now: datetime) -> None:
         closure = BlockClosure.make(self._key, cred.id, last_used)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from .config import AgentConfig, zone
 from .errors import InvalidInvoice, SealingBlocked
-from .fiscal.canonical import request_fingerprint
+from .fiscal.canonical import canonical_trusted, sha256_hex
 from .fiscal.models import InvoiceRequest
 from .fiscal.signing import load_private_key
 from .fiscal.tax import TaxError, compute
@@ -66,9 +66,10 @@ class AgentService:
             result = compute(request, today)
         except TaxError as exc:
             raise InvalidInvoice(str(exc) or "the invoice's amounts are not valid", errors=exc.errors) from None
+        as_json = request.model_dump(mode="json")
         return SealJob(
-            request=request.model_dump(mode="json"),
-            fingerprint=request_fingerprint(request),
+            request=as_json,
+            fingerprint=sha256_hex(canonical_trusted(as_json)),
             lines=[line.model_dump(mode="json") for line in result.lines],
             totals=result.totals.model_dump(mode="json"),
         )

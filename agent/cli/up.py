@@ -91,11 +91,10 @@ def up(data_dir: Path, cloud_port: int, port: int) -> None:
                           "--name", "SUPERMARCHE CENTRAL"))
             _run(_stalela("cloud", "outlet", "add", "--data", str(cloud_dir), "--merchant", "A1234567B",
                           "--id", "KIN-001", "--name", "SUPERMARCHE CENTRAL GOMBE"))
-            token = _run(_stalela("cloud", "token", "create", "--data", str(cloud_dir), "--outlet", "KIN-001",
-                                  "--quiet"))
+            token = _run(_stalela("cloud", "token", "create", "--data", str(cloud_dir), "--outlet", "KIN-001"))
             if not (agent_dir / "config.toml").exists():
                 write_default_config(agent_dir, url=cloud_url, port=port, check_interval=5)
-            _run(_stalela("agent", "enroll", "--data", str(agent_dir), "--token", token.splitlines()[-1]))
+            _run(_stalela("agent", "enroll", "--data", str(agent_dir), "--token", token.split()[0]))
         if not key_file.exists():
             migrate(agent_dir / "agent.db")
             conn = connect(agent_dir / "agent.db")

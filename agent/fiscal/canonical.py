@@ -50,6 +50,15 @@ def canonical_bytes(value: BaseModel | dict[str, Any] | list[Any]) -> bytes:
     return rfc8785.dumps(value)
 
 
+def canonical_trusted(value: dict[str, Any] | list[Any]) -> bytes:
+    """Fast path without the type walk, for data the agent built itself from validated models.
+
+    Those models serialize decimals as strings and never produce floats, so the data is plain by
+    construction (tests check this on every sealed invoice they make).
+    """
+    return _dumps(value).encode("utf-8")
+
+
 def reference_canonical_bytes(value: Any) -> bytes:
     """The library's answer, always (used by tests and available to auditors)."""
     return rfc8785.dumps(value)
@@ -59,7 +68,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def request_fingerprint(request: BaseModel) -> str:
+def request_fingerprint(request: BaseModel | dict[str, Any]) -> str:
     """Identifies a request body for idempotency: same request_id + same fingerprint = same request."""
     return sha256_hex(canonical_bytes(request))
 

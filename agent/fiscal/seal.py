@@ -17,13 +17,12 @@ The chain: `chain.hash = SHA-256(canonical(invoice without sync and without chai
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .canonical import canonical_bytes, sha256_hex
+from .canonical import canonical_bytes, canonical_trusted, sha256_hex
 from .credential import DelegatedCredential, parse_utc_compact, utc_compact
 from .signing import auth_code, b32, b64url, load_public_key, unb32, unb64url, verify
 
@@ -38,11 +37,11 @@ def qr_time(timestamp: str) -> str:
 
 
 def unsigned_view(invoice: dict[str, Any]) -> dict[str, Any]:
-    view = copy.deepcopy(invoice)
-    view.pop("sync", None)
-    view["chain"] = {"prev_hash": view["chain"]["prev_hash"]}
-    for key in ("code", "qr_payload", "signature"):
-        view["security"].pop(key, None)
+    # Shallow copies only: this runs twice per seal, and the nested data is never modified.
+    view = {k: v for k, v in invoice.items() if k != "sync"}
+    view["chain"] = {"prev_hash": invoice["chain"]["prev_hash"]}
+    view["security"] = {k: v for k, v in invoice["security"].items()
+                        if k not in ("code", "qr_payload", "signature")}
     return view
 
 
@@ -53,20 +52,22 @@ def chain_view(invoice: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def chain_hash(invoice: dict[str, Any]) -> str:
-    return sha256_hex(canonical_bytes(chain_view(invoice)))
+def chain_hash(invoice: dict[str, Any], *, trusted: bool = False) -> str:
+    canon = canonical_trusted if trusted else canonical_bytes
+    return sha256_hex(canon(chain_view(invoice)))
 
 
-def record_digest(invoice: dict[str, Any]) -> bytes:
-    return hashlib.sha256(canonical_bytes(unsigned_view(invoice))).digest()
+def record_digest(invoice: dict[str, Any], *, trusted: bool = False) -> bytes:
+    canon = canonical_trusted if trusted else canonical_bytes
+    return hashlib.sha256(canon(unsigned_view(invoice))).digest()
 
 
-def seal_message(invoice: dict[str, Any]) -> str:
+def seal_message(invoice: dict[str, Any], *, trusted: bool = False) -> str:
     sec = invoice["security"]
     return ";".join([
         STALELA_QR_TAG, sec["authority_id"], invoice["merchant_nif"], qr_time(sec["timestamp"]),
         str(sec["fiscal_number"]), invoice["totals"]["total"], invoice["totals"]["vat"],
-        b32(record_digest(invoice)),
+        b32(record_digest(invoice, trusted=trusted)),
     ])
 
 
@@ -78,22 +79,24 @@ def credential_qr_part(cred: DelegatedCredential) -> str:
     ])
 
 
-def apply_signature(invoice: dict[str, Any], signer_key, credential: DelegatedCredential | None) -> dict[str, Any]:
+def apply_signature(invoice: dict[str, Any], signer_key, credential: DelegatedCredential | None,
+                    *, credential_part: str | None = None) -> dict[str, Any]:
     """Fill code, signature, QR payload and chain hash of an invoice whose other fields are set.
 
-    `invoice` is the JSON form (dict) with `security.code/qr_payload/signature` and `chain.hash`
-    still to be filled; it is modified in place and returned.
+    `invoice` is the JSON form (dict) built by the signer from validated models, with
+    `security.code/qr_payload/signature` and `chain.hash` still to be filled; it is modified in
+    place and returned. `credential_part` may carry a cached `credential_qr_part(credential)`.
     """
-    message = seal_message(invoice)
+    message = seal_message(invoice, trusted=True)
     signature = signer_key.sign(message.encode("ascii"))
     sec = invoice["security"]
     sec["signature"] = b64url(signature)
     sec["code"] = auth_code(signature)
     qr = f"{message};{b32(signature)}"
     if credential is not None:
-        qr += ";" + credential_qr_part(credential)
+        qr += ";" + (credential_part or credential_qr_part(credential))
     sec["qr_payload"] = qr
-    invoice["chain"]["hash"] = chain_hash(invoice)
+    invoice["chain"]["hash"] = chain_hash(invoice, trusted=True)
     return invoice
 
 

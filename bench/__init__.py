@@ -1,0 +1,1 @@
+"""Benchmark harness: `./dev bench` (python -m bench). Writes docs/benchmarks.md."""

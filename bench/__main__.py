@@ -1,0 +1,204 @@
+"""Run every benchmark once per repetition and write docs/benchmarks.md.
+
+Usage: ./dev bench [--runs 3] [--quick]
+
+Each figure is reported with the physical limit measured in the same run, as a ratio.
+Medians over the runs; nothing here is asserted (benchmarks measure, tests check).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+
+from . import limits
+from .workload import ten_item_invoice
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.support import AgentHarness  # noqa: E402  (the local test issuer; real agent process)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+async def _load(url: str, key: str, clients: int, per_client: int, prefix: str) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    conn = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as s:
+        async def client(c: int):
+            for i in range(per_client):
+                body = ten_item_invoice(f"{prefix}-{c}-{i}")
+                t = time.perf_counter()
+                async with s.post(url + "/v1/invoices", json=body) as r:
+                    await r.read()
+                    if r.status != 201:
+                        raise RuntimeError(f"seal failed: {r.status} {await r.text()}")
+                lat.append(time.perf_counter() - t)
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        elapsed = time.perf_counter() - start
+    return clients * per_client / elapsed, lat
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_run(workdir: Path, quick: bool) -> dict[str, float]:
+    r: dict[str, float] = {}
+    h = AgentHarness(workdir / "agent")
+    h.add_credential(h.credential(1, 2_000_000))
+    t0 = time.perf_counter()
+    h.start()
+    r["cold_start_s"] = time.perf_counter() - t0
+    time.sleep(0.5)
+    r["rss_idle_mb"] = rss_mb(h.proc.pid)
+    try:
+        n8 = 250 if quick else 1000
+        # warm-up
+        asyncio.run(_load(h.url, h.api_key, 2, 50, "warm"))
+        rate, lat = asyncio.run(_load(h.url, h.api_key, 8, n8, "c8"))
+        r["seal8_rate"] = rate
+        r["seal8_p50_ms"] = pct(lat, 50) * 1000
+        r["seal8_p99_ms"] = pct(lat, 99) * 1000
+        r["rss_load_mb"] = rss_mb(h.proc.pid)
+        _, lat1 = asyncio.run(_load(h.url, h.api_key, 1, 300 if quick else 1000, "c1"))
+        r["seal1_p50_ms"] = pct(lat1, 50) * 1000
+        r["seal1_p99_ms"] = pct(lat1, 99) * 1000
+        warm_p50 = r["seal1_p50_ms"]
+        # First invoice after a restart.
+        h.stop()
+        h.start()
+        _, first = asyncio.run(_load(h.url, h.api_key, 1, 1, "first"))
+        r["first_after_restart_ms"] = first[0] * 1000
+        r["first_vs_warm"] = r["first_after_restart_ms"] / warm_p50
+    finally:
+        h.stop()
+    # Storage per sealed invoice.
+    db = h.data_dir / "agent.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    count = conn.execute("SELECT count(*) FROM invoices").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    psize = conn.execute("PRAGMA page_size").fetchone()[0]
+    body_avg = conn.execute("SELECT avg(length(body)) FROM invoices").fetchone()[0]
+    conn.close()
+    r["bytes_per_invoice"] = pages * psize / count
+    r["body_bytes_avg"] = body_avg
+    # Offline verification rate.
+    t = time.perf_counter()
+    res = h.verify()
+    if res.returncode != 0:
+        raise RuntimeError("verify failed on the benchmark journal: " + res.stderr)
+    r["verify_rate"] = count / (time.perf_counter() - t)
+    r["verify_count"] = count
+    return r
+
+
+def measure_limits() -> dict[str, float]:
+    canon = limits.canonicalization()
+    lim = {
+        "commit_rate": limits.durable_commit_rate(),
+        "sign_rate": limits.signature_rate(),
+        "verify_sig_rate": limits.verification_rate(),
+        "canon_fast_us": canon["fast"] * 1e6,
+        "canon_ref_us": canon["rfc8785"] * 1e6,
+        "http_empty_ms": limits.empty_http_roundtrip() * 1000,
+    }
+    # The serial limit of one seal: sign + canonicalize twice + one durable commit.
+    per_seal = 1 / lim["sign_rate"] + 2 * canon["fast"] + 1 / lim["commit_rate"]
+    lim["pipeline_serial_limit"] = 1 / per_seal
+    return lim
+
+
+def commit_id() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def render(runs: list[dict[str, float]], lims: list[dict[str, float]]) -> str:
+    m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    L = {k: statistics.median(x[k] for x in lims) for k in lims[0]}
+    rows = [
+        ("delegated seal over HTTP, 10 items, 8 clients", f"{m['seal8_rate']:.0f} invoices/s",
+         "≥ 1,000/s", f"{m['seal8_rate'] / L['commit_rate']:.2f} × durable single-row commit rate "
+                      f"({L['commit_rate']:.0f}/s); group commit lifts it"),
+        ("  p50 / p99 latency (8 clients)", f"{m['seal8_p50_ms']:.1f} / {m['seal8_p99_ms']:.1f} ms", "p99 ≤ 25 ms",
+         f"{m['seal8_p99_ms'] / L['http_empty_ms']:.0f} × empty HTTP round trip ({L['http_empty_ms']:.2f} ms)"),
+        ("delegated seal, 1 client: p50 / p99", f"{m['seal1_p50_ms']:.1f} / {m['seal1_p99_ms']:.1f} ms",
+         "p50 ≤ 3 ms, p99 ≤ 10 ms",
+         f"p50 = {m['seal1_p50_ms'] / (L['http_empty_ms'] + 1000 / L['commit_rate']):.1f} × (empty round trip + one durable commit)"),
+        ("serial seal limit (sign + 2 × canonicalize + 1 commit)", f"{L['pipeline_serial_limit']:.0f} /s", "—",
+         f"HTTP figure is {m['seal8_rate'] / L['pipeline_serial_limit']:.2f} × this limit"),
+        ("cold start to ready", f"{m['cold_start_s']:.2f} s", "≤ 1.5 s", "process spawn + imports + journal open"),
+        ("first invoice after restart", f"{m['first_after_restart_ms']:.1f} ms",
+         "≤ 2 × warm", f"{m['first_vs_warm']:.1f} × warm p50"),
+        ("agent RSS idle / under load", f"{m['rss_idle_mb']:.0f} / {m['rss_load_mb']:.0f} MB", "≤ 80 / ≤ 150 MB", ""),
+        ("storage per sealed 10-item invoice", f"{m['bytes_per_invoice']:.0f} B (body {m['body_bytes_avg']:.0f} B)",
+         "≤ 3 KB", "includes indexes"),
+        ("stalela verify", f"{m['verify_rate']:.0f} invoices/s ({m['verify_count']:.0f} invoices)", "≥ 20,000/s",
+         f"{m['verify_rate'] / L['verify_sig_rate']:.2f} × Ed25519 verification rate ({L['verify_sig_rate']:.0f}/s)"),
+    ]
+    lim_rows = [
+        ("durable commit (WAL, synchronous=FULL, 1 row/txn)", f"{L['commit_rate']:.0f} /s"),
+        ("Ed25519 signatures", f"{L['sign_rate']:.0f} /s"),
+        ("Ed25519 verifications", f"{L['verify_sig_rate']:.0f} /s"),
+        ("canonicalize a 10-item sealed invoice (fast path / rfc8785)",
+         f"{L['canon_fast_us']:.0f} µs / {L['canon_ref_us']:.0f} µs"),
+        ("empty aiohttp handler round trip, loopback", f"{L['http_empty_ms']:.3f} ms"),
+    ]
+    out = ["| figure | measured | target | beside the limit |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    out += ["", "Physical limits measured in the same run:", "", "| limit | value |", "|---|---|"]
+    out += [f"| {a} | {b} |" for a, b in lim_rows]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smaller loads (smoke test of the harness)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    runs, lims = [], []
+    for i in range(args.runs):
+        print(f"run {i + 1}/{args.runs}: limits…", file=sys.stderr, flush=True)
+        lims.append(measure_limits())
+        print(f"run {i + 1}/{args.runs}: agent…", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(one_run(Path(d), args.quick))
+    table = render(runs, lims)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    header = (f"# Benchmarks\n\nGenerated by `./dev bench` (bench/). Medians of {args.runs} runs"
+              f"{' (quick mode)' if args.quick else ''}.\n\n- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+              f"- commit: {commit_id()}\n- machine: {machine}\n\n")
+    notes_path = ROOT / "bench" / "NOTES.md"
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    args.out.write_text(header + "## Delegated sealing (agent)\n\n" + table + "\n\n" + notes)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

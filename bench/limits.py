@@ -1,0 +1,99 @@
+"""Physical limits measured in the same run as the figures they bound."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from agent.fiscal.canonical import canonical_bytes, reference_canonical_bytes
+from agent.fiscal.signing import generate_private_key
+
+from .workload import sample_sealed_dict
+
+
+def durable_commit_rate(seconds: float = 2.0) -> float:
+    """Rows/s with one row per transaction, WAL + synchronous=FULL (each COMMIT fsyncs)."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
+        conn = sqlite3.connect(Path(d) / "limit.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+        body = "x" * 2500
+        n = 0
+        end = time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < end:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO t(body) VALUES (?)", (body,))
+            conn.execute("COMMIT")
+            n += 1
+        rate = n / (time.perf_counter() - start)
+        conn.close()
+        return rate
+
+
+def signature_rate(n: int = 3000) -> float:
+    key = generate_private_key()
+    msg = b"RDCSTL01;DC-KIN-001-1;A1234567B;20260301122547+0100;70;4064.00;64.00;" + b"X" * 52
+    start = time.perf_counter()
+    for _ in range(n):
+        key.sign(msg)
+    return n / (time.perf_counter() - start)
+
+
+def verification_rate(n: int = 3000) -> float:
+    key = generate_private_key()
+    pub = key.public_key()
+    msg = b"RDCSTL01;DC-KIN-001-1;A1234567B;20260301122547+0100;70;4064.00;64.00;" + b"X" * 52
+    sig = key.sign(msg)
+    start = time.perf_counter()
+    for _ in range(n):
+        pub.verify(sig, msg)
+    return n / (time.perf_counter() - start)
+
+
+def canonicalization(n: int = 2000) -> dict[str, float]:
+    doc = sample_sealed_dict()
+    out = {}
+    for name, fn in (("fast", canonical_bytes), ("rfc8785", reference_canonical_bytes)):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn(doc)
+        out[name] = (time.perf_counter() - start) / n
+    return out
+
+
+async def _empty_roundtrip(n: int) -> list[float]:
+    async def handler(request):
+        await request.read()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    lat = []
+    payload = b"{" + b'"x":"' + b"y" * 3000 + b'"}'
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n):
+            t = time.perf_counter()
+            async with s.post(f"http://127.0.0.1:{port}/", data=payload) as r:
+                await r.read()
+            lat.append(time.perf_counter() - t)
+    await runner.cleanup()
+    return lat
+
+
+def empty_http_roundtrip(n: int = 1000) -> float:
+    """Median seconds of an empty aiohttp handler round trip on loopback (same client as the load)."""
+    return statistics.median(asyncio.run(_empty_roundtrip(n)))

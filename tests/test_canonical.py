@@ -1,0 +1,40 @@
+"""Canonicalization: our fast path must be byte-identical to the rfc8785 reference."""
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from agent.fiscal.canonical import canonical_bytes, reference_canonical_bytes
+from agent.fiscal.models import InvoiceRequest
+from tests.support import invoice
+
+json_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+ascii_keys = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+scalars = st.one_of(st.none(), st.booleans(), json_text, st.integers(-(2**53) + 1, 2**53 - 1))
+documents = st.recursive(scalars, lambda children: st.one_of(
+    st.lists(children, max_size=5), st.dictionaries(ascii_keys, children, max_size=5)), max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents)
+def test_fast_path_equals_rfc8785(doc):
+    assert canonical_bytes(doc if isinstance(doc, (dict, list)) else [doc]) == \
+        reference_canonical_bytes(doc if isinstance(doc, (dict, list)) else [doc])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), st.floats(allow_nan=False, allow_infinity=False), max_size=4))
+def test_non_plain_data_goes_to_the_reference(doc):
+    # Floats and non-ASCII keys are outside the fast path; the answer is still RFC 8785's.
+    assert canonical_bytes(doc) == reference_canonical_bytes(doc)
+
+
+def test_model_canonical_form_is_stable_and_key_order_independent():
+    req = InvoiceRequest.model_validate(invoice("R-1", n_items=3))
+    reordered = InvoiceRequest.model_validate(dict(reversed(list(invoice("R-1", n_items=3).items()))))
+    assert canonical_bytes(req) == canonical_bytes(reordered)
+    assert b'"unit_price":"100.50"' in canonical_bytes(req)
+
+
+def test_control_characters_escape_like_rfc8785():
+    doc = {"s": "a\u0001b\u001fc\n\t\"\\/\u007f\u2028é😀"}
+    assert canonical_bytes(doc) == reference_canonical_bytes(doc)
