@@ -68,5 +68,21 @@ class CloudClient:
         data = await self._call("POST", "/v1/credentials", body)
         return DelegatedCredential.model_validate(data)
 
+    async def reconcile_raw(self, bodies: list[str]) -> dict[str, Any]:
+        """Upload sealed invoices (their stored JSON, in sealing order) for reconciliation."""
+        payload = ('{"invoices":[' + ",".join(bodies) + "]}").encode("utf-8")
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        try:
+            async with self._s().post(self.base_url + "/v1/reconcile", data=payload, headers=headers) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    detail = data.get("detail") if isinstance(data, dict) else None
+                    raise CloudError(f"cloud answered {resp.status}: {detail or resp.reason}", resp.status)
+                return data
+        except aiohttp.ClientError as exc:
+            raise CloudError(f"cloud unreachable at {self.base_url}: {exc.__class__.__name__}") from exc
+        except (TimeoutError, ValueError) as exc:
+            raise CloudError(f"cloud at {self.base_url} did not answer properly ({exc.__class__.__name__})") from exc
+
     async def credential_state(self, credential_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/credentials/{credential_id}")

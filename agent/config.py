@@ -51,6 +51,14 @@ check_interval = 30
 [sealing]
 # Largest number of invoices committed in one transaction (group commit).
 max_batch = 64
+
+[sync]
+# Sealed invoices uploaded to the cloud per request.
+batch_size = 500
+# Seconds between outbox checks when it is empty (with +-20 % jitter).
+interval = 5.0
+# Days a local copy is kept after the cloud acknowledged it.
+retention_days = 30
 """
 
 
@@ -69,6 +77,9 @@ class AgentConfig:
     renew_before_seconds: int = 3600
     check_interval: float = 30.0
     max_batch: int = 64
+    sync_batch_size: int = 500
+    sync_interval: float = 5.0
+    retention_days: int = 30
 
     @property
     def db_path(self) -> Path:
@@ -102,6 +113,7 @@ _SECTIONS = {
     "credential": {"block_size": "block_size", "renew_below_numbers": "renew_below_numbers",
                    "renew_before_seconds": "renew_before_seconds", "check_interval": "check_interval"},
     "sealing": {"max_batch": "max_batch"},
+    "sync": {"batch_size": "sync_batch_size", "interval": "sync_interval", "retention_days": "retention_days"},
 }
 
 

@@ -15,6 +15,7 @@ from .cloud_client import CloudClient
 from .config import AgentConfig
 from .renewal import CredentialKeeper
 from .service import AgentService
+from .sync import SyncWorker
 
 log = logging.getLogger("stalela.agent")
 
@@ -25,6 +26,8 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     token = config.token_path.read_text("utf-8").strip() if config.token_path.exists() else None
     client = CloudClient(config.cloud_url, token=token, timeout=config.cloud_timeout)
     keeper = CredentialKeeper(service, client)
+    sync = SyncWorker(config.db_path, client, batch_size=config.sync_batch_size, interval=config.sync_interval)
+    service.sync = sync
     app = init_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -36,6 +39,7 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
                       max_instances=1, coalesce=True, next_run_time=None)
     scheduler.start()
     asyncio.get_running_loop().create_task(keeper.check())  # first check right away, off the start path
+    sync_task = asyncio.get_running_loop().create_task(sync.run())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,6 +67,12 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
         systemd_notify.notify("STOPPING=1")
         if wd:
             wd.cancel()
+        sync_task.cancel()
+        try:
+            await sync_task
+        except asyncio.CancelledError:
+            pass
+        sync.close()
         scheduler.shutdown(wait=False)
         await runner.cleanup()
         await client.close()

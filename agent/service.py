@@ -34,6 +34,7 @@ class AgentService:
     journal: Journal
     started_at: float = field(default_factory=time.monotonic)
     last_renewal_error: str | None = None
+    sync: Any = None  # the SyncWorker, when the daemon runs one
 
     @classmethod
     def open(cls, config: AgentConfig) -> "AgentService":
@@ -117,12 +118,25 @@ class AgentService:
         items = [self._with_sync(json.loads(r["body"]), r) for r in rows]
         return items, (rows[-1]["seq"] if more and rows else None)
 
+    # ---------------------------------------------------------------- sync
+    def sync_status(self) -> dict[str, Any]:
+        from .sync import outbox_status
+
+        status = outbox_status(self.journal.reader)
+        stats = self.sync.stats if self.sync is not None else None
+        status.update({
+            "worker": "running" if stats and stats.running else "stopped",
+            "last_success": stats.last_success if stats else None,
+            "last_error": stats.last_error if stats else None,
+            "last_error_at": stats.last_error_at if stats else None,
+        })
+        return status
+
     # ---------------------------------------------------------------- health
     def health(self) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
         cred = credential_status(self.journal.reader, now)
-        pending = self.journal.reader.execute(
-            "SELECT count(*) FROM invoices WHERE sync_state = 'pending'").fetchone()[0]
+        sync = self.sync_status()
         if cred["remaining"] == 0:
             status, mode = "blocked", None
         elif (cred["remaining"] < self.config.renew_below_numbers and not cred["ready"]) or self.last_renewal_error:
@@ -139,7 +153,7 @@ class AgentService:
                 "ready": [_public_cred(c) for c in cred["ready"]],
                 "last_renewal_error": self.last_renewal_error,
             },
-            "sync": {"pending": pending},
+            "sync": {k: sync[k] for k in ("pending", "oldest_pending", "quarantined", "last_success", "last_error")},
             "clock_skew_seconds": self.journal.last_clock_skew,
             "outlet_id": self.identity.outlet_id,
         }

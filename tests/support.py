@@ -168,3 +168,113 @@ def _decode(payload: bytes, headers) -> Any:
     if "json" in ctype:
         return json.loads(payload)
     return payload
+
+
+class CloudProcess:
+    """The bundled cloud as a real `stalela cloud serve` subprocess on a SQLite file."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "agent", "cloud", *args, "--data", str(self.data_dir)],
+                             capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if res.returncode != 0:
+            raise RuntimeError(f"stalela cloud {' '.join(args)}: {res.stderr or res.stdout}")
+        return res.stdout
+
+    def start(self, timeout: float = 20) -> None:
+        self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "cloud", "serve", "--data", str(self.data_dir), "--port", str(self.port)],
+            stdout=self.log, stderr=self.log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cloud exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/v1/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("cloud did not become ready")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+        self.proc = None
+
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def get(self, path: str, token: str) -> Any:
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def add_outlet(self, outlet: str = OUTLET, nif: str = NIF) -> str:
+        """Create merchant and outlet; returns a one-time enrollment token."""
+        try:
+            self.cli("merchant", "add", "--nif", nif, "--name", f"MERCHANT {nif}")
+        except RuntimeError as exc:
+            if "exists" not in str(exc):
+                raise
+        self.cli("outlet", "add", "--merchant", nif, "--id", outlet, "--name", f"OUTLET {outlet}")
+        return self.cli("token", "create", "--outlet", outlet).split()[0]
+
+
+class EnrolledAgent(AgentHarness):
+    """An agent enrolled for real with a running CloudProcess (its credentials come from the cloud)."""
+
+    def __init__(self, data_dir: Path, cloud: CloudProcess, token: str, *, block_size: int = 500,
+                 sync_interval: float = 0.5, check_interval: float = 1) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.cloud = cloud
+        write_default_config(data_dir, port=self.port, url=cloud.url, block_size=block_size,
+                             interval=sync_interval, check_interval=check_interval, renew_below_numbers=block_size // 2)
+        res = subprocess.run([sys.executable, "-m", "agent", "agent", "enroll", "--data", str(data_dir),
+                              "--token", token], capture_output=True, text=True, cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr or res.stdout)
+        conn = connect(data_dir / "agent.db")
+        self.api_key = create_key(conn, "POS-01")
+        conn.close()
+        self.cloud_token = (data_dir / "keys" / "cloud.token").read_text().strip()
+        ident = json.loads((data_dir / "enrollment.json").read_text())
+        self.issuer_pub = ident["issuer_public_key"]
+        self.outlet = ident["outlet_id"]
+
+    def sync_state_counts(self) -> dict[str, int]:
+        conn = self.db()
+        try:
+            return dict(conn.execute("SELECT sync_state, count(*) FROM invoices GROUP BY sync_state").fetchall())
+        finally:
+            conn.close()
+
+    def wait_synced(self, timeout: float = 60) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = self.sync_state_counts()
+            if not counts.get("pending"):
+                return counts
+            time.sleep(0.2)
+        raise AssertionError(f"outbox not drained: {self.sync_state_counts()}")

@@ -183,6 +183,10 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def sync_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].sync_status())
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -207,6 +211,7 @@ def init_app(service: AgentService) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/sync", sync_status)
     app.router.add_post("/v1/invoices", post_invoice)
     app.router.add_get("/v1/invoices", list_invoices)
     app.router.add_get("/v1/invoices/{id}", get_invoice)

@@ -19,6 +19,7 @@ COMMANDS = [
     ("agent.cli.agent_cmd", "agent"),
     ("agent.cli.credential_cmd", "credential"),
     ("agent.cli.verify_cmd", "verify"),
+    ("agent.cli.sync_cmd", "sync"),
     ("agent.cli.device", "device"),
     ("simulator.cli", "sim"),
     ("cloud_stub.cli", "cloud"),

@@ -75,6 +75,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             value TEXT NOT NULL
         );
     """),
+    ("0002_sync", """
+        ALTER TABLE credentials ADD COLUMN closure_sent_at TEXT;
+        CREATE INDEX invoices_quarantined ON invoices(sync_state) WHERE sync_state = 'quarantined'
+    """),
 ]
 
 

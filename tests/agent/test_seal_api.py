@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fiscal.seal import verify_qr, verify_stalela_seal
+from agent.fiscal.canonical import reference_canonical_bytes, sha256_hex
+from agent.fiscal.seal import chain_view, verify_qr, verify_stalela_seal
 from tests.support import invoice
 
 
@@ -27,6 +28,8 @@ def test_seal_returns_the_five_security_elements(agent):
     assert body["merchant_nif"] == "A1234567B" and body["outlet_id"] == "KIN-001" and body["isf"] == "STL-KIN-001"
     assert body["chain"]["prev_hash"] == "0" * 64
     assert verify_stalela_seal(body, _agent_pub(agent)) == []
+    # The journal's fast canonical path gives exactly the rfc8785 library's bytes.
+    assert sha256_hex(reference_canonical_bytes(chain_view(body))) == body["chain"]["hash"]
     check = verify_qr(sec["qr_payload"], agent.issuer_pub)
     assert check.valid, check.reason
     assert check.fiscal_number == 1001

@@ -1,0 +1,329 @@
+"""`stalela device ...`: what a field technician needs to find, identify and check an MCF."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable, Iterator, TextIO
+
+import click
+
+from drivers.usb_fiscal_memory.client import MCFClient
+from drivers.usb_fiscal_memory.commands import (
+    TAXPAYER_FIELDS,
+    TAXPAYER_LABELS,
+    McfStatus,
+    ServerLinkStatus,
+)
+from drivers.usb_fiscal_memory.errors import DeviceError, MCFLinkError
+from drivers.usb_fiscal_memory.fields import InvalidRequest
+from drivers.usb_fiscal_memory.framing import (
+    Status,
+    bcc,
+    decode_command,
+    decode_response,
+    encode_command,
+    encode_response,
+    escape_param,
+    unescape_param,
+)
+from drivers.usb_fiscal_memory.protocol import Link
+from drivers.usb_fiscal_memory.transport import open_transport
+from drivers.usb_fiscal_memory.transport_usb import DEFAULT_VID_PIDS, discover
+
+CLOCK_DRIFT_WARN = 300  # seconds between the MCF's clock and ours worth a warning
+
+
+# ------------------------------------------------------------------------------ plumbing
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Domain errors become one-line CLI errors here, and only here."""
+    try:
+        yield
+    except (MCFLinkError, DeviceError, InvalidRequest) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _client(port: str, timeout: float, spy: TextIO | None = None) -> Iterator[MCFClient]:
+    with _clean_errors():
+        transport = open_transport(port, spy=spy)
+        try:
+            yield MCFClient(Link(transport, timeout=timeout))
+        finally:
+            transport.close()
+
+
+def port_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--port and --timeout, shared by every command that talks to a device."""
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.5),
+        default=0.5,
+        show_default=True,
+        help="Seconds to wait for each answer (the protocol's minimum is 0.5).",
+    )(func)
+    func = click.option(
+        "--port",
+        "-p",
+        required=True,
+        envvar="STALELA_MCF_PORT",
+        metavar="URL",
+        help="Device: /dev/ttyACM0, socket://host:port, rfc2217://host:port, usb:1209:0001[:SERIAL]."
+        " Env: STALELA_MCF_PORT.",
+    )(func)
+    return func
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _fmt_dt(raw: str) -> str:
+    from drivers.usb_fiscal_memory.fields import parse_dt
+
+    parsed = parse_dt(raw)
+    return parsed.strftime("%d/%m/%Y %H:%M:%S") if parsed else (raw or "-")
+
+
+def _flags_line(sta: Status | None) -> str:
+    if sta is None:
+        return "-"
+    flags = sta.active
+    return ", ".join(flags) if flags else "none (ready)"
+
+
+# ------------------------------------------------------------------------------ the group
+@click.group()
+def device() -> None:
+    """Find, identify and check the DGI fiscal device (MCF)."""
+
+
+@device.command()
+@click.option(
+    "--vid-pid",
+    "vid_pids",
+    multiple=True,
+    metavar="VID:PID",
+    help="USB ids to look for (hex, repeatable). Default: 1209:0001.",
+)
+def scan(vid_pids: tuple[str, ...]) -> None:
+    """List candidate MCFs on USB and every serial port.
+
+    \b
+    Example:
+      stalela device scan
+      stalela device scan --vid-pid 1209:0001 --vid-pid 0403:6001
+    """
+    try:
+        pairs = [tuple(int(x, 16) for x in v.split(":", 1)) for v in vid_pids] or list(
+            DEFAULT_VID_PIDS
+        )
+    except ValueError as exc:
+        raise click.BadParameter("use hexadecimal VID:PID, e.g. 1209:0001") from exc
+    wanted = {(v, p) for v, p in pairs}
+    click.echo("USB candidates:")
+    try:
+        candidates = discover(pairs)  # type: ignore[arg-type]
+    except MCFLinkError as exc:
+        click.echo(f"  (USB scan unavailable: {exc})")
+        candidates = []
+    if not candidates:
+        click.echo("  none")
+    for c in candidates:
+        click.echo(
+            f"  {c.vid:04x}:{c.pid:04x} bus {c.bus} addr {c.address}  "
+            f"{c.manufacturer or '?'} / {c.product or '?'} / serial {c.serial or '?'}"
+            f"  -> --port {c.url}"
+        )
+    click.echo("Serial ports:")
+    from serial.tools import list_ports
+
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    if not ports:
+        click.echo("  none")
+    for port in ports:
+        ids = f"{port.vid:04x}:{port.pid:04x}" if port.vid is not None else "----:----"
+        mark = "  <- MCF id" if (port.vid, port.pid) in wanted else ""
+        click.echo(f"  {port.device}  {ids}  {port.description}{mark}")
+
+
+def _print_info(client: MCFClient, as_json: bool) -> None:
+    mcf = client.status()
+    sta = client.last_status
+    taxpayer = client.taxpayer()
+    link = client.server_link()
+    now = datetime.now()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "status": mcf.__dict__,
+                    "flags": sta.active if sta else [],
+                    "taxpayer": {TAXPAYER_LABELS[k]: v for k, v in taxpayer.items()},
+                    "server_link": {**link.__dict__, "stale": link.is_stale(now)},
+                },
+                default=_json_default,
+                indent=2,
+            )
+        )
+        return
+    _print_status(mcf, sta)
+    click.echo("Taxpayer (2Bh):")
+    for opt in TAXPAYER_FIELDS:
+        click.echo(f"  {opt} {TAXPAYER_LABELS[opt]:<8} {taxpayer[opt]}")
+    _print_link(link, now)
+
+
+def _print_status(mcf: McfStatus, sta: Status | None) -> None:
+    click.echo("MCF (C1h):")
+    click.echo(f"  MID (DEF NIM)   {mcf.mid}")
+    click.echo(f"  NIF             {mcf.nif}")
+    click.echo(f"  clock           {_fmt_dt(mcf.dt)}")
+    click.echo(f"  counters        total {mcf.tc}, sales {mcf.fvc}, credit notes {mcf.frc}")
+    click.echo(
+        f"  last invoice    {mcf.dft or '-'} {mcf.dfn or '-'} at {_fmt_dt(mcf.dfdt)}, "
+        f"total {mcf.dmv if mcf.dmv is not None else '-'}, code {mcf.dfs or '-'}"
+    )
+    rates = "  ".join(f"{g}={r}" for g, r in mcf.rates.items())
+    click.echo(f"  rates (%)       {rates}")
+    click.echo(f"  status flags    {_flags_line(sta)}")
+
+
+def _print_link(link: ServerLinkStatus, now: datetime) -> None:
+    click.echo("DGI server link (C2h):")
+    state = ServerLinkStatus.STATES.get(link.sta, "unknown")
+    click.echo(f"  state           {link.sta} ({state})")
+    click.echo(f"  sent / held     {link.ec} / {link.dc}")
+    click.echo(f"  last connection {_fmt_dt(link.dt)}")
+    if link.er:
+        click.echo(f"  last error      {link.er}")
+    if link.is_stale(now):
+        click.secho(
+            "  WARNING: the MCF has not reached the DGI server for more than 1 day",
+            fg="yellow",
+            err=False,
+        )
+
+
+@device.command()
+@port_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(port: str, timeout: float, as_json: bool) -> None:
+    """Identify an MCF: status (C1h), taxpayer (2Bh I0-I4), DGI link (C2h).
+
+    \b
+    Example:
+      stalela device info --port /dev/ttyACM0
+      stalela device info --port socket://192.168.1.50:4001 --json
+    """
+    with _client(port, timeout) as client, _clean_errors():
+        _print_info(client, as_json)
+
+
+@device.command()
+@port_options
+def status(port: str, timeout: float) -> None:
+    """Read the MCF status (C1h) and its status flags.
+
+    \b
+    Example:
+      stalela device status --port /dev/ttyACM0
+    """
+    with _client(port, timeout) as client, _clean_errors():
+        _print_status(client.status(), client.last_status)
+
+
+@device.command()
+@port_options
+def spy(port: str, timeout: float) -> None:
+    """Show a hex dump of every byte exchanged while running `info`.
+
+    \b
+    Example:
+      stalela device spy --port /dev/ttyACM0
+    """
+    with _client(port, timeout, spy=sys.stdout) as client, _clean_errors():
+        _print_info(client, as_json=False)
+
+
+def _framing_self_check() -> list[str]:
+    """Problems found in our own framing code (empty when sound)."""
+    problems = []
+    body = bytes([0xFF] * 18) + bytes([0x12AB - 0xFF * 18])
+    if bcc(body) != b"12:;":
+        problems.append("BCC of 12ABh is not 31 32 3A 3B")
+    frame = encode_command(0x20, 0xC1, b"")
+    if frame != bytes.fromhex("0124 20c1 0530 3130 3a03") or decode_command(frame).cmd != 0xC1:
+        problems.append("C1h frame encoding")
+    response = encode_response(0x21, 0x38, b"R:x", Status(invoice_open=True).to_bytes())
+    decoded = decode_response(response)
+    if decoded.data != b"R:x" or not Status.from_bytes(decoded.status).invoice_open:
+        problems.append("response decoding")
+    sample = "Lait, 1L <promo> & ^lt;\r\n"
+    if unescape_param(escape_param(sample)) != sample:
+        problems.append("escaping round trip")
+    return problems
+
+
+@device.command()
+@port_options
+def selftest(port: str, timeout: float) -> None:
+    """Check framing, a C1h round trip, the clock and the fiscal memory.
+
+    \b
+    Example:
+      stalela device selftest --port /dev/ttyACM0
+    """
+    failures: list[str] = []
+
+    def report(level: str, text: str) -> None:
+        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[level]
+        click.echo(click.style(f"{level:<5}", fg=colour) + f"{text}")
+        if level == "FAIL":
+            failures.append(text)
+
+    problems = _framing_self_check()
+    report("FAIL" if problems else "PASS", "framing self-check" + (f": {problems}" if problems else ""))
+    with _client(port, timeout) as client, _clean_errors():
+        started = time.monotonic()
+        mcf = client.status()
+        elapsed = (time.monotonic() - started) * 1000
+        sta = client.last_status or Status()
+        report("PASS", f"C1h round trip ({elapsed:.0f} ms incl. link sync): MID {mcf.mid}, NIF {mcf.nif}")
+        if sta.clock_not_set:
+            report("FAIL", "MCF clock not set (status bit 0.2)")
+        else:
+            clock = mcf.clock
+            if clock is None:
+                report("WARN", f"MCF clock unreadable: {mcf.dt!r}")
+            else:
+                drift = abs((clock - datetime.now()).total_seconds())
+                report("WARN" if drift > CLOCK_DRIFT_WARN else "PASS", f"MCF clock {_fmt_dt(mcf.dt)} (drift {drift:.0f} s)")
+        for flag, level, text in (
+            ("memory_full", "FAIL", "fiscal memory full"),
+            ("memory_write_error", "FAIL", "fiscal memory write error"),
+            ("invalid_record", "FAIL", "invalid record in fiscal memory"),
+            ("memory_low", "WARN", "fewer than 50 records left in fiscal memory"),
+            ("memory_reset_detected", "WARN", "memory reset detected"),
+            ("daily_report_required", "WARN", "daily report must be made"),
+            ("invoice_open", "WARN", "an invoice is open"),
+        ):
+            if getattr(sta, flag):
+                report(level, text)
+        if not (sta.memory_full or sta.memory_write_error or sta.invalid_record or sta.memory_low):
+            report("PASS", "fiscal memory")
+    if failures:
+        raise click.ClickException(f"self-test failed: {'; '.join(failures)}")
+    click.echo("self-test passed")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(device())
