@@ -42,6 +42,15 @@ class SealJob:
     future: Future = field(default_factory=Future)
 
 
+@dataclass
+class WriterTask:
+    """Any other write that must be serialized with sealing (e.g. a Z report): `fn(conn)` runs in
+    its own IMMEDIATE transaction on the writer thread; its return value resolves the future."""
+
+    fn: Any
+    future: Future = field(default_factory=Future)
+
+
 @dataclass(frozen=True)
 class SealOutcome:
     invoice: dict[str, Any]
@@ -88,17 +97,45 @@ class Journal:
         self.reader.close()
 
     # ------------------------------------------------------------------ writing
-    def submit(self, job: SealJob) -> Future:
+    def submit(self, job: SealJob | WriterTask) -> Future:
         self._queue.put(job)
         return job.future
+
+    def run_in_writer(self, fn) -> Future:
+        """Run `fn(conn)` in a transaction of its own on the writer thread (see WriterTask)."""
+        return self.submit(WriterTask(fn))
+
+    def _run_task(self, task: WriterTask) -> None:
+        conn = self._wconn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = task.fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            task.future.set_exception(exc)
+            return
+        task.future.set_result(result)
+
+    @property
+    def signing_key(self):
+        """The agent's key, for documents the agent signs itself (reports, closures)."""
+        return self._key
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
+            if isinstance(job, WriterTask):
+                self._run_task(job)
+                continue
             batch = [job]
             stop = False
+            task = None
             while len(batch) < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
@@ -107,8 +144,13 @@ class Journal:
                 if nxt is None:
                     stop = True
                     break
+                if isinstance(nxt, WriterTask):
+                    task = nxt  # runs right after this batch, keeping queue order
+                    break
                 batch.append(nxt)
             self._commit_batch(batch)
+            if task is not None:
+                self._run_task(task)
             if stop:
                 return
 

@@ -149,6 +149,19 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                         return
                 prev_cred = cred.id
                 last_by_cred[cred.id] = number
+            elif body.get("mode") == "device":
+                # The MCF's elements are stored as it returned them: the QR must be built from them,
+                # and its total counter must move by one from one device invoice to the next.
+                # DT is the device's local time: the timestamp carries it with the outlet's offset.
+                device_time = datetime.fromisoformat(sec["timestamp"]).strftime("%Y%m%d%H%M%S")
+                expected_qr = f"RDCDEF01;{sec['authority_id']};{sec['code']};{body['merchant_nif']};{device_time}"
+                if sec["qr_payload"] != expected_qr:
+                    if fault(where, "QR payload does not match the device's security elements"):
+                        return
+                if prev_number is not None and number != prev_number + 1:
+                    kind = "repeated" if number <= prev_number else "skipped"
+                    if fault(where, f"device counter {kind}: expected {prev_number + 1}, found {number}"):
+                        return
             prev_number = number
         report.chains[key] = count
         tip = conn.execute("SELECT last_hash FROM chains WHERE chain_key = ?", (key,)).fetchone()

@@ -216,4 +216,6 @@ def init_app(service: AgentService) -> web.Application:
     app.router.add_get("/v1/invoices", list_invoices)
     app.router.add_get("/v1/invoices/{id}", get_invoice)
     app.router.add_get(r"/v1/invoices/{id}/qr.{fmt:svg|png}", invoice_qr)
+    from . import documents
+    documents.add_routes(app)
     return app

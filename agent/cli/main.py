@@ -20,6 +20,8 @@ COMMANDS = [
     ("agent.cli.credential_cmd", "credential"),
     ("agent.cli.verify_cmd", "verify"),
     ("agent.cli.sync_cmd", "sync"),
+    ("agent.cli.report_cmd", "report"),
+    ("agent.cli.export_cmd", "export"),
     ("agent.cli.device", "device"),
     ("simulator.cli", "sim"),
     ("cloud_stub.cli", "cloud"),

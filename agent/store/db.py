@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlite_utils
 
 # Each migration runs once, in order, inside a transaction, and is recorded in `_migrations`.
+# Statements are split on ";" so comments inside must not contain one.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_journal", """
         CREATE TABLE invoices (
@@ -78,6 +79,26 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0002_sync", """
         ALTER TABLE credentials ADD COLUMN closure_sent_at TEXT;
         CREATE INDEX invoices_quarantined ON invoices(sync_state) WHERE sync_state = 'quarantined'
+    """),
+    ("0003_reports", """
+        -- Sealed reports: Z closings, and X snapshots if kept. Z reports form their own chain
+        -- (chain_key Z:{outlet}) and are signed with the agent key.
+        CREATE TABLE reports (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+            id           TEXT NOT NULL UNIQUE,
+            kind         TEXT NOT NULL,            -- Z | X
+            number       INTEGER,                  -- Z number (1, 2, ...), NULL for X
+            chain_key    TEXT,
+            from_seq     INTEGER NOT NULL,         -- first invoices.seq covered (exclusive lower bound + 1)
+            to_seq       INTEGER NOT NULL,         -- last invoices.seq covered
+            created_at   TEXT NOT NULL,
+            body         TEXT NOT NULL,            -- JSON of the report as returned by the API
+            hash         TEXT,
+            prev_hash    TEXT,
+            sync_state   TEXT NOT NULL DEFAULT 'pending',
+            UNIQUE (chain_key, number)
+        );
+        CREATE INDEX reports_kind ON reports(kind, seq)
     """),
 ]
 
