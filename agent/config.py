@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 DRC_ZONES = ("Africa/Kinshasa", "Africa/Lubumbashi")
+SIGNERS = ("device", "cloud", "delegated", "queued")
 
 DEFAULT_TOML = """\
 # Stalela Edge agent configuration. Every key is optional; the values shown are the defaults.
@@ -52,6 +53,21 @@ check_interval = 30
 # Largest number of invoices committed in one transaction (group commit).
 max_batch = 64
 
+[signer]
+# Who seals, in order of preference. "device" is used only when [device] url is set, "cloud"
+# only while the cloud answers within cloud_timeout; "delegated" needs a valid credential.
+# Add "queued" last to store drafts durably (202) instead of refusing when no signer can seal.
+policy = ["device", "cloud", "delegated"]
+# Seconds the cloud signer may take before the next signer is tried (the cashier's budget).
+cloud_timeout = 1.0
+# After a signer fails, skip it for this many seconds (a background probe retries it).
+breaker_seconds = 30.0
+
+[device]
+# The MCF: a tty path (/dev/ttyACM0), a pyserial URL (socket://host:port), usb:VID:PID, or
+# sim:///path/state.json for the bundled simulator. Empty: no device.
+url = ""
+
 [sync]
 # Sealed invoices uploaded to the cloud per request.
 batch_size = 500
@@ -77,6 +93,10 @@ class AgentConfig:
     renew_before_seconds: int = 3600
     check_interval: float = 30.0
     max_batch: int = 64
+    signer_policy: tuple = ("device", "cloud", "delegated")
+    signer_cloud_timeout: float = 1.0
+    breaker_seconds: float = 30.0
+    device_url: str = ""
     sync_batch_size: int = 500
     sync_interval: float = 5.0
     retention_days: int = 30
@@ -113,6 +133,9 @@ _SECTIONS = {
     "credential": {"block_size": "block_size", "renew_below_numbers": "renew_below_numbers",
                    "renew_before_seconds": "renew_before_seconds", "check_interval": "check_interval"},
     "sealing": {"max_batch": "max_batch"},
+    "signer": {"policy": "signer_policy", "cloud_timeout": "signer_cloud_timeout",
+               "breaker_seconds": "breaker_seconds"},
+    "device": {"url": "device_url"},
     "sync": {"batch_size": "sync_batch_size", "interval": "sync_interval", "retention_days": "retention_days"},
 }
 
@@ -136,9 +159,15 @@ def load_config(data_dir: Path) -> AgentConfig:
                 values[known[key]] = value
     types = {f.name: f.type for f in fields(AgentConfig)}
     for name, value in values.items():
-        want = {"str": str, "int": int, "float": (int, float)}[types[name]]
+        want = {"str": str, "int": int, "float": (int, float), "tuple": list}[types[name]]
         if not isinstance(value, want) or isinstance(value, bool):
             raise ConfigError(f"{path}: {name} has the wrong type ({type(value).__name__})")
+    if "signer_policy" in values:
+        policy = tuple(values["signer_policy"])
+        unknown = [p for p in policy if p not in SIGNERS]
+        if unknown or not policy:
+            raise ConfigError(f"{path}: signer.policy takes {', '.join(SIGNERS)}, not {unknown or 'nothing'}")
+        values["signer_policy"] = policy
     config = AgentConfig(data_dir=data_dir, **values)  # type: ignore[arg-type]
     if config.time_zone and config.time_zone not in DRC_ZONES:
         raise ConfigError(f"{path}: time_zone must be one of {', '.join(DRC_ZONES)}")
@@ -146,19 +175,38 @@ def load_config(data_dir: Path) -> AgentConfig:
 
 
 def write_default_config(data_dir: Path, **overrides: object) -> Path:
+    """Write config.toml with every default; `overrides` use `section__key` names (cloud__url=…)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "config.toml"
-    text = DEFAULT_TOML
-    for key, value in overrides.items():
-        rendered = f'"{value}"' if isinstance(value, str) else str(value)
-        lines = []
-        for line in text.splitlines():
-            if line.split("=")[0].strip() == key and not line.startswith("#"):
-                line = f"{key} = {rendered}"
-            lines.append(line)
-        text = "\n".join(lines) + "\n"
-    path.write_text(text, "utf-8")
+    lines, section, seen = [], "", set()
+    wanted = {tuple(k.split("__", 1)): v for k, v in overrides.items()}
+    for bad in [k for k in wanted if len(k) != 2]:
+        raise ValueError(f"override {'__'.join(bad)} must be named section__key")
+    for line in DEFAULT_TOML.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+        elif stripped and not stripped.startswith("#") and "=" in stripped:
+            key = stripped.split("=")[0].strip()
+            if (section, key) in wanted:
+                line = f"{key} = {_render(wanted[(section, key)])}"
+                seen.add((section, key))
+        lines.append(line)
+    missing = set(wanted) - seen
+    if missing:
+        raise ValueError(f"unknown config keys: {', '.join('.'.join(k) for k in sorted(missing))}")
+    path.write_text("\n".join(lines) + "\n", "utf-8")
     return path
+
+
+def _render(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_render(v) for v in value) + "]"
+    return str(value)
 
 
 def zone(name: str) -> ZoneInfo:

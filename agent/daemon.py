@@ -15,6 +15,7 @@ from .cloud_client import CloudClient
 from .config import AgentConfig
 from .renewal import CredentialKeeper
 from .service import AgentService
+from .signers import Breaker
 from .sync import SyncWorker
 
 log = logging.getLogger("stalela.agent")
@@ -23,6 +24,7 @@ log = logging.getLogger("stalela.agent")
 async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     started = time.monotonic()
     service = AgentService.open(config)
+    service.breaker = Breaker(config.breaker_seconds)
     token = config.token_path.read_text("utf-8").strip() if config.token_path.exists() else None
     client = CloudClient(config.cloud_url, token=token, timeout=config.cloud_timeout)
     keeper = CredentialKeeper(service, client)

@@ -24,7 +24,7 @@ from typing import Any
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from .fiscal.canonical import GENESIS_HASH
 from .fiscal.credential import BlockClosure, DelegatedCredential
-from .fiscal.seal import apply_signature, credential_qr_part
+from .fiscal.seal import apply_signature, chain_hash, credential_qr_part
 from .identity import OutletIdentity
 from .store.db import connect
 
@@ -288,6 +288,82 @@ class Journal:
             raise InvalidInvoice(
                 f"credit note total {totals['total']} exceeds what is left to credit on the original ({limit})",
                 errors=[{"field": "items", "message": f"credit exceeds the original invoice (at most {limit})"}])
+
+    # ------------------------------------------------------------------ queued drafts
+    def queue_draft(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
+        """Store an unsealed draft durably (policy `queued`): no security elements, never a receipt."""
+        req = job.request
+        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
+                           (req["request_id"],)).fetchone()
+        if row is not None:
+            if row["request_hash"] != job.fingerprint:
+                raise IdempotencyConflict(
+                    f"request_id {req['request_id']!r} was already used for a different invoice")
+            return SealOutcome(json.loads(row["body"]), created=False)
+        draft = {"id": str(uuid.uuid4()), "request_id": req["request_id"], "status": "queued",
+                 "request": req, "lines": job.lines, "totals": job.totals,
+                 "queued_at": _now_utc().isoformat()}
+        conn.execute(
+            "INSERT INTO invoices(id, request_id, request_hash, status, type, total, created_at, body, sync_state)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 'draft')",
+            (draft["id"], req["request_id"], job.fingerprint, req["type"], job.totals["total"],
+             draft["queued_at"], json.dumps(draft, ensure_ascii=False, separators=(",", ":"))))
+        return SealOutcome(draft, created=True)
+
+    # ------------------------------------------------------------------ device mode
+    def record_device_seal(self, conn: sqlite3.Connection, job: SealJob, device: dict[str, Any]) -> SealOutcome:
+        """Store an invoice the MCF normalized, with its security elements exactly as returned.
+
+        `device` holds the 38h answer: fc, tc, ft, dt (AAAAMMJJHHmmss, device local time), mid,
+        nif, fn, sig. Call inside a writer transaction (`run_in_writer`); removes the intent.
+        """
+        req = job.request
+        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
+                           (req["request_id"],)).fetchone()
+        if row is not None:
+            conn.execute("DELETE FROM device_intents WHERE request_id = ?", (req["request_id"],))
+            if row["request_hash"] != job.fingerprint:
+                raise IdempotencyConflict(
+                    f"request_id {req['request_id']!r} was already used for a different invoice")
+            return SealOutcome(json.loads(row["body"]), created=False)
+        chain_key = f"device:{device['mid']}"
+        chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (chain_key,)).fetchone()
+        prev_hash = chain["last_hash"] if chain else GENESIS_HASH
+        local = datetime.strptime(device["dt"], "%Y%m%d%H%M%S").replace(tzinfo=self._tz)
+        invoice = {
+            "id": str(uuid.uuid4()), "request_id": req["request_id"], "status": "sealed", "mode": "device",
+            "type": req["type"], "price_mode": req["price_mode"], "invoice_number": req["invoice_number"],
+            "merchant_nif": device["nif"], "outlet_id": self.identity.outlet_id, "isf": self.isf,
+            "pos_terminal_id": req["pos_terminal_id"], "operator": req["operator"], "client": req["client"],
+            "items": req["items"], "lines": job.lines, "comments": req["comments"],
+            "reference": req["reference"], "usd_rate": req["usd_rate"], "totals": job.totals,
+            "security": {
+                "authority_id": device["mid"], "code": device["sig"],
+                "counters": {"type": int(device["fc"]), "total": int(device["tc"]),
+                             "label": f"{int(device['fc'])}/{int(device['tc'])} {device['ft']}"},
+                "fiscal_number": int(device["tc"]), "timestamp": local.isoformat(),
+                "qr_payload": f"RDCDEF01;{device['mid']};{device['sig']};{device['nif']};{device['dt']}",
+                "signature": None,
+            },
+            "chain": {"prev_hash": prev_hash, "hash": ""},
+        }
+        invoice["chain"]["hash"] = chain_hash(invoice, trusted=True)
+        body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
+        conn.execute(
+            "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
+            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body)"
+            " VALUES (?, ?, ?, 'sealed', 'device', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (invoice["id"], req["request_id"], job.fingerprint, chain_key, device["mid"], int(device["tc"]),
+             req["type"], device["sig"], job.totals["total"], local.isoformat(), _now_utc().isoformat(),
+             invoice["chain"]["hash"], prev_hash, body))
+        conn.execute(
+            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
+            " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
+            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
+            (chain_key, invoice["chain"]["hash"], int(device["tc"]), local.isoformat()))
+        conn.execute("DELETE FROM device_intents WHERE request_id = ?", (req["request_id"],))
+        self.sealed_count += 1
+        return SealOutcome(invoice, created=True)
 
     # ------------------------------------------------------------------ credentials
     def _allocate(self, conn: sqlite3.Connection, now: datetime) -> tuple[DelegatedCredential, int]:

@@ -19,6 +19,7 @@ from .fiscal.signing import load_private_key
 from .fiscal.tax import TaxError, compute
 from .identity import OutletIdentity
 from .journal import Journal, SealJob, SealOutcome, credential_status
+from .signers import Breaker, SignerUnavailable
 
 log = logging.getLogger("stalela.agent")
 
@@ -35,6 +36,12 @@ class AgentService:
     started_at: float = field(default_factory=time.monotonic)
     last_renewal_error: str | None = None
     sync: Any = None  # the SyncWorker, when the daemon runs one
+    # Optional signers, set by the daemon: `device` (agent.device.DeviceSigner) and `cloud`
+    # (agent.cloud_signer.CloudSigner). Each has `async seal(job) -> SealOutcome`, raising
+    # SignerUnavailable when it did not seal, and `health() -> dict`.
+    device: Any = None
+    cloud: Any = None
+    breaker: Breaker = field(default_factory=lambda: Breaker(30.0))
 
     @classmethod
     def open(cls, config: AgentConfig) -> "AgentService":
@@ -84,7 +91,52 @@ class AgentService:
         return row["request_hash"], self._with_sync(json.loads(row["body"]), row)
 
     async def seal(self, job: SealJob) -> SealOutcome:
-        return await asyncio.wrap_future(self.journal.submit(job))
+        """Seal with the first signer of the policy that can (see agent/signers.py)."""
+        unavailable: list[str] = []
+        for name in self.config.signer_policy:
+            signer = {"device": self.device, "cloud": self.cloud}.get(name)
+            if name in ("device", "cloud"):
+                if signer is None:
+                    continue
+                if not self.breaker.allows(name):
+                    unavailable.append(f"{name}: {self.breaker.last_reason.get(name, 'unavailable')}")
+                    continue
+                try:
+                    outcome = await signer.seal(job)
+                except SignerUnavailable as exc:
+                    self.breaker.trip(name, exc.reason)
+                    log.warning("signer unavailable", extra={"event": "signer.unavailable", "signer": name,
+                                                              "reason": exc.reason})
+                    unavailable.append(f"{name}: {exc.reason}")
+                    continue
+                return outcome
+            if name == "delegated":
+                try:
+                    return await asyncio.wrap_future(self.journal.submit(job))
+                except SealingBlocked as exc:
+                    if "queued" not in self.config.signer_policy:
+                        if unavailable:
+                            exc.detail += " (also unavailable: " + "; ".join(unavailable) + ")"
+                        raise
+                    unavailable.append(f"delegated: {exc.reason}")
+            if name == "queued":
+                return await asyncio.wrap_future(self.journal.run_in_writer(lambda c: self.journal.queue_draft(c, job)))
+        raise SealingBlocked("no signer of the policy can seal: " + ("; ".join(unavailable) or "none configured"),
+                             reason="no_signer")
+
+    def next_mode(self) -> str | None:
+        """The signer the next invoice would use, for health (without side effects)."""
+        for name in self.config.signer_policy:
+            if name in ("device", "cloud"):
+                signer = {"device": self.device, "cloud": self.cloud}[name]
+                if signer is not None and self.breaker.allows(name) and signer.health().get("available", True):
+                    return name
+            elif name == "delegated":
+                if credential_status(self.journal.reader)["remaining"] > 0:
+                    return name
+            elif name == "queued":
+                return name
+        return None
 
     # ---------------------------------------------------------------- reading
     @staticmethod
@@ -134,19 +186,32 @@ class AgentService:
 
     # ---------------------------------------------------------------- health
     def health(self) -> dict[str, Any]:
+        """Signer, credential, device and sync state. No secrets, no invoice data."""
         now = datetime.now(timezone.utc)
         cred = credential_status(self.journal.reader, now)
         sync = self.sync_status()
-        if cred["remaining"] == 0:
-            status, mode = "blocked", None
-        elif (cred["remaining"] < self.config.renew_below_numbers and not cred["ready"]) or self.last_renewal_error:
-            status, mode = "degraded", "delegated"
+        mode = self.next_mode()
+        low = cred["remaining"] < self.config.renew_below_numbers and not cred["ready"]
+        online = mode in ("device", "cloud") or (self.cloud is not None and self.breaker.allows("cloud")
+                                                  and self.cloud.health().get("available", False))
+        if mode is None:
+            status, color = "blocked", "red"
+        elif mode == "queued" or (mode == "delegated" and (low or self.last_renewal_error)):
+            status, color = "degraded", "amber"
         else:
-            status, mode = "ok", "delegated"
+            status = "ok"
+            if sync["pending"] and sync["worker"] == "running" and not sync["last_error"]:
+                color = "blue"
+            elif mode == "delegated" and not online and self.cloud is not None:
+                color = "amber"
+            else:
+                color = "green"
         body: dict[str, Any] = {
             "status": status,
+            "state": color,
             "mode": mode,
-            "device": None,
+            "signers": {name: self._signer_state(name) for name in self.config.signer_policy},
+            "device": self.device.health() if self.device is not None else None,
             "credential": {
                 "remaining_numbers": cred["remaining"],
                 "active": _public_cred(cred["active"]),
@@ -158,9 +223,21 @@ class AgentService:
             "outlet_id": self.identity.outlet_id,
         }
         if status == "blocked":
-            body["reason"] = ("no delegated credential can seal (block used up or expired); "
-                              "sales must halt until the cloud renews the credential")
+            body["reason"] = ("no signer can seal (no device or cloud, and the delegated credential's block "
+                              "is used up or expired): sales must halt until a signer returns")
         return body
+
+    def _signer_state(self, name: str) -> str:
+        if name in ("device", "cloud"):
+            signer = {"device": self.device, "cloud": self.cloud}[name]
+            if signer is None:
+                return "not configured"
+            if not self.breaker.allows(name):
+                return "unavailable: " + self.breaker.last_reason.get(name, "")
+            return "available" if signer.health().get("available", True) else "unavailable"
+        if name == "delegated":
+            return "available" if credential_status(self.journal.reader)["remaining"] else "blocked"
+        return "available"
 
 
 def _public_cred(info: dict | None) -> dict | None:

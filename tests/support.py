@@ -53,8 +53,8 @@ class AgentHarness:
         self.issuer_pub = public_key_text(self.issuer)
         self.proc: subprocess.Popen | None = None
         self._cred_seq = 0
-        write_default_config(data_dir, port=self.port, url=f"http://127.0.0.1:{free_port()}",
-                             check_interval=3600)
+        write_default_config(data_dir, agent__port=self.port, cloud__url=f"http://127.0.0.1:{free_port()}",
+                             credential__check_interval=3600, signer__policy=["delegated"])
         migrate(data_dir / "agent.db")
         self.agent_key = generate_private_key()
         save_private_key(self.agent_key, data_dir / "keys" / "agent.key")
@@ -248,8 +248,11 @@ class EnrolledAgent(AgentHarness):
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
         self.cloud = cloud
-        write_default_config(data_dir, port=self.port, url=cloud.url, block_size=block_size,
-                             interval=sync_interval, check_interval=check_interval, renew_below_numbers=block_size // 2)
+        write_default_config(data_dir, agent__port=self.port, cloud__url=cloud.url,
+                             credential__block_size=block_size, sync__interval=sync_interval,
+                             credential__check_interval=check_interval,
+                             credential__renew_below_numbers=block_size // 2,
+                             signer__policy=["delegated"])
         res = subprocess.run([sys.executable, "-m", "agent", "agent", "enroll", "--data", str(data_dir),
                               "--token", token], capture_output=True, text=True, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)))

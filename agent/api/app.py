@@ -119,7 +119,7 @@ async def post_invoice(request: web.Request) -> web.Response:
             if fingerprint != job.fingerprint:
                 raise IdempotencyConflict(
                     f"request_id {job.request['request_id']!r} was already used for a different invoice")
-            return web.json_response(body, status=201)
+            return web.json_response(body, status=202 if body.get("status") == "queued" else 201)
         outcome = await service.seal(job)
     except AgentError as exc:
         m["refused"].labels(str(exc.status)).inc()
@@ -128,6 +128,9 @@ async def post_invoice(request: web.Request) -> web.Response:
     if outcome.created:
         m["sealed"].labels(outcome.invoice["mode"]).inc()
     body = dict(outcome.invoice)
+    if body.get("status") == "queued":
+        # A draft: stored durably, sealed when a signer returns; never a receipt.
+        return web.json_response(body, status=202)
     body["sync"] = {"state": "pending", "reason": None}
     return web.json_response(body, status=201)
 

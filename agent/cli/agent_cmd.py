@@ -35,9 +35,9 @@ def init(data_dir, cloud_url, port, time_zone):
     """
     if (data_dir / "config.toml").exists():
         raise click.ClickException(f"{data_dir} already has a config.toml; edit it instead")
-    overrides = {"url": cloud_url, "port": port}
+    overrides = {"cloud__url": cloud_url, "agent__port": port}
     if time_zone:
-        overrides["time_zone"] = time_zone
+        overrides["agent__time_zone"] = time_zone
     write_default_config(data_dir, **overrides)
     migrate(data_dir / "agent.db")
     click.echo(f"initialised {data_dir} (config: {data_dir / 'config.toml'})")

@@ -93,7 +93,7 @@ def up(data_dir: Path, cloud_port: int, port: int) -> None:
                           "--id", "KIN-001", "--name", "SUPERMARCHE CENTRAL GOMBE"))
             token = _run(_stalela("cloud", "token", "create", "--data", str(cloud_dir), "--outlet", "KIN-001"))
             if not (agent_dir / "config.toml").exists():
-                write_default_config(agent_dir, url=cloud_url, port=port, check_interval=5)
+                write_default_config(agent_dir, cloud__url=cloud_url, agent__port=port, credential__check_interval=5)
             _run(_stalela("agent", "enroll", "--data", str(agent_dir), "--token", token.split()[0]))
         if not key_file.exists():
             migrate(agent_dir / "agent.db")

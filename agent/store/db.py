@@ -100,6 +100,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX reports_kind ON reports(kind, seq)
     """),
+    ("0004_device", """
+        -- An invoice in flight on the MCF: written (durably) before C0h, removed in the same
+        -- transaction that stores the device's answer. One left behind after a crash means the
+        -- outcome must be recovered from the device (C1h) before anything else is sent to it.
+        CREATE TABLE device_intents (
+            request_id   TEXT PRIMARY KEY,
+            fingerprint  TEXT NOT NULL,
+            fn           TEXT NOT NULL,
+            job          TEXT NOT NULL,
+            started_at   TEXT NOT NULL
+        )
+    """),
 ]
 
 
