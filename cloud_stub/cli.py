@@ -1,0 +1,338 @@
+"""`stalela cloud ...`: run the bundled cloud ledger and administer it directly on its database."""
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from .config import DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
+from .errors import CloudError
+
+
+def _duration(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def data_option(fn):
+    return click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=DEFAULT_DATA_DIR, show_default=True,
+                        help="The cloud's data folder (database, issuer key, admin token).")(fn)
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def domain_errors(fn):
+    """Domain and storage errors become one clean line, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CloudError as exc:
+            raise click.ClickException(exc.detail) from None
+        except PermissionError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"database error: {exc}") from None
+    return wrapper
+
+
+def _service(data_dir: Path, *, create: bool = False):
+    from .service import CloudService
+
+    if not create and not CloudConfig(data_dir=data_dir).db_path.exists():
+        raise click.ClickException(f"no cloud database in {data_dir} (create it with "
+                                   "`stalela cloud merchant add` or `stalela cloud serve`)")
+    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0))
+
+
+@click.group()
+def cloud() -> None:
+    """The bundled Stalela cloud ledger: registry, credentials, online sealing, reconciliation.
+
+    \b
+    Example:
+      stalela cloud merchant add --data ./cloud-data --nif A1234567B --name "ABC SARL"
+      stalela cloud outlet add --data ./cloud-data --merchant A1234567B --id KIN-01 --name "Gombe"
+      stalela cloud token create --data ./cloud-data --outlet KIN-01
+      stalela cloud serve --data ./cloud-data
+    """
+
+
+@cloud.command()
+@data_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed in the ready line).")
+@click.option("--block-size", default=500, show_default=True, type=click.IntRange(1, 10_000),
+              help="Fiscal numbers per delegated credential.")
+@click.option("--validity", default="12h", show_default=True, callback=_duration,
+              help="Validity of a delegated credential (e.g. 12h).")
+@click.option("--gap-grace", default="1h", show_default=True, callback=_duration,
+              help="How long a settled credential's missing numbers wait before they are flagged.")
+@domain_errors
+def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace) -> None:
+    """Run the cloud ledger service (creates the database and issuer key on first run).
+
+    Logs one JSON line per event on stderr; `cloud.ready` carries the port. Stops cleanly on
+    SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      stalela cloud serve --data ./cloud-data --port 8710
+    """
+    from . import logs
+    from .server import run
+
+    logs.configure()
+    run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
+                    credential_validity=validity, gap_grace=gap_grace))
+
+
+@cloud.group()
+def merchant() -> None:
+    """Merchants (taxpayers, by NIF).
+
+    \b
+    Example:
+      stalela cloud merchant add --data ./cloud-data --nif A1234567B --name "ABC SARL"
+    """
+
+
+@merchant.command("add")
+@data_option
+@click.option("--nif", required=True, help="The merchant's NIF (tax id).")
+@click.option("--name", required=True, help="The taxpayer's name as printed on receipts.")
+@click.option("--address", help="Address printed on receipts.")
+@click.option("--rccm", help="Trade register number.")
+@click.option("--phone", help="Phone number.")
+@click.option("--email", help="E-mail address.")
+@click.option("--activity", help="Business activity.")
+@click.option("--regime", help="Tax regime.")
+@domain_errors
+def merchant_add(data_dir: Path, nif: str, name: str, **taxpayer) -> None:
+    """Register a merchant.
+
+    \b
+    Example:
+      stalela cloud merchant add --data ./cloud-data --nif A1234567B --name "ABC SARL" \\
+          --address "BOULEVARD 23" --rccm RCCM20250124
+    """
+    service = _service(data_dir, create=True)
+    try:
+        row = service.add_merchant(nif, name, {k: v for k, v in taxpayer.items() if v})
+    finally:
+        service.close()
+    click.echo(f"merchant {row['nif']} added: {row['name']}")
+
+
+@cloud.group()
+def outlet() -> None:
+    """Outlets (one fiscal counter and one agent each).
+
+    \b
+    Example:
+      stalela cloud outlet add --data ./cloud-data --merchant A1234567B --id KIN-01 --name Gombe
+    """
+
+
+@outlet.command("add")
+@data_option
+@click.option("--merchant", "merchant_nif", required=True, help="The merchant's NIF.")
+@click.option("--id", "outlet_id", required=True, help="Outlet id: A-Z, 0-9 and '-'.")
+@click.option("--name", required=True, help="Outlet name.")
+@click.option("--tz", "time_zone", type=click.Choice(TIME_ZONES), default=TIME_ZONES[0],
+              show_default=True, help="The outlet's time zone.")
+@click.option("--isf", help="The outlet's ISF (invoicing system id), if assigned.")
+@domain_errors
+def outlet_add(data_dir: Path, merchant_nif: str, outlet_id: str, name: str, time_zone: str,
+               isf: str | None) -> None:
+    """Register an outlet of a merchant.
+
+    \b
+    Example:
+      stalela cloud outlet add --data ./cloud-data --merchant A1234567B --id LUB-01 \\
+          --name "Lubumbashi centre" --tz Africa/Lubumbashi --isf ISF-0001
+    """
+    service = _service(data_dir)
+    try:
+        row = service.add_outlet(outlet_id, merchant_nif, name, time_zone, isf)
+    finally:
+        service.close()
+    click.echo(f"outlet {row['id']} added for merchant {row['merchant_nif']} ({row['time_zone']})")
+
+
+@cloud.command("outlets")
+@data_option
+@json_option
+@domain_errors
+def outlets(data_dir: Path, as_json: bool) -> None:
+    """List outlets with their counter, agents, ledger size and open flags.
+
+    \b
+    Example:
+      stalela cloud outlets --data ./cloud-data
+    """
+    service = _service(data_dir)
+    try:
+        rows = service.outlets()
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no outlets")
+    for r in rows:
+        click.echo(f"{r['id']}  {r['name']}  merchant={r['merchant_nif']}  tz={r['time_zone']}  "
+                   f"next_number={r['next_number']}  agents={r['agents']}  invoices={r['invoices']}  "
+                   f"open_flags={r['open_flags']}")
+
+
+@cloud.group()
+def token() -> None:
+    """One-time enrollment tokens.
+
+    \b
+    Example:
+      stalela cloud token create --data ./cloud-data --outlet KIN-01 --ttl 24h
+    """
+
+
+@token.command("create")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet the agent will enroll for.")
+@click.option("--ttl", default="24h", show_default=True, callback=_duration,
+              help="How long the token can be used (e.g. 30m, 24h, 7d).")
+@domain_errors
+def token_create(data_dir: Path, outlet_id: str, ttl) -> None:
+    """Create a one-time enrollment token for an outlet and print it (it is not stored).
+
+    \b
+    Example:
+      stalela cloud token create --data ./cloud-data --outlet KIN-01 --ttl 2h
+    """
+    service = _service(data_dir)
+    try:
+        result = service.create_token(outlet_id, ttl)
+    finally:
+        service.close()
+    click.echo(result["token"])
+    click.echo(f"(single use, for outlet {outlet_id}, expires {result['expires_at']})", err=True)
+
+
+@cloud.group()
+def credential() -> None:
+    """Delegated credentials.
+
+    \b
+    Example:
+      stalela cloud credential revoke --data ./cloud-data DC-3F9A1B2C4D5E --reason "box stolen"
+    """
+
+
+@credential.command("revoke")
+@data_option
+@click.argument("credential_id")
+@click.option("--reason", default="revoked by an operator", show_default=True, help="Why.")
+@click.option("--effective-at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+              help="When the revocation takes effect (default now; earlier voids invoices sealed "
+                   "since then). Without an offset: UTC.")
+@domain_errors
+def credential_revoke(data_dir: Path, credential_id: str, reason: str, effective_at: datetime | None) -> None:
+    """Revoke a delegated credential: invoices it seals from then on are rejected.
+
+    \b
+    Example:
+      stalela cloud credential revoke --data ./cloud-data DC-3F9A1B2C4D5E \\
+          --reason "box stolen" --effective-at 2026-03-01T08:00:00+01:00
+    """
+    if effective_at is not None and effective_at.tzinfo is None:
+        effective_at = effective_at.replace(tzinfo=timezone.utc)
+    service = _service(data_dir)
+    try:
+        status = service.revoke_credential(credential_id, reason, effective_at)
+    finally:
+        service.close()
+    click.echo(f"credential {credential_id} revoked from {status['revoked_at']}")
+
+
+@cloud.command("flags")
+@data_option
+@click.option("--outlet", "outlet_id", help="Only this outlet.")
+@click.option("--open", "open_only", is_flag=True, help="Only unresolved flags.")
+@json_option
+@domain_errors
+def flags(data_dir: Path, outlet_id: str | None, open_only: bool, as_json: bool) -> None:
+    """List audit flags (gaps in number blocks).
+
+    \b
+    Example:
+      stalela cloud flags --data ./cloud-data --open
+    """
+    service = _service(data_dir)
+    try:
+        rows = service.flags(outlet_id, open_only)
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no flags")
+    for f in rows:
+        numbers = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in f["numbers"])
+        state = f"resolved {f['resolved_at']}" if f["resolved_at"] else "open"
+        click.echo(f"#{f['id']} {f['outlet_id']} {f['reason']} numbers={numbers} {state}: {f['detail']}")
+
+
+@cloud.command("audit")
+@data_option
+@click.option("--outlet", "outlet_id", help="Only this outlet.")
+@domain_errors
+def audit_cmd(data_dir: Path, outlet_id: str | None) -> None:
+    """Run gap detection now (the server also runs it every minute).
+
+    \b
+    Example:
+      stalela cloud audit --data ./cloud-data
+    """
+    service = _service(data_dir)
+    try:
+        new = service.audit(outlet_id)
+    finally:
+        service.close()
+    click.echo(f"{len(new)} new flag(s)")
+
+
+@cloud.command("verify")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet whose ledger to check.")
+@domain_errors
+def verify_cmd(data_dir: Path, outlet_id: str) -> None:
+    """Check an outlet's ledger hash chain and every stored invoice's hash.
+
+    \b
+    Example:
+      stalela cloud verify --data ./cloud-data --outlet KIN-01
+    """
+    service = _service(data_dir)
+    try:
+        result = service.verify_ledger(outlet_id)
+    finally:
+        service.close()
+    if not result["valid"]:
+        for problem in result["problems"]:
+            click.echo(problem, err=True)
+        raise click.ClickException(f"ledger of {outlet_id} is NOT valid ({len(result['problems'])} problem(s))")
+    click.echo(f"ledger of {outlet_id} valid: {result['entries']} entries")

@@ -1,0 +1,102 @@
+"""Configuration of the cloud ledger service and the files of its data folder."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from agent.fiscal.signing import generate_private_key, load_private_key, save_private_key
+
+DEFAULT_DATA_DIR = Path("./cloud-data")
+DEFAULT_PORT = 8710
+TIME_ZONES = ("Africa/Kinshasa", "Africa/Lubumbashi")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class CloudConfig:
+    data_dir: Path = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    block_size: int = 500
+    max_block_size: int = 10_000
+    credential_validity: timedelta = timedelta(hours=12)
+    # A credential's window opens a little before its issue time so that an outlet box whose
+    # clock lags the cloud's by a few minutes does not seal outside its own window.
+    clock_slack: timedelta = timedelta(minutes=5)
+    # How long after a credential closed, expired or was revoked its missing numbers are
+    # tolerated before they are flagged as gaps (the agent uploads after it renews).
+    gap_grace: timedelta = timedelta(hours=1)
+    audit_interval: float = 60.0
+    token_ttl: timedelta = timedelta(hours=24)
+    max_body: int = 8 * 1024 * 1024
+    max_batch: int = 1000
+    workers: int = 4
+    admin_token: str | None = None
+    clock: Callable[[], datetime] = field(default=utc_now, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "cloud.sqlite3"
+
+    @property
+    def issuer_key_path(self) -> Path:
+        return self.data_dir / "issuer-key.pem"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
+
+
+def ensure_data_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def load_or_create_issuer_key(path: Path):
+    """The issuer's Ed25519 key: created on first start (mode 0600), loaded afterwards."""
+    if not path.exists():
+        save_private_key(generate_private_key(), path)
+    return load_private_key(path)
+
+
+def load_or_create_admin_token(path: Path) -> str:
+    """The admin token: generated into the data folder (mode 0600) on first start."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise PermissionError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+        token = path.read_text(encoding="ascii").strip()
+        if token:
+            return token
+    token = "stla_" + secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (token + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return token
+
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `24h`, `7d` → timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration such as 15m, 24h or 7d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

@@ -1,0 +1,49 @@
+"""Domain errors of the cloud service. Each maps to one RFC 9457 problem type."""
+from __future__ import annotations
+
+PROBLEM_BASE = "https://stalela.cd/problems/"
+
+
+class CloudError(Exception):
+    """A refusal the caller can act on. `kind` names the problem type (docs/cloud-api.md)."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, kind: str, detail: str, *, status: int | None = None,
+                 errors: list[dict[str, str]] | None = None):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.errors = errors
+        if status is not None:
+            self.status = status
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.kind
+
+
+class NotFound(CloudError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(CloudError):
+    status = 409
+    title = "Conflict"
+
+
+class Invalid(CloudError):
+    status = 422
+    title = "Invalid request"
+
+
+class Unauthorized(CloudError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(CloudError):
+    status = 403
+    title = "Forbidden"

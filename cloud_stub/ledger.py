@@ -1,0 +1,176 @@
+"""The fiscal ledger: append-only, hash-chained per outlet, and the queries built on it.
+
+Each entry's `ledger_hash = SHA-256(RFC 8785 {prev_ledger_hash, outlet_id, seq, recorded_at,
+mode, authority_id, fiscal_number, invoice_hash})`, and `invoice_hash` is the invoice's own chain
+hash (`seal.chain_hash`, which covers every field but `sync`). Editing, inserting or deleting any
+entry, or any byte of a stored invoice, breaks `verify()`.
+"""
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from agent.fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from agent.fiscal.money import fmt2
+from agent.fiscal.seal import chain_hash
+
+from .errors import Invalid
+from .issuer import iso
+from .repository import LedgerEntry, Tx
+
+
+def entry_hash(prev_ledger_hash: str, outlet_id: str, seq: int, recorded_at: str, mode: str,
+               authority_id: str, fiscal_number: int, invoice_hash: str) -> str:
+    return sha256_hex(canonical_bytes({
+        "prev_ledger_hash": prev_ledger_hash, "outlet_id": outlet_id, "seq": seq,
+        "recorded_at": recorded_at, "mode": mode, "authority_id": authority_id,
+        "fiscal_number": fiscal_number, "invoice_hash": invoice_hash,
+    }))
+
+
+def number_key(outlet_id: str, invoice: dict) -> str:
+    """What makes a fiscal number unique: the outlet's Stalela sequence, or the device's counter."""
+    sec = invoice["security"]
+    if invoice["mode"] == "device":
+        return f"device:{sec['authority_id']}:{sec['fiscal_number']}"
+    return f"stalela:{outlet_id}:{sec['fiscal_number']}"
+
+
+def chain_key(outlet_id: str, invoice: dict) -> str:
+    mode = invoice["mode"]
+    if mode == "device":
+        return f"device:{invoice['security']['authority_id']}"
+    return f"{mode}:{outlet_id}"
+
+
+def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, int]:
+    """Append a sealed invoice (JSON form, exactly as sealed) to the outlet's ledger: (id, seq)."""
+    tail = tx.ledger_tail(outlet_id)
+    seq = tail["seq"] + 1 if tail else 1
+    prev = tail["ledger_hash"] if tail else GENESIS_HASH
+    sec = invoice["security"]
+    recorded_at = iso(now)
+    invoice_hash = invoice["chain"]["hash"]
+    entry = LedgerEntry(
+        outlet_id=outlet_id, seq=seq, recorded_at=recorded_at, mode=invoice["mode"],
+        inv_type=invoice["type"], authority_id=sec["authority_id"], fiscal_number=sec["fiscal_number"],
+        number_key=number_key(outlet_id, invoice), chain_key=chain_key(outlet_id, invoice),
+        sealed_at=iso(datetime.fromisoformat(sec["timestamp"])), invoice_hash=invoice_hash,
+        prev_ledger_hash=prev,
+        ledger_hash=entry_hash(prev, outlet_id, seq, recorded_at, invoice["mode"], sec["authority_id"],
+                               sec["fiscal_number"], invoice_hash),
+        invoice=json.dumps(invoice, ensure_ascii=False, separators=(",", ":")),
+    )
+    return tx.append(entry), seq
+
+
+def verify(tx: Tx, outlet_id: str) -> tuple[int, list[str]]:
+    """(entries checked, problems) for an outlet's ledger; no problems = the chain holds."""
+    problems: list[str] = []
+    prev = GENESIS_HASH
+    count = 0
+    for row in tx.ledger_rows(outlet_id):
+        count += 1
+        seq = row["seq"]
+        if seq != count:
+            problems.append(f"seq {seq}: expected {count} (an entry is missing or inserted)")
+        if row["prev_ledger_hash"] != prev:
+            problems.append(f"seq {seq}: prev_ledger_hash does not match the previous entry")
+        invoice = json.loads(row["invoice"])
+        if chain_hash(invoice) != row["invoice_hash"] or invoice["chain"]["hash"] != row["invoice_hash"]:
+            problems.append(f"seq {seq}: the stored invoice does not match its hash")
+        expected = entry_hash(row["prev_ledger_hash"], outlet_id, seq, row["recorded_at"], row["mode"],
+                              row["authority_id"], row["fiscal_number"], row["invoice_hash"])
+        if row["ledger_hash"] != expected:
+            problems.append(f"seq {seq}: ledger_hash does not match the entry")
+        prev = row["ledger_hash"]
+    return count, problems
+
+
+def page(tx: Tx, outlet_id: str, after: int, limit: int) -> dict:
+    rows = tx.ledger_page(outlet_id, after, limit)
+    entries = [{
+        "seq": r["seq"], "recorded_at": r["recorded_at"], "mode": r["mode"], "type": r["inv_type"],
+        "authority_id": r["authority_id"], "fiscal_number": r["fiscal_number"],
+        "chain_key": r["chain_key"], "invoice_hash": r["invoice_hash"],
+        "prev_ledger_hash": r["prev_ledger_hash"], "ledger_hash": r["ledger_hash"],
+        "invoice": json.loads(r["invoice"]),
+    } for r in rows]
+    return {"outlet_id": outlet_id, "entries": entries,
+            "next_after": entries[-1]["seq"] if len(entries) == limit else None}
+
+
+def period_bounds(start: str | None, end: str | None, time_zone: str) -> tuple[datetime, datetime]:
+    """`from`/`to` as dates (whole days in the outlet's zone, `to` inclusive) or ISO datetimes."""
+    zone = ZoneInfo(time_zone)
+
+    def parse(text: str, is_end: bool) -> datetime:
+        try:
+            if len(text) == 10:
+                day = date.fromisoformat(text)
+                moment = datetime.combine(day + timedelta(days=1) if is_end else day, time(), zone)
+            else:
+                moment = datetime.fromisoformat(text)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=zone)
+        except ValueError:
+            raise Invalid("bad_period", f"{text!r} is neither a date (YYYY-MM-DD) nor an ISO "
+                          "datetime") from None
+        return moment
+
+    lo = parse(start, False) if start else datetime(1970, 1, 1, tzinfo=timezone.utc)
+    hi = parse(end, True) if end else datetime(9999, 1, 1, tzinfo=timezone.utc)
+    if hi <= lo:
+        raise Invalid("bad_period", "`to` must be after `from`")
+    return lo, hi
+
+
+def _add(bucket: dict, totals: dict) -> None:
+    bucket["count"] += 1
+    for key in ("total", "vat", "specific_tax"):
+        bucket[key] += Decimal(totals[key])
+    for group, g in totals["by_group"].items():
+        acc = bucket["by_group"].setdefault(group, {"total": Decimal(0), "ht": Decimal(0), "vat": Decimal(0)})
+        for key in ("total", "ht", "vat"):
+            acc[key] += Decimal(g[key])
+    for p in totals["payments"]:
+        bucket["payments"][p["method"]] = bucket["payments"].get(p["method"], Decimal(0)) + Decimal(p["amount"])
+
+
+def _new_bucket() -> dict:
+    return {"count": 0, "total": Decimal(0), "vat": Decimal(0), "specific_tax": Decimal(0),
+            "by_group": {}, "payments": {}}
+
+
+def _render(bucket: dict) -> dict:
+    return {
+        "count": bucket["count"],
+        "total": fmt2(bucket["total"]), "vat": fmt2(bucket["vat"]),
+        "specific_tax": fmt2(bucket["specific_tax"]),
+        "by_group": {g: {k: fmt2(v) for k, v in acc.items()} for g, acc in sorted(bucket["by_group"].items())},
+        "payments": {m: fmt2(v) for m, v in sorted(bucket["payments"].items())},
+    }
+
+
+def summary(tx: Tx, outlet: dict, start: str | None, end: str | None) -> dict:
+    """Count and totals of an outlet's ledger for a period, per invoice type and per tax group.
+
+    Amounts are summed as sealed (credit notes carry positive amounts; they are reported under
+    their own type so the caller decides how to net them, as the agent's reports do).
+    """
+    lo, hi = period_bounds(start, end, outlet["time_zone"])
+    by_type: dict[str, dict] = {}
+    by_mode: dict[str, int] = {}
+    count = 0
+    for row in tx.ledger_in_period(outlet["id"], iso(lo), iso(hi)):
+        invoice = json.loads(row["invoice"])
+        count += 1
+        by_mode[row["mode"]] = by_mode.get(row["mode"], 0) + 1
+        _add(by_type.setdefault(row["inv_type"], _new_bucket()), invoice["totals"])
+    return {
+        "outlet_id": outlet["id"], "from": lo.isoformat(), "to": hi.isoformat(),
+        "count": count, "by_mode": by_mode,
+        "by_type": {t: _render(b) for t, b in sorted(by_type.items())},
+    }

@@ -1,0 +1,141 @@
+"""Registry: merchants, outlets, one-time enrollment tokens, agents and MCF devices."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from datetime import datetime, timedelta
+
+from agent.fiscal.signing import load_public_key
+
+from .config import TIME_ZONES
+from .errors import Conflict, Invalid, NotFound, Unauthorized
+from .issuer import iso, parse_iso
+from .repository import Tx
+
+OUTLET_ID = re.compile(r"^[A-Z0-9-]{1,40}$")
+NIF = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+MID = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+DEVICE_STATUSES = ("active", "suspended", "retired")
+
+
+def secret_hash(secret: str) -> str:
+    """How tokens are stored: SHA-256 hex. Tokens are 256-bit random, so no salt is needed."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def add_merchant(tx: Tx, nif: str, name: str, taxpayer: dict, now: datetime) -> dict:
+    if not NIF.match(nif):
+        raise Invalid("bad_nif", "a NIF is 1-32 letters, digits or '-'")
+    if tx.merchant(nif) is not None:
+        raise Conflict("merchant_exists", f"merchant {nif} already exists")
+    tx.insert_merchant(nif, name, taxpayer, iso(now))
+    return merchant_view(tx.merchant(nif))
+
+
+def merchant_view(row: dict) -> dict:
+    return {"nif": row["nif"], "name": row["name"], "taxpayer": json.loads(row["taxpayer"]),
+            "created_at": row["created_at"]}
+
+
+def add_outlet(tx: Tx, outlet_id: str, merchant_nif: str, name: str, time_zone: str,
+               isf: str | None, now: datetime) -> dict:
+    if not OUTLET_ID.match(outlet_id):
+        raise Invalid("bad_outlet_id", "an outlet id is 1-40 characters among A-Z, 0-9 and '-'")
+    if time_zone not in TIME_ZONES:
+        raise Invalid("bad_time_zone", f"time zone must be one of {', '.join(TIME_ZONES)}")
+    if tx.merchant(merchant_nif) is None:
+        raise NotFound("merchant_not_found", f"no merchant with NIF {merchant_nif}")
+    if tx.outlet(outlet_id) is not None:
+        raise Conflict("outlet_exists", f"outlet {outlet_id} already exists")
+    tx.insert_outlet(outlet_id, merchant_nif, name, time_zone, isf, iso(now))
+    return outlet_view(tx.outlet(outlet_id))
+
+
+def outlet_view(row: dict) -> dict:
+    return {
+        "id": row["id"], "name": row["name"], "time_zone": row["time_zone"], "isf": row["isf"],
+        "merchant_nif": row["merchant_nif"], "merchant_name": row["merchant_name"],
+        "taxpayer": json.loads(row["taxpayer"]),
+    }
+
+
+def get_outlet(tx: Tx, outlet_id: str) -> dict:
+    row = tx.outlet(outlet_id)
+    if row is None:
+        raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
+    return row
+
+
+def create_token(tx: Tx, outlet_id: str, ttl: timedelta, now: datetime) -> tuple[str, str]:
+    """A one-time enrollment token for an outlet: (token, expires_at). Only its hash is kept."""
+    get_outlet(tx, outlet_id)
+    if ttl <= timedelta(0):
+        raise Invalid("bad_ttl", "the token lifetime must be positive")
+    token = "stle_" + secrets.token_urlsafe(32)
+    expires_at = iso(now + ttl)
+    tx.insert_token(secret_hash(token), outlet_id, iso(now), expires_at)
+    return token, expires_at
+
+
+def enroll(tx: Tx, token: str, agent_public_key: str, label: str, now: datetime) -> tuple[dict, str, dict]:
+    """Redeem a one-time token: (agent row, agent API token shown once, outlet row).
+
+    One active agent per outlet: a new enrollment (with a fresh token, which only an admin can
+    create) retires the previous agent, whose API token stops working.
+    """
+    try:
+        load_public_key(agent_public_key)
+    except ValueError:
+        raise Invalid("bad_public_key", "agent_public_key must be a base64url raw Ed25519 public key") from None
+    token_hash = secret_hash(token)
+    row = tx.token(token_hash)
+    # One answer for unknown, used and expired tokens would hide the reason from a technician;
+    # the token is a 256-bit secret, so telling them apart reveals nothing useful to a guesser.
+    if row is None:
+        raise Unauthorized("bad_enrollment_token", "unknown enrollment token")
+    if row["used_at"] is not None:
+        raise Unauthorized("bad_enrollment_token", "this enrollment token was already used")
+    if parse_iso(row["expires_at"]) <= now:
+        raise Unauthorized("bad_enrollment_token", "this enrollment token has expired")
+    agent_id = "AG-" + secrets.token_hex(6).upper()
+    if not tx.use_token(token_hash, iso(now), agent_id):
+        raise Unauthorized("bad_enrollment_token", "this enrollment token was already used")
+    retired = tx.retire_agents(row["outlet_id"], iso(now))
+    api_token = "stla_" + secrets.token_urlsafe(32)
+    tx.insert_agent(agent_id, row["outlet_id"], agent_public_key, secret_hash(api_token), label, iso(now))
+    agent = {"id": agent_id, "outlet_id": row["outlet_id"], "public_key": agent_public_key,
+             "label": label, "retired": retired}
+    return agent, api_token, tx.outlet(row["outlet_id"])
+
+
+def authenticate(tx: Tx, api_token: str) -> dict | None:
+    return tx.agent_by_token(secret_hash(api_token))
+
+
+def provision_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, firmware: dict,
+                     now: datetime) -> tuple[dict, bool]:
+    """Register (or refresh) an MCF for an outlet. Refuses a device of another taxpayer."""
+    if not MID.match(mid):
+        raise Invalid("bad_mid", "a MID is 1-32 letters, digits or '-'")
+    if status not in DEVICE_STATUSES:
+        raise Invalid("bad_status", f"status must be one of {', '.join(DEVICE_STATUSES)}")
+    outlet = get_outlet(tx, outlet_id)
+    if nif != outlet["merchant_nif"]:
+        raise Conflict("nif_mismatch", f"device {mid} reports NIF {nif}, but outlet {outlet_id} "
+                       f"belongs to merchant {outlet['merchant_nif']}")
+    existing = tx.device(mid)
+    if existing is None:
+        tx.insert_device(mid, nif, outlet_id, status, firmware, iso(now))
+        return device_view(tx.device(mid)), True
+    if existing["outlet_id"] != outlet_id or existing["nif"] != nif:
+        raise Conflict("device_registered_elsewhere", f"device {mid} is registered to another outlet")
+    tx.update_device(mid, status, firmware, iso(now))
+    return device_view(tx.device(mid)), False
+
+
+def device_view(row: dict) -> dict:
+    return {"mid": row["mid"], "nif": row["nif"], "outlet_id": row["outlet_id"], "status": row["status"],
+            "firmware": json.loads(row["firmware"]), "provisioned_at": row["provisioned_at"],
+            "last_seen": row["last_seen"]}

@@ -1,0 +1,501 @@
+"""Storage of the cloud ledger: every SQL statement of the service lives in this module.
+
+SQLite by default (WAL, `synchronous=FULL`, one connection per worker thread). The services
+only call `Store.write()` / `Store.read()` and the methods of `Tx`, so a PostgreSQL store can
+replace this one with the same methods (`BEGIN IMMEDIATE` becomes a row lock on the counter).
+
+The `ledger` table is append-only: this module has no UPDATE or DELETE statement on it, and
+triggers refuse both at the database level.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE merchants (
+        nif TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        taxpayer TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE outlets (
+        id TEXT PRIMARY KEY,
+        merchant_nif TEXT NOT NULL REFERENCES merchants(nif),
+        name TEXT NOT NULL,
+        time_zone TEXT NOT NULL,
+        isf TEXT,
+        created_at TEXT NOT NULL
+    );
+    -- One counter per outlet: the next Stalela fiscal number (online seals and blocks).
+    CREATE TABLE counters (
+        outlet_id TEXT PRIMARY KEY REFERENCES outlets(id),
+        next_number INTEGER NOT NULL
+    );
+    CREATE TABLE enrollment_tokens (
+        token_hash TEXT PRIMARY KEY,
+        outlet_id TEXT NOT NULL REFERENCES outlets(id),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at TEXT,
+        agent_id TEXT
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        outlet_id TEXT NOT NULL REFERENCES outlets(id),
+        public_key TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        label TEXT NOT NULL,
+        enrolled_at TEXT NOT NULL,
+        retired_at TEXT
+    );
+    CREATE TABLE devices (
+        mid TEXT PRIMARY KEY,
+        nif TEXT NOT NULL,
+        outlet_id TEXT NOT NULL REFERENCES outlets(id),
+        status TEXT NOT NULL,
+        firmware TEXT NOT NULL DEFAULT '{}',
+        provisioned_at TEXT NOT NULL,
+        last_seen TEXT
+    );
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        outlet_id TEXT NOT NULL REFERENCES outlets(id),
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        request_id TEXT,
+        block_start INTEGER NOT NULL,
+        block_end INTEGER NOT NULL,
+        not_before TEXT NOT NULL,
+        not_after TEXT NOT NULL,
+        document TEXT NOT NULL,
+        issued_at TEXT NOT NULL,
+        revoked_at TEXT,
+        revoke_reason TEXT,
+        closure TEXT,
+        closed_last_used INTEGER,
+        closed_at TEXT,
+        audit_done_at TEXT,
+        UNIQUE (agent_id, request_id)
+    );
+    CREATE INDEX credentials_outlet ON credentials(outlet_id, block_start);
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outlet_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        recorded_at TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        inv_type TEXT NOT NULL,
+        authority_id TEXT NOT NULL,
+        fiscal_number INTEGER NOT NULL,
+        number_key TEXT NOT NULL UNIQUE,
+        chain_key TEXT NOT NULL,
+        sealed_at TEXT NOT NULL,
+        invoice_hash TEXT NOT NULL,
+        prev_ledger_hash TEXT NOT NULL,
+        ledger_hash TEXT NOT NULL,
+        invoice TEXT NOT NULL,
+        UNIQUE (outlet_id, seq)
+    );
+    CREATE INDEX ledger_chain ON ledger(chain_key, id);
+    CREATE INDEX ledger_chain_type ON ledger(chain_key, inv_type, id);
+    CREATE INDEX ledger_authority ON ledger(authority_id, fiscal_number);
+    CREATE INDEX ledger_period ON ledger(outlet_id, sealed_at);
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+    CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+    CREATE TABLE seal_requests (
+        outlet_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        ledger_id INTEGER NOT NULL REFERENCES ledger(id),
+        PRIMARY KEY (outlet_id, request_id)
+    );
+    CREATE TABLE flags (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outlet_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        credential_id TEXT,
+        numbers TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        resolved_at TEXT,
+        resolution TEXT
+    );
+    CREATE INDEX flags_outlet ON flags(outlet_id, id);
+    CREATE TABLE rejections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outlet_id TEXT NOT NULL,
+        mode TEXT,
+        authority_id TEXT,
+        fiscal_number INTEGER,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        invoice_hash TEXT,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX rejections_outlet ON rejections(outlet_id, reason, fiscal_number);
+    """,
+]
+
+
+def _row(cursor: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
+    return {col[0]: value for col, value in zip(cursor.description, row)}
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    outlet_id: str
+    seq: int
+    recorded_at: str
+    mode: str
+    inv_type: str
+    authority_id: str
+    fiscal_number: int
+    number_key: str
+    chain_key: str
+    sealed_at: str
+    invoice_hash: str
+    prev_ledger_hash: str
+    ledger_hash: str
+    invoice: str
+
+
+class Tx:
+    """One transaction. Methods return plain dicts (rows) or scalars."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._c = conn
+
+    def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        return self._c.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return self._c.execute(sql, args).fetchall()
+
+    def _run(self, sql: str, *args: Any) -> int:
+        return self._c.execute(sql, args).rowcount
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def insert_merchant(self, nif: str, name: str, taxpayer: dict, now: str) -> None:
+        self._run("INSERT INTO merchants (nif, name, taxpayer, created_at) VALUES (?, ?, ?, ?)",
+                  nif, name, json.dumps(taxpayer, ensure_ascii=False), now)
+
+    def merchant(self, nif: str) -> dict | None:
+        return self._one("SELECT * FROM merchants WHERE nif = ?", nif)
+
+    def insert_outlet(self, outlet_id: str, merchant_nif: str, name: str, time_zone: str,
+                      isf: str | None, now: str) -> None:
+        self._run("INSERT INTO outlets (id, merchant_nif, name, time_zone, isf, created_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", outlet_id, merchant_nif, name, time_zone, isf, now)
+        self._run("INSERT INTO counters (outlet_id, next_number) VALUES (?, 1)", outlet_id)
+
+    _OUTLET = ("SELECT o.id, o.name, o.time_zone, o.isf, o.created_at, o.merchant_nif, "
+               "m.name AS merchant_name, m.taxpayer FROM outlets o "
+               "JOIN merchants m ON m.nif = o.merchant_nif")
+
+    def outlet(self, outlet_id: str) -> dict | None:
+        return self._one(self._OUTLET + " WHERE o.id = ?", outlet_id)
+
+    def outlets(self) -> list[dict]:
+        return self._all(
+            "SELECT o.id, o.name, o.time_zone, o.isf, o.merchant_nif, m.name AS merchant_name, "
+            "c.next_number, "
+            "(SELECT COUNT(*) FROM agents a WHERE a.outlet_id = o.id AND a.retired_at IS NULL) AS agents, "
+            "(SELECT COUNT(*) FROM ledger l WHERE l.outlet_id = o.id) AS invoices, "
+            "(SELECT MAX(recorded_at) FROM ledger l WHERE l.outlet_id = o.id) AS last_recorded_at, "
+            "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags "
+            "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
+            "JOIN counters c ON c.outlet_id = o.id ORDER BY o.id")
+
+    def outlet_ids(self) -> list[str]:
+        return [r["id"] for r in self._all("SELECT id FROM outlets ORDER BY id")]
+
+    def insert_token(self, token_hash: str, outlet_id: str, now: str, expires_at: str) -> None:
+        self._run("INSERT INTO enrollment_tokens (token_hash, outlet_id, created_at, expires_at) "
+                  "VALUES (?, ?, ?, ?)", token_hash, outlet_id, now, expires_at)
+
+    def token(self, token_hash: str) -> dict | None:
+        return self._one("SELECT * FROM enrollment_tokens WHERE token_hash = ?", token_hash)
+
+    def use_token(self, token_hash: str, now: str, agent_id: str) -> bool:
+        """Mark a token used; False if someone else used it first (single use)."""
+        return self._run("UPDATE enrollment_tokens SET used_at = ?, agent_id = ? "
+                         "WHERE token_hash = ? AND used_at IS NULL", now, agent_id, token_hash) == 1
+
+    def insert_agent(self, agent_id: str, outlet_id: str, public_key: str, token_hash: str,
+                     label: str, now: str) -> None:
+        self._run("INSERT INTO agents (id, outlet_id, public_key, token_hash, label, enrolled_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", agent_id, outlet_id, public_key, token_hash, label, now)
+
+    def retire_agents(self, outlet_id: str, now: str) -> list[str]:
+        ids = [r["id"] for r in self._all(
+            "SELECT id FROM agents WHERE outlet_id = ? AND retired_at IS NULL", outlet_id)]
+        self._run("UPDATE agents SET retired_at = ? WHERE outlet_id = ? AND retired_at IS NULL",
+                  now, outlet_id)
+        return ids
+
+    def agent_by_token(self, token_hash: str) -> dict | None:
+        return self._one("SELECT * FROM agents WHERE token_hash = ? AND retired_at IS NULL", token_hash)
+
+    def device(self, mid: str) -> dict | None:
+        return self._one("SELECT * FROM devices WHERE mid = ?", mid)
+
+    def insert_device(self, mid: str, nif: str, outlet_id: str, status: str, firmware: dict,
+                      now: str) -> None:
+        self._run("INSERT INTO devices (mid, nif, outlet_id, status, firmware, provisioned_at, last_seen) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)", mid, nif, outlet_id, status,
+                  json.dumps(firmware, ensure_ascii=False), now, now)
+
+    def update_device(self, mid: str, status: str, firmware: dict, now: str) -> None:
+        self._run("UPDATE devices SET status = ?, firmware = ?, last_seen = ? WHERE mid = ?",
+                  status, json.dumps(firmware, ensure_ascii=False), now, mid)
+
+    def touch_device(self, mid: str, now: str) -> None:
+        self._run("UPDATE devices SET last_seen = ? WHERE mid = ? AND (last_seen IS NULL OR last_seen < ?)",
+                  now, mid, now)
+
+    def devices(self, outlet_id: str) -> list[dict]:
+        return self._all("SELECT * FROM devices WHERE outlet_id = ? ORDER BY mid", outlet_id)
+
+    # -- counter and credentials ------------------------------------------------------------
+
+    def take_numbers(self, outlet_id: str, count: int) -> int:
+        """Reserve `count` consecutive numbers of the outlet's counter; returns the first."""
+        row = self._one("UPDATE counters SET next_number = next_number + ? WHERE outlet_id = ? "
+                        "RETURNING next_number - ? AS start", count, outlet_id, count)
+        if row is None:
+            raise LookupError(f"outlet {outlet_id} has no counter")
+        return row["start"]
+
+    def next_number(self, outlet_id: str) -> int:
+        return self._one("SELECT next_number FROM counters WHERE outlet_id = ?", outlet_id)["next_number"]
+
+    def insert_credential(self, *, id: str, outlet_id: str, agent_id: str, request_id: str | None,
+                          block_start: int, block_end: int, not_before: str, not_after: str,
+                          document: str, issued_at: str) -> None:
+        self._run("INSERT INTO credentials (id, outlet_id, agent_id, request_id, block_start, block_end, "
+                  "not_before, not_after, document, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  id, outlet_id, agent_id, request_id, block_start, block_end, not_before, not_after,
+                  document, issued_at)
+
+    def credential(self, credential_id: str) -> dict | None:
+        return self._one("SELECT * FROM credentials WHERE id = ?", credential_id)
+
+    def credential_by_request(self, agent_id: str, request_id: str) -> dict | None:
+        return self._one("SELECT * FROM credentials WHERE agent_id = ? AND request_id = ?",
+                         agent_id, request_id)
+
+    def credentials(self, outlet_id: str) -> list[dict]:
+        return self._all("SELECT * FROM credentials WHERE outlet_id = ? ORDER BY block_start", outlet_id)
+
+    def credentials_to_audit(self, outlet_id: str) -> list[dict]:
+        return self._all("SELECT * FROM credentials WHERE outlet_id = ? AND audit_done_at IS NULL "
+                         "ORDER BY block_start", outlet_id)
+
+    def close_credential(self, credential_id: str, closure: str, last_used: int, now: str) -> None:
+        self._run("UPDATE credentials SET closure = ?, closed_last_used = ?, closed_at = ? "
+                  "WHERE id = ? AND closure IS NULL", closure, last_used, now, credential_id)
+
+    def revoke_credential(self, credential_id: str, at: str, reason: str) -> None:
+        self._run("UPDATE credentials SET revoked_at = ?, revoke_reason = ? "
+                  "WHERE id = ? AND revoked_at IS NULL", at, reason, credential_id)
+
+    def mark_audited(self, credential_id: str, now: str) -> None:
+        self._run("UPDATE credentials SET audit_done_at = ? WHERE id = ?", now, credential_id)
+
+    # -- ledger (append-only) -----------------------------------------------------------------
+
+    def ledger_tail(self, outlet_id: str) -> dict | None:
+        return self._one("SELECT seq, ledger_hash FROM ledger WHERE outlet_id = ? "
+                         "ORDER BY seq DESC LIMIT 1", outlet_id)
+
+    def chain_head(self, chain_key: str) -> dict | None:
+        return self._one("SELECT fiscal_number, invoice_hash, sealed_at, invoice FROM ledger "
+                         "WHERE chain_key = ? ORDER BY id DESC LIMIT 1", chain_key)
+
+    def by_number_key(self, number_key: str) -> dict | None:
+        return self._one("SELECT id, outlet_id, invoice_hash, invoice FROM ledger WHERE number_key = ?",
+                         number_key)
+
+    def append(self, e: LedgerEntry) -> int:
+        cur = self._c.execute(
+            "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
+            "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
+            "ledger_hash, invoice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.outlet_id, e.seq, e.recorded_at, e.mode, e.inv_type, e.authority_id, e.fiscal_number,
+             e.number_key, e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash,
+             e.ledger_hash, e.invoice))
+        return cur.lastrowid
+
+    def ledger_invoice(self, ledger_id: int) -> str:
+        return self._one("SELECT invoice FROM ledger WHERE id = ?", ledger_id)["invoice"]
+
+    def ledger_page(self, outlet_id: str, after: int, limit: int) -> list[dict]:
+        return self._all("SELECT seq, recorded_at, mode, inv_type, authority_id, fiscal_number, "
+                         "chain_key, invoice_hash, prev_ledger_hash, ledger_hash, invoice FROM ledger "
+                         "WHERE outlet_id = ? AND seq > ? ORDER BY seq LIMIT ?", outlet_id, after, limit)
+
+    def ledger_rows(self, outlet_id: str) -> Iterator[dict]:
+        cur = self._c.execute("SELECT * FROM ledger WHERE outlet_id = ? ORDER BY seq", (outlet_id,))
+        yield from cur
+
+    def ledger_in_period(self, outlet_id: str, start: str, end: str) -> list[dict]:
+        return self._all("SELECT mode, inv_type, invoice FROM ledger WHERE outlet_id = ? "
+                         "AND sealed_at >= ? AND sealed_at < ? ORDER BY seq", outlet_id, start, end)
+
+    def last_of_type(self, chain_key: str, inv_type: str) -> dict | None:
+        return self._one("SELECT invoice FROM ledger WHERE chain_key = ? AND inv_type = ? "
+                         "ORDER BY id DESC LIMIT 1", chain_key, inv_type)
+
+    def numbers_of_authority(self, authority_id: str) -> set[int]:
+        return {r["fiscal_number"] for r in self._all(
+            "SELECT fiscal_number FROM ledger WHERE authority_id = ?", authority_id)}
+
+    def highest_delegated_number(self, outlet_id: str) -> int:
+        """The highest number the outlet's agent is known to have used (accepted or chain-rejected)."""
+        # Numbers increase along the chain, so the head holds the chain's highest number.
+        row = self._one(
+            "SELECT MAX(n) AS n FROM ("
+            " SELECT * FROM (SELECT fiscal_number AS n FROM ledger WHERE chain_key = ?"
+            "  ORDER BY id DESC LIMIT 1)"
+            " UNION ALL SELECT MAX(fiscal_number) FROM rejections"
+            "  WHERE outlet_id = ? AND reason = 'chain_break' AND mode = 'delegated')",
+            f"delegated:{outlet_id}", outlet_id)
+        return row["n"] or 0
+
+    # -- online seal idempotency ------------------------------------------------------------
+
+    def seal_request(self, outlet_id: str, request_id: str) -> dict | None:
+        return self._one("SELECT fingerprint, ledger_id FROM seal_requests "
+                         "WHERE outlet_id = ? AND request_id = ?", outlet_id, request_id)
+
+    def insert_seal_request(self, outlet_id: str, request_id: str, fingerprint: str, ledger_id: int) -> None:
+        self._run("INSERT INTO seal_requests (outlet_id, request_id, fingerprint, ledger_id) "
+                  "VALUES (?, ?, ?, ?)", outlet_id, request_id, fingerprint, ledger_id)
+
+    # -- flags and rejections ---------------------------------------------------------------
+
+    def insert_flag(self, outlet_id: str, reason: str, credential_id: str | None, numbers: list,
+                    detail: str, now: str) -> int:
+        cur = self._c.execute(
+            "INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (outlet_id, reason, credential_id, json.dumps(numbers), detail, now))
+        return cur.lastrowid
+
+    def flags(self, outlet_id: str | None = None, open_only: bool = False) -> list[dict]:
+        sql = "SELECT * FROM flags WHERE 1 = 1"
+        args: list[Any] = []
+        if outlet_id is not None:
+            sql += " AND outlet_id = ?"
+            args.append(outlet_id)
+        if open_only:
+            sql += " AND resolved_at IS NULL"
+        return self._all(sql + " ORDER BY id", *args)
+
+    def resolve_flag(self, flag_id: int, now: str, resolution: str) -> None:
+        self._run("UPDATE flags SET resolved_at = ?, resolution = ? WHERE id = ? AND resolved_at IS NULL",
+                  now, resolution, flag_id)
+
+    def insert_rejection(self, outlet_id: str, mode: str | None, authority_id: str | None,
+                         fiscal_number: int | None, reason: str, detail: str,
+                         invoice_hash: str | None, now: str) -> None:
+        self._run("INSERT INTO rejections (outlet_id, mode, authority_id, fiscal_number, reason, detail, "
+                  "invoice_hash, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  outlet_id, mode, authority_id, fiscal_number, reason, detail, invoice_hash, now)
+
+    def rejections(self, outlet_id: str, limit: int) -> list[dict]:
+        return self._all("SELECT * FROM rejections WHERE outlet_id = ? ORDER BY id DESC LIMIT ?",
+                         outlet_id, limit)
+
+
+class Store:
+    """A SQLite database file with one connection per thread."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all_conns: list[sqlite3.Connection] = []
+        self._migrate()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = _row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all_conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[Tx]:
+        conn = self._conn()
+        conn.execute(begin)
+        try:
+            yield Tx(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def write(self):
+        """A write transaction holding the database's write lock from its first statement."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def read(self):
+        """A read transaction: one consistent snapshot."""
+        return self._transaction("BEGIN")
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                         "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)")
+            done = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all_conns:
+                conn.close()
+            self._all_conns.clear()
+        self._local = threading.local()
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit the open transaction; split on statement ends instead,
+    # keeping trigger bodies (BEGIN ... END;) whole.
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        text = "\n".join(buf).strip()
+        if sqlite3.complete_statement(text):
+            out.append(text)
+            buf = []
+    if "".join(buf).strip():
+        raise ValueError("incomplete SQL statement in a migration")
+    return out

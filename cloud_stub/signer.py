@@ -1,0 +1,93 @@
+"""Online signing (`cloud` mode): seal an invoice request for an outlet, once per request_id."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from agent.fiscal.canonical import GENESIS_HASH, request_fingerprint
+from agent.fiscal.models import InvoiceRequest, SealedInvoice
+from agent.fiscal.seal import apply_signature
+from agent.fiscal.tax import TaxError, compute
+
+from . import ledger
+from .errors import Conflict, Invalid
+from .issuer import Issuer
+from .repository import Tx
+
+
+def authority_id(outlet_id: str) -> str:
+    return f"CLOUD-{outlet_id}"
+
+
+def resolve_isf(outlet: dict, isf: str | None) -> str:
+    registered = outlet["isf"]
+    if registered and isf and isf != registered:
+        raise Invalid("isf_mismatch", f"isf {isf!r} is not the one registered for outlet {outlet['id']}")
+    chosen = registered or isf
+    if not chosen:
+        raise Invalid("isf_missing", f"outlet {outlet['id']} has no registered ISF; send `isf`")
+    return chosen
+
+
+def compute_totals(request: InvoiceRequest, outlet: dict, now: datetime) -> tuple[list, dict]:
+    """Lines and totals by the shared tax engine, with the table in force on the outlet's date."""
+    local_day = now.astimezone(ZoneInfo(outlet["time_zone"])).date()
+    try:
+        result = compute(request, local_day)
+    except TaxError as exc:
+        raise Invalid("invoice_refused", "the tax rules refuse this invoice", errors=exc.errors) from None
+    return ([line.model_dump(mode="json") for line in result.lines],
+            result.totals.model_dump(mode="json"))
+
+
+def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: str,
+         invoice_id: str | None, lines: list, totals: dict, now: datetime) -> tuple[dict, bool]:
+    """(sealed invoice JSON, created). Must run in a write transaction: it takes a number."""
+    fingerprint = request_fingerprint(request)
+    done = tx.seal_request(outlet["id"], request.request_id)
+    if done is not None:
+        if done["fingerprint"] != fingerprint:
+            raise Conflict("idempotency_conflict",
+                           f"request_id {request.request_id} was already sealed with a different body")
+        return json.loads(tx.ledger_invoice(done["ledger_id"])), False
+
+    number = tx.take_numbers(outlet["id"], 1)
+    key = f"cloud:{outlet['id']}"
+    head = tx.chain_head(key)
+    moment = now.astimezone(ZoneInfo(outlet["time_zone"])).replace(microsecond=0)
+    if head is not None:
+        previous = datetime.fromisoformat(head["sealed_at"])
+        moment = max(moment, previous.astimezone(moment.tzinfo))  # never earlier than the last one
+    # The counters of the cloud signer's chain, like the device's FC (per type) and TC (total).
+    last_same = tx.last_of_type(key, request.type)
+    type_count = (json.loads(last_same["invoice"])["security"]["counters"]["type"] if last_same else 0) + 1
+    total_count = (json.loads(head["invoice"])["security"]["counters"]["total"] if head else 0) + 1
+    # Payments live in the totals (settled by the tax engine), not beside them.
+    body = request.model_dump(mode="json", exclude={"request_id", "payments"})
+    invoice = {
+        "id": invoice_id or str(uuid.uuid4()),
+        "request_id": request.request_id,
+        "status": "sealed",
+        "mode": "cloud",
+        **body,
+        "merchant_nif": outlet["merchant_nif"],
+        "outlet_id": outlet["id"],
+        "isf": isf,
+        "lines": lines,
+        "totals": totals,
+        "security": {
+            "authority_id": authority_id(outlet["id"]),
+            "counters": {"type": type_count, "total": total_count,
+                         "label": f"{type_count}/{total_count} {request.type}"},
+            "fiscal_number": number,
+            "timestamp": moment.isoformat(),
+        },
+        "chain": {"prev_hash": head["invoice_hash"] if head else GENESIS_HASH},
+    }
+    apply_signature(invoice, issuer.private_key, None)
+    SealedInvoice.model_validate(invoice)  # the contract holds for what the cloud itself seals
+    ledger_id, _ = ledger.append(tx, outlet["id"], invoice, now)
+    tx.insert_seal_request(outlet["id"], request.request_id, fingerprint, ledger_id)
+    return invoice, True

@@ -1,0 +1,125 @@
+"""`stalela cloud ...`: administration on the database, and `serve` as a real process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import cloud_stub
+from cloud_stub.cli import cloud
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(cloud, list(args))
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,), cmd
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, prefix + (name,))
+
+
+def test_every_command_has_help_with_an_example():
+    for path, cmd in [((), cloud), *all_commands(cloud)]:
+        result = CliRunner().invoke(cloud, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Example:" in result.output, f"`stalela cloud {' '.join(path)}` has no Example"
+
+
+def test_admin_workflow(tmp_path):
+    data = str(tmp_path / "cloud")
+    run("merchant", "add", "--data", data, "--nif", "A1234567B", "--name", "ABC SARL", "--rccm", "RC1")
+    run("outlet", "add", "--data", data, "--merchant", "A1234567B", "--id", "LUB-01", "--name", "Centre",
+        "--tz", "Africa/Lubumbashi", "--isf", "ISF-1")
+    token = run("token", "create", "--data", data, "--outlet", "LUB-01", "--ttl", "2h").stdout.strip()
+    assert token.startswith("stle_")
+    listing = json.loads(run("outlets", "--data", data, "--json").stdout)
+    assert [(o["id"], o["time_zone"], o["next_number"]) for o in listing] == [("LUB-01", "Africa/Lubumbashi", 1)]
+    assert "no flags" in run("flags", "--data", data).stdout
+    assert "0 new flag(s)" in run("audit", "--data", data).stdout
+    assert "valid: 0 entries" in run("verify", "--data", data, "--outlet", "LUB-01").stdout
+    # The token printed by the CLI enrolls an agent.
+    from agent.fiscal.signing import generate_private_key, public_key_text
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.service import CloudService
+
+    service = CloudService(CloudConfig(data_dir=Path(data), audit_interval=0))
+    try:
+        enrolled = service.enroll(token, public_key_text(generate_private_key()), "box")
+        agent = service.authenticate(enrolled["agent_token"])
+        cred, _ = service.issue_credential(agent, block_size=5)
+    finally:
+        service.close()
+    out = run("credential", "revoke", "--data", data, cred["id"], "--reason", "lost").stdout
+    assert f"credential {cred['id']} revoked" in out
+
+
+def test_clean_errors(tmp_path):
+    data = str(tmp_path / "cloud")
+    result = run("outlets", "--data", data, ok=False)
+    assert result.exit_code == 1 and "no cloud database" in result.output
+    run("merchant", "add", "--data", data, "--nif", "A1", "--name", "M")
+    for args, message in [
+        (("merchant", "add", "--data", data, "--nif", "A1", "--name", "M"), "already exists"),
+        (("outlet", "add", "--data", data, "--merchant", "NOPE", "--id", "O-1", "--name", "x"), "no merchant"),
+        (("outlet", "add", "--data", data, "--merchant", "A1", "--id", "bad id", "--name", "x"), "outlet id"),
+        (("token", "create", "--data", data, "--outlet", "NOPE"), "no outlet"),
+        (("token", "create", "--data", data, "--outlet", "NOPE", "--ttl", "soon"), "duration"),
+        (("credential", "revoke", "--data", data, "DC-NONE"), "no credential"),
+        (("verify", "--data", data, "--outlet", "NOPE"), "no outlet"),
+    ]:
+        result = run(*args, ok=False)
+        assert result.exit_code != 0, args
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_serve_as_a_process(tmp_path):
+    data = tmp_path / "cloud"
+    env = dict(os.environ, PYTHONPATH=str(Path(cloud_stub.__file__).parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "cloud_stub", "serve", "--data", str(data), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = None
+        for line in proc.stderr:
+            event = json.loads(line)
+            if event["event"] == "cloud.ready":
+                ready = event
+                break
+        assert ready is not None, "the server never logged cloud.ready"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ready['port']}/v1/health", timeout=5) as resp:
+            assert json.load(resp)["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(line)["event"] for line in rest.splitlines()]
+    assert events[-2:] == ["cloud.stopping", "cloud.stopped"]
+    for name in ("issuer-key.pem", "admin.token"):
+        assert (data / name).stat().st_mode & 0o777 == 0o600
+    assert (data / "cloud.sqlite3").exists()
+    admin_token = (data / "admin.token").read_text().strip()
+    assert admin_token not in line + rest
+    assert "PRIVATE KEY" not in line + rest
+
+
+@pytest.mark.parametrize("command", ["flags", "outlets"])
+def test_read_commands_do_not_create_a_cloud(tmp_path, command):
+    run(command, "--data", str(tmp_path / "typo"), ok=False)
+    assert not (tmp_path / "typo").exists()
