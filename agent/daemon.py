@@ -28,8 +28,17 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     token = config.token_path.read_text("utf-8").strip() if config.token_path.exists() else None
     client = CloudClient(config.cloud_url, token=token, timeout=config.cloud_timeout)
     keeper = CredentialKeeper(service, client)
-    sync = SyncWorker(config.db_path, client, batch_size=config.sync_batch_size, interval=config.sync_interval)
+    sync = SyncWorker(config.db_path, client, batch_size=config.sync_batch_size, interval=config.sync_interval,
+                      attempts=4, max_backoff=max(2.0, min(60.0, config.sync_interval * 10)))
     service.sync = sync
+    if "cloud" in config.signer_policy and token:
+        from .cloud_signer import CloudSigner
+        service.cloud = CloudSigner(service.journal, config.cloud_url, token, service.identity.issuer_public_key,
+                                    isf=service.journal.isf, timeout=config.signer_cloud_timeout)
+    if config.device_url and "device" in config.signer_policy:
+        from .device.signer import from_config as device_signer
+        service.device = device_signer(config, service)
+        await service.device.start()  # start-up recovery runs first on the device's worker
     app = init_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -42,6 +51,16 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     scheduler.start()
     asyncio.get_running_loop().create_task(keeper.check())  # first check right away, off the start path
     sync_task = asyncio.get_running_loop().create_task(sync.run())
+
+    async def probe_cloud() -> None:
+        # One owner per source: re-close the cloud breaker as soon as the cloud answers again.
+        if service.cloud is not None and not service.breaker.allows("cloud"):
+            if await service.cloud.probe():
+                service.breaker.reset("cloud")
+                log.info("cloud signer back", extra={"event": "signer.recovered", "signer": "cloud"})
+
+    scheduler.add_job(probe_cloud, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
+                      id="cloud-probe", max_instances=1, coalesce=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,4 +97,8 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
         scheduler.shutdown(wait=False)
         await runner.cleanup()
         await client.close()
+        if service.cloud is not None:
+            await service.cloud.close()
+        if service.device is not None:
+            await service.device.close()
         service.close()

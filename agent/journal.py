@@ -199,6 +199,11 @@ class Journal:
                 raise IdempotencyConflict(
                     f"request_id {req['request_id']!r} was already used for a different invoice")
             return SealOutcome(json.loads(row["body"]), created=False)
+        if conn.execute("SELECT 1 FROM cloud_intents WHERE request_id = ?", (req["request_id"],)).fetchone():
+            raise SealingBlocked(
+                "this request was sent to the cloud signer and its answer was lost; only the cloud can "
+                "tell whether it was sealed: retry the same request_id once the cloud is reachable",
+                reason="cloud_outcome_unknown")
         if req["type"] in CREDIT_TYPES:
             self._check_credit_note(conn, req, job.totals)
 
@@ -288,6 +293,38 @@ class Journal:
             raise InvalidInvoice(
                 f"credit note total {totals['total']} exceeds what is left to credit on the original ({limit})",
                 errors=[{"field": "items", "message": f"credit exceeds the original invoice (at most {limit})"}])
+
+    # ------------------------------------------------------------------ cloud mode
+    def record_cloud_seal(self, conn: sqlite3.Connection, job: SealJob, invoice: dict[str, Any]) -> SealOutcome:
+        """Store an invoice the cloud signer sealed (already in the cloud ledger: synced)."""
+        req = job.request
+        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
+                           (req["request_id"],)).fetchone()
+        if row is not None:
+            conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (req["request_id"],))
+            if row["request_hash"] != job.fingerprint:
+                raise IdempotencyConflict(
+                    f"request_id {req['request_id']!r} was already used for a different invoice")
+            return SealOutcome(json.loads(row["body"]), created=False)
+        invoice = {k: v for k, v in invoice.items() if k != "sync"}
+        sec = invoice["security"]
+        chain_key = f"cloud:{invoice['outlet_id']}"
+        conn.execute(
+            "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
+            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, sync_state, synced_at)"
+            " VALUES (?, ?, ?, 'sealed', 'cloud', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
+            (invoice["id"], req["request_id"], job.fingerprint, chain_key, sec["authority_id"],
+             sec["fiscal_number"], invoice["type"], sec["code"], invoice["totals"]["total"], sec["timestamp"],
+             _now_utc().isoformat(), invoice["chain"]["hash"], invoice["chain"]["prev_hash"],
+             json.dumps(invoice, ensure_ascii=False, separators=(",", ":")), _now_utc().isoformat()))
+        conn.execute(
+            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
+            " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
+            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
+            (chain_key, invoice["chain"]["hash"], sec["fiscal_number"], sec["timestamp"]))
+        conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (req["request_id"],))
+        self.sealed_count += 1
+        return SealOutcome(invoice, created=True)
 
     # ------------------------------------------------------------------ queued drafts
     def queue_draft(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:

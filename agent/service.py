@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import AgentConfig, zone
-from .errors import InvalidInvoice, SealingBlocked
+from .errors import AgentError, InvalidInvoice, SealingBlocked
 from .fiscal.canonical import canonical_trusted, sha256_hex
 from .fiscal.models import InvoiceRequest
 from .fiscal.signing import load_private_key
@@ -103,6 +103,11 @@ class AgentService:
                     continue
                 try:
                     outcome = await signer.seal(job)
+                except AgentError as exc:
+                    if exc.extra.get("reason", "").endswith("outcome_unknown"):
+                        # The link is bad: spare the next invoices the same wait.
+                        self.breaker.trip(name, exc.detail)
+                    raise
                 except SignerUnavailable as exc:
                     self.breaker.trip(name, exc.reason)
                     log.warning("signer unavailable", extra={"event": "signer.unavailable", "signer": name,

@@ -117,6 +117,12 @@ class SyncWorker:
             raise
         return done, quarantined
 
+    def _failed(self, exc: CloudError) -> None:
+        if self.stats.last_error is None:  # log the first failure, not every retry
+            log.warning("sync failed; will retry", extra={"event": "sync.failed", "error": exc.detail})
+        self.stats.last_error = exc.detail
+        self.stats.last_error_at = _now()
+
     async def upload_once(self, progress=None) -> int:
         """Upload one batch (with retries); returns how many invoices were settled (0 = nothing to do)."""
         rows = await asyncio.to_thread(self._pending)
@@ -128,7 +134,11 @@ class SyncWorker:
                 stop=stop_after_attempt(self.attempts),
                 wait=wait_exponential_jitter(initial=0.5, max=self.max_backoff, jitter=0.5)):
             with attempt:
-                answer = await self.client.reconcile_raw(bodies)
+                try:
+                    answer = await self.client.reconcile_raw(bodies)
+                except CloudError as exc:
+                    self._failed(exc)
+                    raise
         done, quarantined = await asyncio.to_thread(self._mark, rows, answer)
         self.stats.uploaded += done + quarantined
         self.stats.last_success = _now()
@@ -155,10 +165,7 @@ class SyncWorker:
                 try:
                     await self.drain()
                 except CloudError as exc:
-                    if self.stats.last_error is None:
-                        log.warning("sync failed; will retry", extra={"event": "sync.failed", "error": exc.detail})
-                    self.stats.last_error = exc.detail
-                    self.stats.last_error_at = _now()
+                    self._failed(exc)
                 except sqlite3.Error as exc:
                     log.error("sync could not read or mark the journal",
                               extra={"event": "sync.journal_error", "error": str(exc)})

@@ -48,9 +48,58 @@ def verify_journal(db_path: Path, issuer_public_key: str, *, stop_at_first: bool
     conn = connect(db_path, readonly=True)
     try:
         _verify(conn, issuer_public_key, report, stop_at_first, progress)
+        if report.ok or not stop_at_first:
+            _verify_z_reports(conn, report)
     finally:
         conn.close()
     return report
+
+
+def _verify_z_reports(conn, report: Report) -> None:
+    rows = conn.execute("SELECT * FROM reports WHERE kind = 'Z' ORDER BY chain_key, number").fetchall()
+    keys = {DelegatedCredential.model_validate_json(r["body"]).agent_public_key
+            for r in conn.execute("SELECT body FROM credentials")}
+    report.faults.extend(verify_z_chain(rows, keys or None))
+
+
+def verify_z_chain(rows, agent_keys: set[str] | None = None, *, prev_hash: str = GENESIS_HASH,
+                   prev_number: int = 0, prev_to_seq: int | None = None) -> list[Fault]:
+    """Faults of a chain of Z reports, in number order: each body's hash and Ed25519 signature, the
+    link to the previous Z, numbering 1, 2, 3... without gaps, contiguous invoice ranges, and a
+    signer key among `agent_keys` (the keys the cloud certified; None = not checked). `rows` are
+    `reports` rows or plain bodies (dicts); a row's columns must agree with its body."""
+    from .reports.core import verify_report
+
+    faults: list[Fault] = []
+    for row in rows:
+        if isinstance(row, dict):
+            body, cols = row, None
+        else:
+            cols = row
+            try:
+                body = json.loads(row["body"])
+            except ValueError:
+                faults.append(Fault(f"Z report {row['number']} ({row['id']})", "stored report is unreadable"))
+                return faults
+        where = f"Z report {body.get('number')} ({body.get('id')})"
+        problems = verify_report(body)
+        if cols is not None:
+            for col, val in (("id", body.get("id")), ("number", body.get("number")), ("hash", body.get("hash")),
+                             ("from_seq", body.get("from_seq")), ("to_seq", body.get("to_seq"))):
+                if cols[col] != val:
+                    problems.append(f"column {col} ({cols[col]!r}) differs from the sealed report ({val!r})")
+        if agent_keys is not None and body.get("signer_public_key") not in agent_keys:
+            problems.append("signed by a key that no credential of this outlet certifies")
+        if body.get("chain", {}).get("prev_hash") != prev_hash:
+            problems.append("chain broken: prev_hash does not match the previous Z report")
+        if body.get("number") != prev_number + 1:
+            problems.append(f"numbering: expected Z {prev_number + 1}, found {body.get('number')}")
+        if prev_to_seq is not None and body.get("from_seq") != prev_to_seq + 1:
+            problems.append(f"invoice range starts at seq {body.get('from_seq')}, expected {prev_to_seq + 1}")
+        if problems:
+            faults.append(Fault(where, "; ".join(problems)))
+        prev_hash, prev_number, prev_to_seq = body.get("hash"), body.get("number") or prev_number + 1, body.get("to_seq")
+    return faults
 
 
 def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None:
@@ -149,6 +198,14 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                         return
                 prev_cred = cred.id
                 last_by_cred[cred.id] = number
+            elif body.get("mode") == "cloud":
+                problems = verify_stalela_seal(body, issuer_key)
+                if problems:
+                    if fault(where, "; ".join(problems)):
+                        return
+                if prev_number is not None and number <= prev_number:
+                    if fault(where, f"cloud numbering not increasing: {number} after {prev_number}"):
+                        return
             elif body.get("mode") == "device":
                 # The MCF's elements are stored as it returned them: the QR must be built from them,
                 # and its total counter must move by one from one device invoice to the next.

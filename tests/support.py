@@ -242,7 +242,8 @@ class EnrolledAgent(AgentHarness):
     """An agent enrolled for real with a running CloudProcess (its credentials come from the cloud)."""
 
     def __init__(self, data_dir: Path, cloud: CloudProcess, token: str, *, block_size: int = 500,
-                 sync_interval: float = 0.5, check_interval: float = 1) -> None:
+                 sync_interval: float = 0.5, check_interval: float = 1, policy=("delegated",),
+                 cloud_url: str | None = None, breaker_seconds: float = 30.0) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -252,7 +253,7 @@ class EnrolledAgent(AgentHarness):
                              credential__block_size=block_size, sync__interval=sync_interval,
                              credential__check_interval=check_interval,
                              credential__renew_below_numbers=block_size // 2,
-                             signer__policy=["delegated"])
+                             signer__policy=list(policy), signer__breaker_seconds=breaker_seconds)
         res = subprocess.run([sys.executable, "-m", "agent", "agent", "enroll", "--data", str(data_dir),
                               "--token", token], capture_output=True, text=True, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -262,6 +263,9 @@ class EnrolledAgent(AgentHarness):
         self.api_key = create_key(conn, "POS-01")
         conn.close()
         self.cloud_token = (data_dir / "keys" / "cloud.token").read_text().strip()
+        if cloud_url:  # talk to the cloud through something else (e.g. a fault proxy) from now on
+            text = (data_dir / "config.toml").read_text().replace(f'url = "{cloud.url}"', f'url = "{cloud_url}"')
+            (data_dir / "config.toml").write_text(text)
         ident = json.loads((data_dir / "enrollment.json").read_text())
         self.issuer_pub = ident["issuer_public_key"]
         self.outlet = ident["outlet_id"]

@@ -7,6 +7,7 @@ chained.
 """
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -43,12 +44,15 @@ Rate = Annotated[
 ]
 
 
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]")
+
+
 def _no_control_chars(value: str) -> str:
     # Control characters have no business on a printed receipt and some are framing bytes on the
     # device link (SOH, ETX, AMB...). \r and \n are not allowed in one-line fields either.
-    for ch in value:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise ValueError(f"control character U+{ord(ch):04X} is not allowed")
+    found = _CONTROL_CHAR.search(value)
+    if found is not None:
+        raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
     return value
 
 
@@ -59,9 +63,18 @@ def text(max_length: int, min_length: int = 1):
     return Annotated[
         str,
         Field(min_length=min_length, max_length=max_length),
-        BeforeValidator(_require_str),
-        BeforeValidator(_no_control_chars_any),
+        BeforeValidator(_text_value),
     ]
+
+
+def _text_value(value: object) -> object:
+    """`_no_control_chars_any` then `_require_str` (the order pydantic ran them in), in one call."""
+    if isinstance(value, str):
+        found = _CONTROL_CHAR.search(value)
+        if found is not None:
+            raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
+        return value
+    raise ValueError("must be a string")
 
 
 def _require_str(value: object) -> object:

@@ -55,13 +55,21 @@ _HINT = {
 }
 
 
-def parse_amount(value: object) -> Decimal:
+# The common case (a str that matches) first; anything else goes through `_parse`, which gives
+# the same result and every refusal with its message.
+def parse_amount(value: object, _match=_MONEY_RE.match, _str=str, _dec=Decimal) -> Decimal:
+    if value.__class__ is _str and _match(value):
+        return _dec(value)
     return _parse(value, _MONEY_RE, "amount")
 
 
-def parse_quantity(value: object) -> Decimal:
+def parse_quantity(value: object, _match=_QTY_RE.match, _str=str, _dec=Decimal) -> Decimal:
+    if value.__class__ is _str and _match(value):
+        return _dec(value)
     return _parse(value, _QTY_RE, "quantity")
 
 
-def parse_rate(value: object) -> Decimal:
+def parse_rate(value: object, _match=_RATE_RE.match, _str=str, _dec=Decimal) -> Decimal:
+    if value.__class__ is _str and _match(value):
+        return _dec(value)
     return _parse(value, _RATE_RE, "rate")

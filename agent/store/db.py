@@ -112,6 +112,26 @@ MIGRATIONS: list[tuple[str, str]] = [
             started_at   TEXT NOT NULL
         )
     """),
+    ("0006_cloud_intents", """
+        -- A request sent to the cloud signer whose answer never came: the cloud may have sealed
+        -- it. Until the cloud says, that request_id may only be sealed by the cloud (asking again
+        -- is idempotent there), never by another signer: one sale, one fiscal number.
+        CREATE TABLE cloud_intents (
+            request_id   TEXT PRIMARY KEY,
+            invoice_id   TEXT NOT NULL,
+            sent_at      TEXT NOT NULL
+        )
+    """),
+    ("0005_receipts", """
+        -- How many times each sealed invoice's receipt was printed: the first print is the
+        -- original, every later one carries the DUPLICATA mention (agent/receipts).
+        CREATE TABLE receipt_prints (
+            invoice_id   TEXT PRIMARY KEY,
+            print_count  INTEGER NOT NULL,
+            first_at     TEXT NOT NULL,
+            last_at      TEXT NOT NULL
+        )
+    """),
 ]
 
 

@@ -15,6 +15,28 @@ EXPORT_TYPES = frozenset({"EV", "ET", "EA"})
 
 def check_invoice(request: InvoiceRequest, period: Period, on: date) -> list[GroupRule]:
     """The group rule of each item; every problem found is raised in one TaxError."""
+    groups = period.groups
+    export = request.type in EXPORT_TYPES
+    # The common case first: every item's group exists and takes it, no D and no N. Anything else
+    # (a problem, or a group with an invoice-level rule) is decided by the full check below.
+    rules: list[GroupRule] = []
+    append = rules.append
+    for item in request.items:
+        rule = groups.get(item.tax_group)
+        if (rule is None or item.type not in rule.item_types or (export and not rule.on_export)
+                or (item.specific_tax is not None and not rule.specific_tax)
+                or rule.kind in _INVOICE_LEVEL_KINDS):
+            return _check_invoice(request, period, on)
+        append(rule)
+    return rules
+
+
+# Kinds with a rule on the whole invoice: D needs comment A, N needs an M line.
+_INVOICE_LEVEL_KINDS = frozenset({"derogation", "specific_vat"})
+
+
+def _check_invoice(request: InvoiceRequest, period: Period, on: date) -> list[GroupRule]:
+    """The group rule of each item; every problem found is raised in one TaxError."""
     errors: list[dict[str, str]] = []
     present: list[tuple[int, GroupRule]] = []
     export = request.type in EXPORT_TYPES

@@ -1,0 +1,114 @@
+"""The `cloud` signer: the cloud ledger seals online with its own counter and chain.
+
+Exactly-once across a lost answer: the request is recorded in `cloud_intents` before it is sent.
+If the answer never comes (timeout, reset) the cloud may or may not have sealed it, so that
+request_id stays reserved for the cloud — which is idempotent by request_id — and no other signer
+may seal it; the POS gets a 503 and retries the same request_id. A connection that could not even
+be opened means nothing was sent: the next signer of the policy is tried at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+
+from .errors import AgentError
+from .fiscal.seal import verify_stalela_seal
+from .journal import Journal, SealJob, SealOutcome
+from .signers import SignerUnavailable
+
+
+class CloudOutcomeUnknown(AgentError):
+    status = 503
+    type = "/problems/cloud-outcome-unknown"
+    title = "The cloud signer's answer was lost"
+
+
+class CloudSigner:
+    def __init__(self, journal: Journal, base_url: str, token: str, issuer_public_key: str, *,
+                 isf: str, timeout: float = 1.0) -> None:
+        self.journal = journal
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.issuer_public_key = issuer_public_key
+        self.isf = isf
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self.last_ok: str | None = None
+        self.last_error: str | None = None
+
+    def _s(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def health(self) -> dict[str, Any]:
+        return {"available": self.last_error is None, "last_ok": self.last_ok, "last_error": self.last_error}
+
+    async def probe(self) -> bool:
+        """Used by the breaker's background probe: is the cloud answering?"""
+        try:
+            async with self._s().get(self.base_url + "/v1/health",
+                                     timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                ok = resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        self.last_error = None if ok else "cloud not answering"
+        return ok
+
+    def _intent(self, request_id: str, invoice_id: str):
+        def fn(conn):
+            row = conn.execute("SELECT invoice_id FROM cloud_intents WHERE request_id = ?", (request_id,)).fetchone()
+            if row:
+                return row["invoice_id"]
+            conn.execute("INSERT INTO cloud_intents(request_id, invoice_id, sent_at) VALUES (?, ?, ?)",
+                         (request_id, invoice_id, datetime.now(timezone.utc).isoformat()))
+            return invoice_id
+        return fn
+
+    async def seal(self, job: SealJob) -> SealOutcome:
+        rid = job.request["request_id"]
+        invoice_id = await asyncio.wrap_future(self.journal.run_in_writer(self._intent(rid, str(uuid.uuid4()))))
+        body = {"invoice": job.request, "isf": self.isf, "id": invoice_id}
+        try:
+            async with self._s().post(self.base_url + "/v1/seal", json=body,
+                                      timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                data = await resp.json(content_type=None)
+                status = resp.status
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing was sent: safe to let another signer seal this sale.
+            await self._forget(rid)
+            self.last_error = f"cloud unreachable ({exc.__class__.__name__})"
+            raise SignerUnavailable("cloud", self.last_error) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.last_error = f"no answer from the cloud ({exc.__class__.__name__})"
+            raise CloudOutcomeUnknown(
+                "the cloud did not answer in time; retry the same request_id (it will not be sealed twice)",
+                reason="cloud_outcome_unknown") from None
+        if status in (200, 201) and isinstance(data, dict):
+            problems = verify_stalela_seal(data, self.issuer_public_key)
+            if problems:
+                raise CloudOutcomeUnknown("the cloud's seal does not verify: " + "; ".join(problems))
+            self.last_ok, self.last_error = datetime.now(timezone.utc).isoformat(), None
+            return await asyncio.wrap_future(
+                self.journal.run_in_writer(lambda conn: self.journal.record_cloud_seal(conn, job, data)))
+        detail = data.get("detail") if isinstance(data, dict) else None
+        if 400 <= status < 500 and status not in (408, 429):
+            # The cloud refused this invoice: it did not seal it.
+            await self._forget(rid)
+            raise SignerUnavailable("cloud", f"cloud refused the invoice ({status}: {detail})")
+        self.last_error = f"cloud error {status}"
+        raise CloudOutcomeUnknown(f"the cloud answered {status}; retry the same request_id",
+                                  reason="cloud_outcome_unknown")
+
+    async def _forget(self, request_id: str) -> None:
+        await asyncio.wrap_future(self.journal.run_in_writer(
+            lambda conn: conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (request_id,))))

@@ -1,0 +1,238 @@
+"""X, Z and A reports on the agent's journal (see docs/reports.md).
+
+* X: running totals since the last Z; reads only.
+* Z: the daily closing. Numbered 1, 2, 3... in the chain `Z:{outlet}`; covers the invoices with
+  seq in (previous Z's to_seq, current max seq]; hashed (SHA-256 of the RFC 8785 form of the
+  body without `hash` and `signature`), linked to the previous Z by `chain.prev_hash` and signed
+  (Ed25519, agent key) over the hex hash. Computed and stored in ONE write transaction, so no
+  invoice can be sealed between the sums and the insert. The next X starts from zero.
+* A: every article line of the invoices sealed in a period (dates in the outlet's zone).
+
+Functions here take a sqlite3 connection: the daemon passes its writer connection (through
+`Journal.run_in_writer`), the CLI its own connection inside BEGIN IMMEDIATE.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import uuid
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Callable, Iterator
+
+from ..fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from ..fiscal.signing import b64url, load_public_key, public_key_text, sign, unb64url, verify
+from .aggregate import a_report, aggregate
+
+log = logging.getLogger("stalela.reports")
+
+# Callbacks run after a Z is committed, with the stored Z body: e.g. the device signer clears the
+# MCF's "daily report must be made" status (the device engineer / daemon registers it here).
+# Exceptions are logged, never propagated: the Z is already sealed.
+on_z_closed: list[Callable[[dict[str, Any]], Any]] = []
+
+
+def z_chain_key(outlet_id: str) -> str:
+    return f"Z:{outlet_id}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def last_z(conn: sqlite3.Connection, outlet_id: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM reports WHERE chain_key = ? ORDER BY number DESC LIMIT 1",
+                        (z_chain_key(outlet_id),)).fetchone()
+
+
+def max_seq(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(seq), 0) FROM invoices").fetchone()[0]
+
+
+def iter_sealed(conn: sqlite3.Connection, after_seq: int, upto_seq: int | None = None) -> Iterator[dict]:
+    sql = "SELECT body FROM invoices WHERE status = 'sealed' AND seq > ?"
+    args: list[Any] = [after_seq]
+    if upto_seq is not None:
+        sql += " AND seq <= ?"
+        args.append(upto_seq)
+    for (body,) in conn.execute(sql + " ORDER BY seq", args):
+        yield json.loads(body)
+
+
+def health_summary(health: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stable part of `AgentService.health()` that a report records (signer and sync state)."""
+    if not health:
+        return None
+    cred = health.get("credential") or {}
+    sync = health.get("sync") or {}
+    return {
+        "status": health.get("status"), "mode": health.get("mode"),
+        "signers": health.get("signers"),
+        "credential": {"active": (cred.get("active") or {}).get("id"),
+                       "remaining_numbers": cred.get("remaining_numbers")},
+        "sync": {k: sync.get(k) for k in ("pending", "quarantined", "last_success", "last_error")},
+    }
+
+
+def offline_health(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Health as far as the journal tells it (the CLI has no running signers)."""
+    from ..journal import credential_status
+    from ..sync import outbox_status
+
+    cred = credential_status(conn)
+    box = outbox_status(conn)
+    return {"status": None, "mode": None, "signers": None, "source": "journal",
+            "credential": {"active": (cred["active"] or {}).get("id"), "remaining_numbers": cred["remaining"]},
+            "sync": {"pending": box["pending"], "quarantined": box["quarantined"], "last_success": None,
+                     "last_error": None}}
+
+
+def _identity_fields(identity) -> dict[str, Any]:
+    return {"outlet_id": identity.outlet_id, "merchant_nif": identity.merchant_nif,
+            "merchant_name": identity.merchant_name, "isf": identity.isf}
+
+
+def x_report(conn: sqlite3.Connection, identity, health: dict | None, now: datetime | None = None) -> dict:
+    last = last_z(conn, identity.outlet_id)
+    after = last["to_seq"] if last else 0
+    upto = max(max_seq(conn), after)
+    return {
+        "kind": "X", "id": str(uuid.uuid4()), **_identity_fields(identity),
+        "created_at": (now or _now()).isoformat(),
+        "since_z": last["number"] if last else None,
+        "from_seq": after + 1, "to_seq": upto,
+        "totals": aggregate(iter_sealed(conn, after, upto)),
+        "health": health_summary(health),
+    }
+
+
+def report_hash(body: dict[str, Any]) -> str:
+    view = {k: v for k, v in body.items() if k not in ("hash", "signature")}
+    return sha256_hex(canonical_bytes(view))
+
+
+def close_z(conn: sqlite3.Connection, identity, key, health: dict | None, now: datetime | None = None) -> dict:
+    """Compute, seal and store the next Z. Call inside a write transaction (BEGIN IMMEDIATE)."""
+    now = now or _now()
+    last = last_z(conn, identity.outlet_id)
+    after = last["to_seq"] if last else 0
+    upto = max(max_seq(conn), after)
+    body = {
+        "kind": "Z", "id": str(uuid.uuid4()), "number": (last["number"] + 1) if last else 1,
+        **_identity_fields(identity), "created_at": now.isoformat(),
+        "from_seq": after + 1, "to_seq": upto,
+        "totals": aggregate(iter_sealed(conn, after, upto)),
+        "health": health_summary(health),
+        "chain": {"key": z_chain_key(identity.outlet_id), "prev_hash": last["hash"] if last else GENESIS_HASH},
+        "signer_public_key": public_key_text(key),
+    }
+    digest = report_hash(body)
+    body["hash"] = digest
+    body["signature"] = b64url(sign(key, digest.encode("ascii")))
+    conn.execute(
+        "INSERT INTO reports(id, kind, number, chain_key, from_seq, to_seq, created_at, body, hash, prev_hash)"
+        " VALUES (?, 'Z', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (body["id"], body["number"], body["chain"]["key"], body["from_seq"], body["to_seq"], body["created_at"],
+         json.dumps(body, ensure_ascii=False, separators=(",", ":")), digest, body["chain"]["prev_hash"]))
+    return body
+
+
+def verify_report(body: dict[str, Any]) -> list[str]:
+    """Problems with one sealed Z body on its own (hash and signature); empty = valid."""
+    problems = []
+    if body.get("hash") != report_hash(body):
+        problems.append("content does not match its hash (the report was altered)")
+    try:
+        ok = verify(load_public_key(body["signer_public_key"]), unb64url(body.get("signature") or ""),
+                    str(body.get("hash")).encode("ascii"))
+    except (KeyError, ValueError):
+        ok = False
+    if not ok:
+        problems.append("signature does not verify with the agent key")
+    return problems
+
+
+def notify_z_closed(body: dict[str, Any]) -> None:
+    for callback in list(on_z_closed):
+        try:
+            callback(body)
+        except Exception:
+            log.exception("on_z_closed callback failed", extra={"event": "report.z_callback_failed"})
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def get_report(conn: sqlite3.Connection, report_id: str) -> dict | None:
+    row = conn.execute("SELECT body FROM reports WHERE id = ?", (report_id,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def list_reports(conn: sqlite3.Connection, kind: str | None = None, limit: int = 100) -> list[dict]:
+    sql = "SELECT body FROM reports"
+    args: list[Any] = []
+    if kind:
+        sql += " WHERE kind = ?"
+        args.append(kind)
+    sql += " ORDER BY seq DESC LIMIT ?"
+    args.append(limit)
+    return [json.loads(r[0]) for r in conn.execute(sql, args)]
+
+
+# ------------------------------------------------------------------------------ A report
+
+
+class BadPeriod(ValueError):
+    pass
+
+
+def period_bounds(start: str | None, end: str | None, tz) -> tuple[datetime, datetime]:
+    """`from`/`to` dates (YYYY-MM-DD) in the outlet's zone, both inclusive; default: today."""
+    try:
+        today = datetime.now(tz).date()
+        lo_day = date.fromisoformat(start) if start else (date.fromisoformat(end) if end else today)
+        hi_day = date.fromisoformat(end) if end else (lo_day if start else today)
+    except ValueError:
+        raise BadPeriod("from and to are dates: YYYY-MM-DD") from None
+    if hi_day < lo_day:
+        raise BadPeriod("`to` is before `from`")
+    return datetime.combine(lo_day, time(), tz), datetime.combine(hi_day + timedelta(days=1), time(), tz)
+
+
+def invoices_in_period(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> Iterator[dict]:
+    # sealed_at is the local ISO time with offset: a text pre-filter with a day of margin, then the
+    # exact comparison on the parsed timestamp.
+    lo_txt = (lo - timedelta(days=1)).date().isoformat()
+    hi_txt = (hi + timedelta(days=1)).date().isoformat()
+    for (body,) in conn.execute(
+            "SELECT body FROM invoices WHERE status = 'sealed' AND sealed_at >= ? AND sealed_at < ? ORDER BY seq",
+            (lo_txt, hi_txt)):
+        inv = json.loads(body)
+        if lo <= datetime.fromisoformat(inv["security"]["timestamp"]) < hi:
+            yield inv
+
+
+def a_report_for(conn: sqlite3.Connection, identity, tz, start: str | None, end: str | None,
+                 now: datetime | None = None) -> dict:
+    lo, hi = period_bounds(start, end, tz)
+    rep = a_report(invoices_in_period(conn, lo, hi))
+    return {"kind": "A", **_identity_fields(identity), "created_at": (now or _now()).isoformat(),
+            "from": lo.isoformat(), "to": hi.isoformat(), **rep}
+
+
+# ------------------------------------------------------------------------------ scheduling
+
+
+def z_due(conn: sqlite3.Connection, outlet_id: str, now_local: datetime, z_time: str) -> bool:
+    """True when the configured closing time of today has passed, no Z was made since it, and
+    invoices were sealed since the last Z."""
+    hh, mm = (int(x) for x in z_time.split(":"))
+    due_at = now_local.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    if now_local < due_at:
+        return False
+    last = last_z(conn, outlet_id)
+    if last is not None and datetime.fromisoformat(last["created_at"]) >= due_at:
+        return False
+    after = last["to_seq"] if last else 0
+    return conn.execute("SELECT 1 FROM invoices WHERE status='sealed' AND seq > ? LIMIT 1",
+                        (after,)).fetchone() is not None

@@ -1,0 +1,136 @@
+"""Cloud faults between agent and cloud, through a real fault-injecting TCP proxy on loopback.
+
+Each test asserts that nothing is lost and nothing is duplicated in the cloud ledger.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent.fiscal.seal import verify_qr
+from tests.faultproxy import FaultProxy
+from tests.support import CloudProcess, EnrolledAgent, invoice
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    c = CloudProcess(tmp_path / "cloud")
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def proxy(cloud):
+    p = FaultProxy(cloud.port)
+    yield p
+    p.close()
+
+
+def _agent(tmp_path, cloud, proxy, **kw):
+    return EnrolledAgent(tmp_path / "agent", cloud, cloud.add_outlet(), block_size=1000, cloud_url=proxy.url, **kw)
+
+
+def _seal_n(agent, n, prefix):
+    for i in range(n):
+        status, body, _ = agent.post("/v1/invoices", invoice(f"{prefix}-{i}"))
+        assert status == 201, body
+
+
+def _ledger_count(cloud, agent):
+    return cloud.get(f"/v1/outlets/{agent.outlet}/summary", agent.cloud_token)["count"]
+
+
+@pytest.mark.parametrize("mode", ["refuse", "blackhole", "error500", "reset"])
+def test_sync_survives_cloud_fault(tmp_path, cloud, proxy, mode):
+    agent = _agent(tmp_path, cloud, proxy)
+    try:
+        proxy.mode = mode
+        agent.start()
+        _seal_n(agent, 40, mode)
+        time.sleep(2.5)  # the worker tries (and fails) at least once
+        counts = agent.sync_state_counts()
+        assert counts == {"pending": 40}, counts
+        assert _ledger_count(cloud, agent) == 0
+        sync = agent.get("/v1/sync")[1]
+        assert sync["pending"] == 40 and (sync["last_error"] or mode == "blackhole")
+        proxy.mode = "pass"
+        counts = agent.wait_synced(90)
+        assert set(counts) <= {"accepted", "duplicate"} and sum(counts.values()) == 40
+        assert _ledger_count(cloud, agent) == 40
+        assert cloud.get(f"/v1/outlets/{agent.outlet}/ledger/verify", agent.cloud_token)["valid"] is True
+    finally:
+        agent.stop()
+
+
+def test_same_batch_twice_is_not_duplicated(tmp_path, cloud, proxy):
+    agent = _agent(tmp_path, cloud, proxy)
+    try:
+        proxy.mode = "twice"
+        agent.start()
+        _seal_n(agent, 30, "twice")
+        counts = agent.wait_synced(60)
+        assert sum(counts.values()) == 30
+        assert _ledger_count(cloud, agent) == 30
+    finally:
+        agent.stop()
+
+
+def test_cloud_signer_then_fallback_then_back(tmp_path, cloud, proxy):
+    agent = _agent(tmp_path, cloud, proxy, policy=("cloud", "delegated"), breaker_seconds=3)
+    try:
+        agent.start()
+        status, body, _ = agent.post("/v1/invoices", invoice("C-1"))
+        assert status == 201 and body["mode"] == "cloud", body
+        assert body["security"]["authority_id"] == f"CLOUD-{agent.outlet}"
+        assert verify_qr(body["security"]["qr_payload"], agent.issuer_pub).valid
+        # Cloud unreachable: the next signer seals at once, and the breaker keeps it that way.
+        proxy.down()
+        status, body, _ = agent.post("/v1/invoices", invoice("C-2"))
+        assert status == 201 and body["mode"] == "delegated", body
+        health = agent.get("/v1/health", key=None)[1]
+        assert health["mode"] == "delegated" and health["signers"]["cloud"].startswith("unavailable")
+        # Cloud back: the probe closes the breaker and online sealing resumes.
+        proxy.up()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and agent.get("/v1/health", key=None)[1]["mode"] != "cloud":
+            time.sleep(0.2)
+        status, body, _ = agent.post("/v1/invoices", invoice("C-3"))
+        assert status == 201 and body["mode"] == "cloud", body
+        assert agent.verify().returncode == 0, agent.verify().stderr
+    finally:
+        agent.stop()
+
+
+def test_lost_cloud_answer_never_seals_twice(tmp_path, cloud, proxy):
+    agent = _agent(tmp_path, cloud, proxy, policy=("cloud", "delegated"), breaker_seconds=3)
+    try:
+        agent.start()
+        proxy.mode = "blackhole"  # the request leaves, no answer ever comes
+        status, body, _ = agent.post("/v1/invoices", invoice("L-1"))
+        assert status == 503 and body["type"] == "/problems/cloud-outcome-unknown", body
+        # A retry of that sale may not be sealed by another signer...
+        status, body, _ = agent.post("/v1/invoices", invoice("L-1"))
+        assert status == 503, body
+        # ...while other sales go on with the delegated credential.
+        status, body, _ = agent.post("/v1/invoices", invoice("L-2"))
+        assert status == 201 and body["mode"] == "delegated"
+        proxy.mode = "pass"
+        deadline = time.monotonic() + 20
+        status = 0
+        while time.monotonic() < deadline:
+            status, body, _ = agent.post("/v1/invoices", invoice("L-1"))
+            if status == 201:
+                break
+            time.sleep(0.5)
+        assert status == 201 and body["mode"] == "cloud", body
+        again = agent.post("/v1/invoices", invoice("L-1"))[1]
+        assert again["id"] == body["id"]
+        agent.wait_synced(60)
+        ledger = cloud.get(f"/v1/outlets/{agent.outlet}/ledger?limit=1000", agent.cloud_token)
+        rids = [e["invoice"]["request_id"] for e in ledger["entries"]] if "entries" in ledger else None
+        if rids is not None:
+            assert rids.count("L-1") == 1
+    finally:
+        agent.stop()
