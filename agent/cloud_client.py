@@ -58,9 +58,16 @@ class CloudClient:
         return await self._call("POST", "/v1/enroll", {"token": token, "agent_public_key": agent_public_key,
                                                       "label": label})
 
+    async def close_credential(self, closure: BlockClosure) -> dict[str, Any]:
+        return await self._call("POST", f"/v1/credentials/{closure.credential_id}/closure",
+                                closure.model_dump(mode="json"))
+
     async def request_credential(self, block_size: int | None = None,
-                                 closure: BlockClosure | None = None) -> DelegatedCredential:
+                                 closure: BlockClosure | None = None,
+                                 request_id: str | None = None) -> DelegatedCredential:
         body: dict[str, Any] = {}
+        if request_id:
+            body["request_id"] = request_id
         if block_size:
             body["block_size"] = block_size
         if closure is not None:

@@ -47,7 +47,7 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
 
     scheduler = AsyncIOScheduler()
     scheduler.add_job(keeper.check, "interval", seconds=config.check_interval, id="credential-renewal",
-                      max_instances=1, coalesce=True, next_run_time=None)
+                      max_instances=1, coalesce=True)
     scheduler.start()
     asyncio.get_running_loop().create_task(keeper.check())  # first check right away, off the start path
     sync_task = asyncio.get_running_loop().create_task(sync.run())

@@ -404,37 +404,48 @@ class Journal:
 
     # ------------------------------------------------------------------ credentials
     def _allocate(self, conn: sqlite3.Connection, now: datetime) -> tuple[DelegatedCredential, int]:
-        """The next number of the active credential, moving to the ready one when it runs out."""
-        while True:
-            row = conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
-            if row is not None:
-                cred = self._credential(row)
-                number = row["next_number"]
-                if number <= cred.block_end and cred.valid_at(now):
-                    conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, cred.id))
-                    return cred, number
-                if number <= cred.block_end and now < cred.not_before:
-                    # The clock reads earlier than the credential's start: a clock problem, not the
-                    # end of the credential. Keep it open and say so.
-                    raise SealingBlocked(_BLOCK_TEXT["clock"], reason="clock_before_validity")
-                self._close(conn, cred, number - 1, now)
-            ready = conn.execute(
-                "SELECT * FROM credentials WHERE state = 'ready' ORDER BY block_start").fetchall()
-            usable = None
-            for r in ready:
-                c = DelegatedCredential.model_validate_json(r["body"])
-                if now >= c.not_after:
-                    self._close(conn, c, c.block_start - 1, now)
-                elif c.valid_at(now):
-                    usable = c
-                    break
-            if usable is None:
-                reason = "exhausted" if row is not None and row["next_number"] > row["block_end"] else (
-                    "expired" if row is not None else "no_credential")
-                raise SealingBlocked(_BLOCK_TEXT[reason], reason=reason)
-            conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (usable.id,))
-            log.info("credential activated", extra={"event": "credential.activated", "credential": usable.id,
-                                                    "block": f"{usable.block_start}-{usable.block_end}"})
+        """The next number of the active credential, moving to the ready one when it runs out.
+
+        A used-up or expired credential is closed (signed statement of its last number) only when a
+        successor takes over, in the same transaction; without one it stays as it is and sealing
+        is refused with the reason, so nothing changes on disk for a refused invoice.
+        """
+        row = conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
+        cred = None
+        if row is not None:
+            cred = self._credential(row)
+            number = row["next_number"]
+            if number <= cred.block_end and cred.valid_at(now):
+                conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, cred.id))
+                return cred, number
+            if number <= cred.block_end and now < cred.not_before:
+                # The clock reads earlier than the credential's start: a clock problem, not the
+                # end of the credential. Keep it open and say so.
+                raise SealingBlocked(_BLOCK_TEXT["clock"], reason="clock_before_validity")
+        successor = None
+        for r in conn.execute("SELECT * FROM credentials WHERE state = 'ready' ORDER BY block_start").fetchall():
+            c = self._credential(r)
+            if c.valid_at(now):
+                successor = c
+                break
+        if successor is None:
+            reason = ("no_credential" if row is None else
+                      "exhausted" if row["next_number"] > row["block_end"] else "expired")
+            raise SealingBlocked(_BLOCK_TEXT[reason], reason=reason)
+        if cred is not None:
+            self._close(conn, cred, row["next_number"] - 1, now)
+        for r in conn.execute("SELECT * FROM credentials WHERE state = 'ready' AND block_start < ?",
+                              (successor.block_start,)).fetchall():
+            # Ready credentials that expired unused: close them as unused (the whole block is void).
+            stale = self._credential(r)
+            if now >= stale.not_after:
+                self._close(conn, stale, stale.block_start - 1, now)
+        conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (successor.id,))
+        log.info("credential activated", extra={"event": "credential.activated", "credential": successor.id,
+                                                "block": f"{successor.block_start}-{successor.block_end}"})
+        number = successor.block_start
+        conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, successor.id))
+        return successor, number
 
     def _credential(self, row) -> DelegatedCredential:
         cached = self._creds.get(row["id"])

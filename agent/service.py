@@ -35,6 +35,7 @@ class AgentService:
     journal: Journal
     started_at: float = field(default_factory=time.monotonic)
     last_renewal_error: str | None = None
+    cloud_offline: str | None = None  # set while the cloud cannot be reached for credential checks
     sync: Any = None  # the SyncWorker, when the daemon runs one
     # Optional signers, set by the daemon: `device` (agent.device.DeviceSigner) and `cloud`
     # (agent.cloud_signer.CloudSigner). Each has `async seal(job) -> SealOutcome`, raising
@@ -78,8 +79,8 @@ class AgentService:
         return SealJob(
             request=as_json,
             fingerprint=sha256_hex(canonical_trusted(as_json)),
-            lines=[line.model_dump(mode="json") for line in result.lines],
-            totals=result.totals.model_dump(mode="json"),
+            lines=result.lines_json,  # == [line.model_dump(mode="json") for line in result.lines]
+            totals=result.totals_json,  # == result.totals.model_dump(mode="json")
         )
 
     def existing(self, request_id: str) -> tuple[str, dict] | None:
@@ -207,7 +208,7 @@ class AgentService:
             status = "ok"
             if sync["pending"] and sync["worker"] == "running" and not sync["last_error"]:
                 color = "blue"
-            elif mode == "delegated" and not online and self.cloud is not None:
+            elif mode == "delegated" and (self.cloud_offline or (self.cloud is not None and not online)):
                 color = "amber"
             else:
                 color = "green"
@@ -222,6 +223,7 @@ class AgentService:
                 "active": _public_cred(cred["active"]),
                 "ready": [_public_cred(c) for c in cred["ready"]],
                 "last_renewal_error": self.last_renewal_error,
+                "cloud_offline": self.cloud_offline,
             },
             "sync": {k: sync[k] for k in ("pending", "oldest_pending", "quarantined", "last_success", "last_error")},
             "clock_skew_seconds": self.journal.last_clock_skew,

@@ -243,7 +243,7 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
 def _check_closed_tail(entry, last_number, fault) -> None:
     # Moving on to the next credential is only valid once the previous one is closed or used up.
     cred, row = entry
-    if row["state"] not in ("closed",) and last_number != cred.block_end:
+    if row["state"] not in ("closed", "revoked") and last_number != cred.block_end:
         fault(f"credential {cred.id}", "a later credential was used while this one was still open")
 
 

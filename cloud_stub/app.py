@@ -14,9 +14,12 @@ from agent.api.problems import problem, validation_errors
 
 from .bodies import (CredentialBody, DeviceBody, EnrollBody, MerchantBody, OutletBody,
                      ReconcileBody, RevokeBody, SealBody, TokenBody)
+from agent.fiscal.credential import BlockClosure
+
 from .config import CloudConfig, parse_duration
 from .errors import PROBLEM_BASE, CloudError, Forbidden, Invalid, NotFound, Unauthorized
 from .logs import event, log
+from . import reports
 from .service import CloudService
 
 CONFIG = web.AppKey("config", CloudConfig)
@@ -176,6 +179,15 @@ async def issue_credential(request: web.Request) -> web.Response:
     return _json(document, 201 if created else 200)
 
 
+async def close_credential(request: web.Request) -> web.Response:
+    agent = await _agent(request)
+    closure = await _body(request, BlockClosure)
+    if closure.credential_id != request.match_info["credential_id"]:
+        raise Invalid("bad_closure", "the closure names another credential than the URL")
+    service = request.app[SERVICE]
+    return _json(await service.call(service.close_credential, agent, closure))
+
+
 async def get_credential(request: web.Request) -> web.Response:
     caller = await _caller(request)
     service = request.app[SERVICE]
@@ -225,6 +237,13 @@ async def outlet_summary(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     return _json(await service.call(service.summary, outlet_id, request.query.get("from"),
                                     request.query.get("to")))
+
+
+async def outlet_report(request: web.Request) -> web.Response:
+    outlet_id = await _outlet_scope(request)
+    service = request.app[SERVICE]
+    return _json(await service.call(reports.outlet_report, service, request.match_info["kind"], outlet_id,
+                                    request.query.get("from"), request.query.get("to")))
 
 
 async def outlet_flags(request: web.Request) -> web.Response:
@@ -379,6 +398,7 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_post("/v1/enroll", enroll)
     r.add_post("/v1/credentials", issue_credential)
     r.add_get("/v1/credentials/{credential_id}", get_credential)
+    r.add_post("/v1/credentials/{credential_id}/closure", close_credential)
     r.add_post("/v1/seal", seal)
     r.add_post("/v1/reconcile", reconcile)
     r.add_post("/v1/devices", provision_device)
@@ -386,6 +406,7 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_get("/v1/outlets/{outlet_id}/ledger", outlet_ledger)
     r.add_get("/v1/outlets/{outlet_id}/ledger/verify", outlet_ledger_verify)
     r.add_get("/v1/outlets/{outlet_id}/summary", outlet_summary)
+    r.add_get("/v1/outlets/{outlet_id}/reports/{kind:x|a}", outlet_report)
     r.add_get("/v1/outlets/{outlet_id}/flags", outlet_flags)
     r.add_get("/v1/outlets/{outlet_id}/rejections", outlet_rejections)
     r.add_get("/v1/outlets/{outlet_id}/devices", outlet_devices)

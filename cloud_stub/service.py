@@ -143,6 +143,15 @@ class CloudService:
                   block_start=row["block_start"], block_end=row["block_end"])
         return json.loads(row["document"]), created
 
+    def close_credential(self, agent: dict, closure: BlockClosure) -> dict:
+        """Record a block closure on its own (the agent moved on without needing a new credential)."""
+        now = self.now()
+        with self.store.write() as tx:
+            row = issuing.apply_closure(tx, agent, closure, now)
+            audit.audit_outlet(tx, agent["outlet_id"], now, self.config.gap_grace)
+        event("credential.closed", credential_id=closure.credential_id, last_used=closure.last_used)
+        return credential_status(row, now)
+
     def credential(self, credential_id: str, outlet_id: str | None) -> dict:
         with self.store.read() as tx:
             row = issuing.credential_for(tx, credential_id, outlet_id)

@@ -186,10 +186,11 @@ class CloudProcess:
             raise RuntimeError(f"stalela cloud {' '.join(args)}: {res.stderr or res.stdout}")
         return res.stdout
 
-    def start(self, timeout: float = 20) -> None:
+    def start(self, timeout: float = 20, *extra: str) -> None:
         self.log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "cloud", "serve", "--data", str(self.data_dir), "--port", str(self.port)],
+            [sys.executable, "-m", "agent", "cloud", "serve", "--data", str(self.data_dir), "--port", str(self.port),
+             *extra],
             stdout=self.log, stderr=self.log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

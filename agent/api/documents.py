@@ -104,14 +104,14 @@ def _as(body: dict, fmt: str | None, status: int = 200) -> web.Response:
 async def post_x(request: web.Request) -> web.Response:
     service = _service(request)
     health = service.health()
-    body = await _with_reader(service, lambda c: x_report(c, service.identity, health))
+    body = await _with_reader(service, lambda c: x_report(c, service.identity, health, tz=service.tz))
     return _as(body, None)
 
 
 async def get_x(request: web.Request) -> web.Response:
     service = _service(request)
     health = service.health()
-    body = await _with_reader(service, lambda c: x_report(c, service.identity, health))
+    body = await _with_reader(service, lambda c: x_report(c, service.identity, health, tz=service.tz))
     return _as(body, request.match_info["fmt"])
 
 

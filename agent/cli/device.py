@@ -7,6 +7,7 @@ import sys
 import time
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 import click
@@ -324,6 +325,142 @@ def selftest(port: str, timeout: float) -> None:
         raise click.ClickException(f"self-test failed: {'; '.join(failures)}")
     click.echo("self-test passed")
 
+
+# ------------------------------------------------------------------------------ provision
+def _link_error_text(port: str, exc: Exception) -> str:
+    """One line a technician can act on, for each way opening the device fails."""
+    from drivers.usb_fiscal_memory.errors import DeviceNotFound, PermissionDenied, PortBusy
+
+    if isinstance(exc, PermissionDenied):
+        return (f"no permission to open {port}: install the udev rule (sudo cp systemd/60-stalela-mcf.rules "
+                "/etc/udev/rules.d/ && sudo udevadm control --reload && sudo udevadm trigger) and add the "
+                "service user to group dialout (sudo usermod -aG dialout $USER; log in again)")
+    if isinstance(exc, PortBusy):
+        return (f"{port} is in use by another process (is the agent running with this device? "
+                "stop it first: sudo systemctl stop stalela-agent)")
+    if isinstance(exc, DeviceNotFound):
+        return f"no MCF at {port}: check the cable and the port name (`stalela device scan` lists candidates)"
+    return f"the MCF at {port} does not answer properly: {type(exc).__name__}: {exc}"
+
+
+def firmware_strings(port: str) -> dict[str, str]:
+    """What the device says about itself beyond C1h: USB strings where the port is a USB device."""
+    import os
+
+    info: dict[str, str] = {"protocol": "MCF-SFE 1.0"}
+    try:
+        if port.lower().startswith("usb:"):
+            parts = port.split(":")
+            vid, pid = int(parts[1], 16), int(parts[2], 16)
+            for c in discover([(vid, pid)]):
+                if len(parts) < 4 or not parts[3] or c.serial == parts[3]:
+                    info.update({"usb_id": f"{c.vid:04x}:{c.pid:04x}", "manufacturer": c.manufacturer or "",
+                                 "product": c.product or "", "serial": c.serial or ""})
+                    break
+        elif "://" not in port:
+            from serial.tools import list_ports
+
+            real = os.path.realpath(port)
+            for p in list_ports.comports():
+                if os.path.realpath(p.device) == real and p.vid is not None:
+                    info.update({"usb_id": f"{p.vid:04x}:{p.pid:04x}", "manufacturer": p.manufacturer or "",
+                                 "product": p.product or "", "serial": p.serial_number or ""})
+                    break
+    except Exception:  # the strings are informative; provisioning does not depend on them
+        pass
+    return {k: v[:64] for k, v in info.items() if v}
+
+
+def _cloud_post(url: str, token: str, path: str, body: dict, timeout: float = 10.0) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"detail": raw.decode(errors="replace")[:200]}
+    except OSError as exc:
+        raise click.ClickException(f"the cloud at {url} cannot be reached: {exc}") from None
+
+
+@device.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The agent's data folder (enrolled: enrollment.json, keys/cloud.token, config.toml).")
+@port_options
+def provision(data_dir: Path, port: str, timeout: float) -> None:
+    """Bind this MCF to the agent's outlet in the cloud (POST /v1/devices).
+
+    Reads the device's identity (C1h: MID, NIF; 2Bh: taxpayer I0-I4; C2h: DGI link) and the
+    USB strings, refuses a device whose NIF is not the outlet merchant's, then registers the MID
+    for this outlet with the agent's cloud token. Safe to run again (it refreshes the record).
+    Afterwards set `[device] url` in the agent's config.toml to the same port.
+
+    \b
+    Example:
+      stalela device provision --data /var/lib/stalela --port /dev/ttyACM0
+      stalela device provision --data ./demo-data/agent --port usb:1209:0001
+    \b
+    Errors name their fix: no permission -> systemd/60-stalela-mcf.rules and group dialout;
+    port busy -> stop the agent that holds it; no device -> `stalela device scan`.
+    """
+    from agent.config import ConfigError, load_config
+    from agent.identity import OutletIdentity
+
+    try:
+        config = load_config(data_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not config.enrollment_path.exists():
+        raise click.ClickException(f"{data_dir} is not enrolled: run `stalela agent enroll` first")
+    identity = OutletIdentity.load(config.enrollment_path)
+    if not config.token_path.exists():
+        raise click.ClickException(f"no cloud token in {config.token_path}: enroll the agent first")
+    token = config.token_path.read_text("utf-8").strip()
+
+    transport = None
+    try:
+        transport = open_transport(port)
+        transport.open()
+        client = MCFClient(Link(transport, timeout=timeout))
+        mcf = client.status()
+        taxpayer = client.taxpayer()
+        try:
+            link: ServerLinkStatus | None = client.server_link()
+        except DeviceError:
+            link = None
+    except MCFLinkError as exc:
+        raise click.ClickException(_link_error_text(port, exc)) from None
+    except DeviceError as exc:
+        raise click.ClickException(f"the MCF refused to identify itself: {exc}") from None
+    finally:
+        if transport is not None:
+            transport.close()
+    click.echo(f"MCF {mcf.mid}  NIF {mcf.nif}  taxpayer {taxpayer.get('I0') or '-'}")
+    if mcf.nif != identity.merchant_nif:
+        raise click.ClickException(
+            f"refused: this MCF belongs to taxpayer NIF {mcf.nif}, but outlet {identity.outlet_id} is "
+            f"merchant {identity.merchant_nif}'s ({identity.merchant_name}). Only the merchant's own "
+            "MCF can seal its invoices; fetch the right device.")
+    firmware = firmware_strings(port)
+    if link is not None and link.dt:
+        firmware["dgi_last_connection"] = link.dt
+    status, body = _cloud_post(config.cloud_url, token, "/v1/devices",
+                               {"mid": mcf.mid, "nif": mcf.nif, "status": "active", "firmware": firmware})
+    if status in (200, 201):
+        verb = "provisioned" if status == 201 else "already provisioned; record refreshed"
+        click.echo(f"device {mcf.mid} {verb} for outlet {identity.outlet_id} in the cloud ({config.cloud_url}).")
+        if config.device_url != port:
+            click.echo(f"Next: set [device] url = \"{port}\" in {config.config_path} and restart the agent.")
+        return
+    detail = body.get("detail") if isinstance(body, dict) else None
+    raise click.ClickException(f"the cloud refused the device ({status}): {detail or body}")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(device())

@@ -58,9 +58,9 @@ def report_x(data_dir, fmt):
     """
     from ..reports import offline_health, x_report
 
-    _, identity, _, conn = _open(data_dir)
+    _, identity, tz, conn = _open(data_dir)
     try:
-        _emit(x_report(conn, identity, offline_health(conn)), fmt)
+        _emit(x_report(conn, identity, offline_health(conn), tz=tz), fmt)
     finally:
         conn.close()
 
@@ -83,7 +83,7 @@ def report_z(data_dir, fmt):
     from ..fiscal.signing import load_private_key
     from ..reports import close_z, notify_z_closed, offline_health
 
-    config, identity, _, conn = _open(data_dir)
+    config, identity, tz, conn = _open(data_dir)
     try:
         try:
             key = load_private_key(config.key_path)
@@ -92,7 +92,7 @@ def report_z(data_dir, fmt):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                body = close_z(conn, identity, key, offline_health(conn))
+                body = close_z(conn, identity, key, offline_health(conn), tz=tz)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -1,6 +1,8 @@
 """`stalela verify`: offline check of a data folder's journal."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..identity import OutletIdentity
@@ -11,15 +13,22 @@ from .common import data_option, load
 @click.command()
 @data_option
 @click.option("--all-faults", is_flag=True, help="Keep going after the first fault and list them all.")
-def verify(data_dir, all_faults):
-    """Verify the journal offline: chains, signatures, numbering, credentials.
+@click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Verify an audit export folder (stalela export) instead of a data folder.")
+def verify(data_dir, all_faults, export_dir):
+    """Verify the journal offline: chains, signatures, numbering, credentials, Z reports.
 
     Exit code 0 only when everything holds; otherwise the first fault is named precisely.
+    With --export, checks an audit export with only its own files (a modified chunk is named).
 
     Example:
 
         stalela verify --data /var/lib/stalela
+        stalela verify --export /media/usb/audit-2026-11
     """
+    if export_dir is not None:
+        _verify_export(export_dir)
+        return
     config = load(data_dir)
     if not config.db_path.exists() or not config.enrollment_path.exists():
         raise click.ClickException(f"{data_dir} holds no enrolled agent journal")
@@ -33,6 +42,21 @@ def verify(data_dir, all_faults):
     if report.ok:
         chains = ", ".join(f"{k}: {v}" for k, v in report.chains.items()) or "no invoices"
         click.echo(f"OK: {report.checked} invoices verified ({chains})")
+        return
+    for f in report.faults:
+        click.echo(f"FAULT: {f}", err=True)
+    raise SystemExit(1)
+
+
+def _verify_export(export_dir: Path) -> None:
+    from ..export import verify_export
+
+    if not (export_dir / "manifest.json").exists():
+        raise click.ClickException(f"{export_dir} holds no audit export (no manifest.json)")
+    report = verify_export(export_dir)
+    if report.ok:
+        click.echo(f"OK: export verified ({report.invoices} invoices in {report.chunks} chunks, "
+                   f"{report.z_reports} Z reports)")
         return
     for f in report.faults:
         click.echo(f"FAULT: {f}", err=True)

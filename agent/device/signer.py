@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -140,8 +141,14 @@ class DeviceSigner:
         except Exception:  # logged by the worker
             came_back = False
         self._notify(came_back)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.poll_seconds if self.state.reachable else self.probe_seconds)
+            # Wake often; poll every poll_seconds while the device answers, every probe_seconds
+            # once it does not (so a replugged device is back within seconds).
+            await asyncio.sleep(self.probe_seconds)
+            if self.state.reachable and time.monotonic() - last < self.poll_seconds:
+                continue
+            last = time.monotonic()
             try:
                 came_back = await asyncio.wrap_future(self._executor.submit(self._poll))
             except RuntimeError:  # executor shut down

@@ -19,7 +19,11 @@ def device_info_of(service: Any) -> dict | None:
     """The MCF's 2Bh taxpayer data if the device signer exposes it (`taxpayer_info`: a dict of
     I0..I4 or name/address/city/phone/email, or a method returning one); None otherwise."""
     device = getattr(service, "device", None)
-    info = getattr(device, "taxpayer_info", None) if device is not None else None
+    if device is None:
+        return None
+    info = getattr(device, "taxpayer_info", None)
+    if info is None:  # agent.device.DeviceSigner keeps the 2Bh answer (I0..I4) in state.taxpayer
+        info = getattr(getattr(device, "state", None), "taxpayer", None)
     if callable(info):
         try:
             info = info()

@@ -25,7 +25,7 @@ async def run_z(service: Any) -> dict:
     health = service.health()
     journal = service.journal
     body = await asyncio.wrap_future(journal.run_in_writer(
-        lambda conn: close_z(conn, service.identity, journal.signing_key, health)))
+        lambda conn: close_z(conn, service.identity, journal.signing_key, health, tz=service.tz)))
     log.info("Z report closed", extra={"event": "report.z_closed", "number": body["number"],
                                        "invoices": body["totals"]["count"]})
     notify_z_closed(body)

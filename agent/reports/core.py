@@ -92,13 +92,19 @@ def _identity_fields(identity) -> dict[str, Any]:
             "merchant_name": identity.merchant_name, "isf": identity.isf}
 
 
-def x_report(conn: sqlite3.Connection, identity, health: dict | None, now: datetime | None = None) -> dict:
+def _stamp(now: datetime | None, tz) -> str:
+    now = now or _now()
+    return (now.astimezone(tz) if tz is not None else now).isoformat()
+
+
+def x_report(conn: sqlite3.Connection, identity, health: dict | None, now: datetime | None = None,
+             tz=None) -> dict:
     last = last_z(conn, identity.outlet_id)
     after = last["to_seq"] if last else 0
     upto = max(max_seq(conn), after)
     return {
         "kind": "X", "id": str(uuid.uuid4()), **_identity_fields(identity),
-        "created_at": (now or _now()).isoformat(),
+        "created_at": _stamp(now, tz),
         "since_z": last["number"] if last else None,
         "from_seq": after + 1, "to_seq": upto,
         "totals": aggregate(iter_sealed(conn, after, upto)),
@@ -111,7 +117,8 @@ def report_hash(body: dict[str, Any]) -> str:
     return sha256_hex(canonical_bytes(view))
 
 
-def close_z(conn: sqlite3.Connection, identity, key, health: dict | None, now: datetime | None = None) -> dict:
+def close_z(conn: sqlite3.Connection, identity, key, health: dict | None, now: datetime | None = None,
+            tz=None) -> dict:
     """Compute, seal and store the next Z. Call inside a write transaction (BEGIN IMMEDIATE)."""
     now = now or _now()
     last = last_z(conn, identity.outlet_id)
@@ -119,7 +126,7 @@ def close_z(conn: sqlite3.Connection, identity, key, health: dict | None, now: d
     upto = max(max_seq(conn), after)
     body = {
         "kind": "Z", "id": str(uuid.uuid4()), "number": (last["number"] + 1) if last else 1,
-        **_identity_fields(identity), "created_at": now.isoformat(),
+        **_identity_fields(identity), "created_at": _stamp(now, tz),
         "from_seq": after + 1, "to_seq": upto,
         "totals": aggregate(iter_sealed(conn, after, upto)),
         "health": health_summary(health),
@@ -216,7 +223,7 @@ def a_report_for(conn: sqlite3.Connection, identity, tz, start: str | None, end:
                  now: datetime | None = None) -> dict:
     lo, hi = period_bounds(start, end, tz)
     rep = a_report(invoices_in_period(conn, lo, hi))
-    return {"kind": "A", **_identity_fields(identity), "created_at": (now or _now()).isoformat(),
+    return {"kind": "A", **_identity_fields(identity), "created_at": _stamp(now, tz),
             "from": lo.isoformat(), "to": hi.isoformat(), **rep}
 
 
