@@ -59,6 +59,12 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
                 service.breaker.reset("cloud")
                 log.info("cloud signer back", extra={"event": "signer.recovered", "signer": "cloud"})
 
+    async def retention() -> None:
+        from .retention import discard_acknowledged
+        await asyncio.wrap_future(service.journal.run_in_writer(
+            lambda conn: discard_acknowledged(conn, config.retention_days)))
+
+    scheduler.add_job(retention, "interval", hours=1, id="retention", max_instances=1, coalesce=True)
     scheduler.add_job(probe_cloud, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
                       id="cloud-probe", max_instances=1, coalesce=True)
 

@@ -194,6 +194,8 @@ class Journal:
         req = job.request
         row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
                            (req["request_id"],)).fetchone()
+        if row is None:
+            self._check_discarded(conn, req["request_id"])
         if row is not None:
             if row["request_hash"] != job.fingerprint:
                 raise IdempotencyConflict(
@@ -272,6 +274,16 @@ class Journal:
             (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters)),
         )
         return SealOutcome(invoice, created=True)
+
+    @staticmethod
+    def _check_discarded(conn: sqlite3.Connection, request_id: str) -> None:
+        gone = conn.execute("SELECT invoice_id, fiscal_number FROM discarded_requests WHERE request_id = ?",
+                            (request_id,)).fetchone()
+        if gone is not None:
+            raise IdempotencyConflict(
+                f"request_id {request_id!r} was sealed long ago (invoice {gone['invoice_id']}, fiscal number "
+                f"{gone['fiscal_number']}) and its local copy discarded after the cloud acknowledged it",
+                reason="discarded")
 
     def _check_credit_note(self, conn: sqlite3.Connection, req: dict, totals: dict) -> None:
         code = req["reference"]["code"]

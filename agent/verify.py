@@ -132,10 +132,15 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
     chain_keys = [r[0] for r in conn.execute(
         "SELECT DISTINCT chain_key FROM invoices WHERE status = 'sealed'")]
     last_by_cred: dict[str, int] = {}
+    anchors = {r["chain_key"]: r for r in conn.execute("SELECT * FROM chain_anchors")}
+    for a in anchors.values():
+        last_by_cred.update(json.loads(a["credentials"]))
     for key in chain_keys:
-        prev_hash = GENESIS_HASH
-        prev_number: int | None = None
-        prev_cred: str | None = None
+        # Discarded (acknowledged, past retention) invoices leave an anchor: the chain starts there.
+        anchor = anchors.get(key)
+        prev_hash = anchor["last_hash"] if anchor else GENESIS_HASH
+        prev_number: int | None = anchor["last_number"] if anchor else None
+        prev_cred: str | None = anchor["last_credential"] if anchor else None
         count = 0
         for row in conn.execute("SELECT * FROM invoices WHERE chain_key = ? AND status = 'sealed' ORDER BY seq",
                                 (key,)):

@@ -132,6 +132,29 @@ MIGRATIONS: list[tuple[str, str]] = [
             last_at      TEXT NOT NULL
         )
     """),
+    ("0007_retention", """
+        -- What verification needs once old, acknowledged invoices are discarded: per chain, the
+        -- last discarded invoice's hash and number (the new start of the chain), and per
+        -- credential the last number discarded.
+        CREATE TABLE chain_anchors (
+            chain_key     TEXT PRIMARY KEY,
+            last_seq      INTEGER NOT NULL,
+            last_hash     TEXT NOT NULL,
+            last_number   INTEGER NOT NULL,
+            last_credential TEXT,
+            discarded     INTEGER NOT NULL,
+            credentials   TEXT NOT NULL DEFAULT '{}',
+            updated_at    TEXT NOT NULL
+        );
+        -- request_id tombstones keep retries idempotent after the invoice itself is discarded.
+        CREATE TABLE discarded_requests (
+            request_id    TEXT PRIMARY KEY,
+            request_hash  TEXT NOT NULL,
+            invoice_id    TEXT NOT NULL,
+            fiscal_number INTEGER,
+            discarded_at  TEXT NOT NULL
+        )
+    """),
 ]
 
 
