@@ -64,6 +64,9 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
         await asyncio.wrap_future(service.journal.run_in_writer(
             lambda conn: discard_acknowledged(conn, config.retention_days)))
 
+    if "queued" in config.signer_policy:
+        scheduler.add_job(service.seal_drafts, "interval", seconds=max(1.0, config.sync_interval), id="drafts",
+                          max_instances=1, coalesce=True)
     scheduler.add_job(retention, "interval", hours=1, id="retention", max_instances=1, coalesce=True)
     scheduler.add_job(probe_cloud, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
                       id="cloud-probe", max_instances=1, coalesce=True)

@@ -192,8 +192,7 @@ class Journal:
 
     def _seal_one(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
         req = job.request
-        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
-                           (req["request_id"],)).fetchone()
+        row = self._existing(conn, req["request_id"], job)
         if row is None:
             self._check_discarded(conn, req["request_id"])
         if row is not None:
@@ -276,6 +275,17 @@ class Journal:
         return SealOutcome(invoice, created=True)
 
     @staticmethod
+    def _existing(conn: sqlite3.Connection, request_id: str, job: SealJob, *, keep_draft: bool = False):
+        """The stored row for this request_id, if any. A queued draft of the same request is
+        removed (it is being sealed now, in this transaction) unless `keep_draft`."""
+        row = conn.execute("SELECT request_hash, body, status FROM invoices WHERE request_id = ?",
+                           (request_id,)).fetchone()
+        if row is not None and row["status"] == "queued" and not keep_draft and row["request_hash"] == job.fingerprint:
+            conn.execute("DELETE FROM invoices WHERE request_id = ? AND status = 'queued'", (request_id,))
+            return None
+        return row
+
+    @staticmethod
     def _check_discarded(conn: sqlite3.Connection, request_id: str) -> None:
         gone = conn.execute("SELECT invoice_id, fiscal_number FROM discarded_requests WHERE request_id = ?",
                             (request_id,)).fetchone()
@@ -310,8 +320,7 @@ class Journal:
     def record_cloud_seal(self, conn: sqlite3.Connection, job: SealJob, invoice: dict[str, Any]) -> SealOutcome:
         """Store an invoice the cloud signer sealed (already in the cloud ledger: synced)."""
         req = job.request
-        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
-                           (req["request_id"],)).fetchone()
+        row = self._existing(conn, req["request_id"], job)
         if row is not None:
             conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (req["request_id"],))
             if row["request_hash"] != job.fingerprint:
@@ -342,8 +351,7 @@ class Journal:
     def queue_draft(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
         """Store an unsealed draft durably (policy `queued`): no security elements, never a receipt."""
         req = job.request
-        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
-                           (req["request_id"],)).fetchone()
+        row = self._existing(conn, req["request_id"], job, keep_draft=True)
         if row is not None:
             if row["request_hash"] != job.fingerprint:
                 raise IdempotencyConflict(
@@ -367,8 +375,7 @@ class Journal:
         nif, fn, sig. Call inside a writer transaction (`run_in_writer`); removes the intent.
         """
         req = job.request
-        row = conn.execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
-                           (req["request_id"],)).fetchone()
+        row = self._existing(conn, req["request_id"], job)
         if row is not None:
             conn.execute("DELETE FROM device_intents WHERE request_id = ?", (req["request_id"],))
             if row["request_hash"] != job.fingerprint:

@@ -91,10 +91,11 @@ class AgentService:
             return None
         return row["request_hash"], self._with_sync(json.loads(row["body"]), row)
 
-    async def seal(self, job: SealJob) -> SealOutcome:
+    async def seal(self, job: SealJob, *, allow_queue: bool = True) -> SealOutcome:
         """Seal with the first signer of the policy that can (see agent/signers.py)."""
         unavailable: list[str] = []
-        for name in self.config.signer_policy:
+        policy = [p for p in self.config.signer_policy if allow_queue or p != "queued"]
+        for name in policy:
             signer = {"device": self.device, "cloud": self.cloud}.get(name)
             if name in ("device", "cloud"):
                 if signer is None:
@@ -120,7 +121,7 @@ class AgentService:
                 try:
                     return await asyncio.wrap_future(self.journal.submit(job))
                 except SealingBlocked as exc:
-                    if "queued" not in self.config.signer_policy:
+                    if "queued" not in policy:
                         if unavailable:
                             exc.detail += " (also unavailable: " + "; ".join(unavailable) + ")"
                         raise
@@ -129,6 +130,26 @@ class AgentService:
                 return await asyncio.wrap_future(self.journal.run_in_writer(lambda c: self.journal.queue_draft(c, job)))
         raise SealingBlocked("no signer of the policy can seal: " + ("; ".join(unavailable) or "none configured"),
                              reason="no_signer")
+
+    async def seal_drafts(self, limit: int = 200) -> int:
+        """Seal queued drafts, oldest first, as soon as a signer can (policy `queued`)."""
+        rows = self.journal.reader.execute(
+            "SELECT request_hash, body FROM invoices WHERE status = 'queued' ORDER BY seq LIMIT ?",
+            (limit,)).fetchall()
+        sealed = 0
+        for row in rows:
+            draft = json.loads(row["body"])
+            job = SealJob(request=draft["request"], fingerprint=row["request_hash"], lines=draft["lines"],
+                          totals=draft["totals"])
+            try:
+                await self.seal(job, allow_queue=False)
+            except AgentError as exc:
+                log.info("queued drafts wait for a signer", extra={"event": "drafts.waiting", "reason": exc.detail})
+                break
+            sealed += 1
+        if sealed:
+            log.info("queued drafts sealed", extra={"event": "drafts.sealed", "count": sealed})
+        return sealed
 
     def next_mode(self) -> str | None:
         """The signer the next invoice would use, for health (without side effects)."""

@@ -114,18 +114,18 @@ async def post_invoice(request: web.Request) -> web.Response:
         job = service.prepare(payload)
         # Fast path for retries: answer from the journal without queueing.
         existing = service.existing(job.request["request_id"])
-        if existing is not None:
+        if existing is not None and existing[1].get("status") != "queued":
             fingerprint, body = existing
             if fingerprint != job.fingerprint:
                 raise IdempotencyConflict(
                     f"request_id {job.request['request_id']!r} was already used for a different invoice")
-            return web.json_response(body, status=202 if body.get("status") == "queued" else 201)
+            return web.json_response(body, status=201)
         outcome = await service.seal(job)
     except AgentError as exc:
         m["refused"].labels(str(exc.status)).inc()
         raise
     m["latency"].observe(time.perf_counter() - started)
-    if outcome.created:
+    if outcome.created and outcome.invoice.get("status") == "sealed":
         m["sealed"].labels(outcome.invoice["mode"]).inc()
     body = dict(outcome.invoice)
     if body.get("status") == "queued":
