@@ -68,25 +68,13 @@ def text(max_length: int, min_length: int = 1):
 
 
 def _text_value(value: object) -> object:
-    """`_no_control_chars_any` then `_require_str` (the order pydantic ran them in), in one call."""
+    """A string without control characters (as `_no_control_chars`), else "must be a string"."""
     if isinstance(value, str):
         found = _CONTROL_CHAR.search(value)
         if found is not None:
             raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
         return value
     raise ValueError("must be a string")
-
-
-def _require_str(value: object) -> object:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _no_control_chars_any(value: object) -> object:
-    if isinstance(value, str):
-        _no_control_chars(value)
-    return value
 
 
 InvoiceType = Literal["FV", "FT", "EV", "ET", "FA", "EA"]

@@ -25,11 +25,29 @@ def q2(value: Decimal) -> Decimal:
 
 def fmt2(value: Decimal) -> str:
     """The wire form of an amount: always two decimals (\"930.00\")."""
+    if value.__class__ is Decimal:
+        # Already in cents (exponent -2, the usual case): str() is the wire form. A str() with
+        # "." third from the end is plain notation with two decimals (scientific notation ends in
+        # an exponent); 20 characters keep it far from any precision limit of the rounding.
+        text = str(value)
+        if text[-3:-2] == "." and len(text) <= 20:
+            return text
     return str(q2(value))
 
 
 def fmt_qty(value: Decimal) -> str:
     """The wire form of a quantity: up to three decimals, no trailing zeros (\"2\", \"2.5\")."""
+    if value.__class__ is Decimal:
+        # The usual case: plain notation, at most three decimals, no trailing zero (as parsed from
+        # "2" or "2.5"): str() already is the wire form.
+        text = str(value)
+        if len(text) <= 16:
+            if text.isdigit():
+                return text
+            point = text.find(".")
+            if (0 < point and len(text) - point <= 4 and text[-1] != "0"
+                    and text[:point].isdigit() and text[point + 1:].isdigit()):
+                return text
     text = format(value.quantize(MILLI, rounding=ROUND_HALF_UP).normalize(), "f")
     return text
 

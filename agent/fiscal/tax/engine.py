@@ -115,9 +115,7 @@ class TaxResult:
         return f"TaxResult(lines={self.lines!r}, totals={self.totals!r})"
 
 
-def _fmt(value: Decimal, _cent: Decimal = CENT, _half_up: str = ROUND_HALF_UP) -> str:
-    """`fmt2` (the Money serializer), inlined for the JSON forms."""
-    return str(value.quantize(_cent, rounding=_half_up))
+_fmt = fmt2  # the Money serializer
 
 
 def vat_in_ttc(ttc: Decimal, rate: Decimal) -> Decimal:
