@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -68,6 +69,10 @@ breaker_seconds = 30.0
 # sim:///path/state.json for the bundled simulator. Empty: no device.
 url = ""
 
+[reports]
+# Local time (HH:MM, outlet's zone) of the automatic Z closing, if nobody ran one that day.
+z_time = "23:59"
+
 [sync]
 # Sealed invoices uploaded to the cloud per request.
 batch_size = 500
@@ -97,6 +102,7 @@ class AgentConfig:
     signer_cloud_timeout: float = 1.0
     breaker_seconds: float = 30.0
     device_url: str = ""
+    reports_z_time: str = "23:59"
     sync_batch_size: int = 500
     sync_interval: float = 5.0
     retention_days: int = 30
@@ -136,6 +142,7 @@ _SECTIONS = {
     "signer": {"policy": "signer_policy", "cloud_timeout": "signer_cloud_timeout",
                "breaker_seconds": "breaker_seconds"},
     "device": {"url": "device_url"},
+    "reports": {"z_time": "reports_z_time"},
     "sync": {"batch_size": "sync_batch_size", "interval": "sync_interval", "retention_days": "retention_days"},
 }
 
@@ -168,6 +175,11 @@ def load_config(data_dir: Path) -> AgentConfig:
         if unknown or not policy:
             raise ConfigError(f"{path}: signer.policy takes {', '.join(SIGNERS)}, not {unknown or 'nothing'}")
         values["signer_policy"] = policy
+    if "reports_z_time" in values:
+        try:
+            datetime.strptime(str(values["reports_z_time"]), "%H:%M")
+        except ValueError:
+            raise ConfigError(f"{path}: reports.z_time must be HH:MM, not {values['reports_z_time']!r}") from None
     config = AgentConfig(data_dir=data_dir, **values)  # type: ignore[arg-type]
     if config.time_zone and config.time_zone not in DRC_ZONES:
         raise ConfigError(f"{path}: time_zone must be one of {', '.join(DRC_ZONES)}")

@@ -51,6 +51,8 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     scheduler.start()
     asyncio.get_running_loop().create_task(keeper.check())  # first check right away, off the start path
     sync_task = asyncio.get_running_loop().create_task(sync.run())
+    from .reports import run_scheduled_z
+    z_task = asyncio.get_running_loop().create_task(run_scheduled_z(service, config.reports_z_time))
 
     async def probe_cloud() -> None:
         # One owner per source: re-close the cloud breaker as soon as the cloud answers again.
@@ -97,11 +99,12 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
         systemd_notify.notify("STOPPING=1")
         if wd:
             wd.cancel()
-        sync_task.cancel()
-        try:
-            await sync_task
-        except asyncio.CancelledError:
-            pass
+        for task in (sync_task, z_task):
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
         sync.close()
         scheduler.shutdown(wait=False)
         await runner.cleanup()

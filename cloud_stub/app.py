@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from typing import Any, AsyncIterator, TypeVar
 
@@ -80,13 +81,18 @@ async def _body(request: web.Request, model: type[B]) -> B:
         raise CloudError("malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(data, dict):
         raise CloudError("malformed_json", "the body must be a JSON object")
-    if b"\\u" in raw and _has_lone_surrogate(data):
+    if _SURROGATE_ESCAPE(raw) is not None and _has_lone_surrogate(data):
         # JSON escapes can encode half a UTF-16 pair, which no UTF-8 answer or hash can carry.
         raise CloudError("malformed_json", "the body contains an unpaired UTF-16 surrogate escape")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise Invalid("validation", "the request does not match the contract", errors=validation_errors(exc)) from None
+
+
+# A `\uD800`-`\uDFFF` escape: without one, no string of the body holds a surrogate (JSON text is
+# UTF-8 here), so the full check below runs only on bodies that have one (paired or not).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]").search
 
 
 def _has_lone_surrogate(data: Any) -> bool:

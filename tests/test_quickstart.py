@@ -49,6 +49,8 @@ def test_up_prints_a_curl_that_seals(tmp_path):
             out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
             body = json.loads(out.stdout)
             assert body["status"] == "sealed", body
+            assert body["mode"] == "device", body  # the simulated MCF seals; fiscal number = its TC
+            assert body["security"]["counters"]["label"].endswith(" FV")
             assert len(body["security"]["code"]) == 24
             assert body["totals"]["total"] == "4064.00" and body["totals"]["vat"] == "64.00"
             numbers.append(body["security"]["fiscal_number"])

@@ -343,34 +343,6 @@ def _link_error_text(port: str, exc: Exception) -> str:
     return f"the MCF at {port} does not answer properly: {type(exc).__name__}: {exc}"
 
 
-def firmware_strings(port: str) -> dict[str, str]:
-    """What the device says about itself beyond C1h: USB strings where the port is a USB device."""
-    import os
-
-    info: dict[str, str] = {"protocol": "MCF-SFE 1.0"}
-    try:
-        if port.lower().startswith("usb:"):
-            parts = port.split(":")
-            vid, pid = int(parts[1], 16), int(parts[2], 16)
-            for c in discover([(vid, pid)]):
-                if len(parts) < 4 or not parts[3] or c.serial == parts[3]:
-                    info.update({"usb_id": f"{c.vid:04x}:{c.pid:04x}", "manufacturer": c.manufacturer or "",
-                                 "product": c.product or "", "serial": c.serial or ""})
-                    break
-        elif "://" not in port:
-            from serial.tools import list_ports
-
-            real = os.path.realpath(port)
-            for p in list_ports.comports():
-                if os.path.realpath(p.device) == real and p.vid is not None:
-                    info.update({"usb_id": f"{p.vid:04x}:{p.pid:04x}", "manufacturer": p.manufacturer or "",
-                                 "product": p.product or "", "serial": p.serial_number or ""})
-                    break
-    except Exception:  # the strings are informative; provisioning does not depend on them
-        pass
-    return {k: v[:64] for k, v in info.items() if v}
-
-
 def _cloud_post(url: str, token: str, path: str, body: dict, timeout: float = 10.0) -> tuple[int, Any]:
     import urllib.error
     import urllib.request
@@ -448,6 +420,8 @@ def provision(data_dir: Path, port: str, timeout: float) -> None:
             f"refused: this MCF belongs to taxpayer NIF {mcf.nif}, but outlet {identity.outlet_id} is "
             f"merchant {identity.merchant_nif}'s ({identity.merchant_name}). Only the merchant's own "
             "MCF can seal its invoices; fetch the right device.")
+    from agent.device.firmware import firmware_strings
+
     firmware = firmware_strings(port)
     if link is not None and link.dt:
         firmware["dgi_last_connection"] = link.dt

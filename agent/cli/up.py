@@ -82,6 +82,8 @@ def curl_command(url: str, key: str) -> str:
     body = json.dumps(SAMPLE, separators=(",", ":"))
     # request_id is made unique by the shell each time the line is pasted.
     body = '{"request_id":"DEMO-' + "'\"$(date +%s%N)\"'" + '",' + body[1:]
+    # The MCF refuses an invoice number equal to its previous one: a fresh one per paste too.
+    body = body.replace('"invoice_number":"DEMO/1"', '"invoice_number":"DEMO/' + "'\"$(date +%s%N)\"'" + '"')
     return (f"curl -s -X POST {url}/v1/invoices -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' -d '{body}'")
 

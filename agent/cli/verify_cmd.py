@@ -53,7 +53,15 @@ def _verify_export(export_dir: Path) -> None:
 
     if not (export_dir / "manifest.json").exists():
         raise click.ClickException(f"{export_dir} holds no audit export (no manifest.json)")
-    report = verify_export(export_dir)
+    import json
+
+    try:
+        total = json.loads((export_dir / "manifest.json").read_text("utf-8"))["counts"]["invoices"]
+    except (ValueError, KeyError, TypeError):
+        total = 0
+    with click.progressbar(length=total, label="verifying export", file=click.get_text_stream("stderr"),
+                           hidden=total < 5000) as bar:
+        report = verify_export(export_dir, progress=bar.update)
     if report.ok:
         click.echo(f"OK: export verified ({report.invoices} invoices in {report.chunks} chunks, "
                    f"{report.z_reports} Z reports)")

@@ -39,7 +39,7 @@ from drivers.usb_fiscal_memory.client import (
     NormalizationPending,
     SubtotalMismatch,
 )
-from drivers.usb_fiscal_memory.errors import DeviceError, MCFLinkError, PermissionDenied
+from drivers.usb_fiscal_memory.errors import DeviceError, LinkClosed, MCFLinkError
 from drivers.usb_fiscal_memory.fields import InvalidRequest
 from drivers.usb_fiscal_memory.protocol import Link
 from drivers.usb_fiscal_memory.transport import Transport, open_transport
@@ -205,21 +205,35 @@ class DeviceSigner:
 
     def _link_failed(self, exc: Exception) -> None:
         self._drop_link()
-        text = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, PermissionDenied):
-            text += ""  # the driver's message already names the udev rule and group
-        self.state.failed(text)
+        # PermissionDenied's message already names the fix (udev rule, group dialout).
+        self.state.failed(f"{type(exc).__name__}: {exc}")
 
     def _read_status(self, client: MCFClient):
         mcf = client.status()
         came_back = self.state.reached(mcf, client.last_status)
         return mcf, came_back
 
+    def _fresh_status(self):
+        """C1h; a handle that went stale (device replugged since) is reopened once."""
+        had_link = self._client is not None
+        try:
+            client = self._connect()
+            return (client, *self._read_status(client))
+        except LinkClosed:
+            if not had_link:
+                raise
+            self._drop_link()
+            client = self._connect()
+            return (client, *self._read_status(client))
+
     def _identify(self, client: MCFClient, mcf) -> None:
         """Once per run: taxpayer info, and the tax rates against the table."""
         if self._identified:
             return
         self.state.taxpayer = client.taxpayer()
+        from .firmware import firmware_strings
+
+        self.state.firmware = firmware_strings(self.url)
         from ..fiscal.tax.table import TaxTable
 
         today = datetime.now(self.tz).date()
@@ -244,8 +258,7 @@ class DeviceSigner:
 
     def _poll(self, startup: bool = False) -> bool:
         try:
-            client = self._connect()
-            mcf, came_back = self._read_status(client)
+            client, mcf, came_back = self._fresh_status()
             self._identify(client, mcf)
             if recovery.intent_rows(self._conn()):
                 recovery.resolve_intents(client, self.journal, self._conn(), mcf)
@@ -311,8 +324,7 @@ class DeviceSigner:
                                  errors=[{"field": "body", "message": str(exc)}]) from None
         # 1-2: settle what is in flight, then check the device.
         try:
-            client = self._connect()
-            mcf, came_back = self._read_status(client)
+            client, mcf, came_back = self._fresh_status()
             self._identify(client, mcf)
             for res in recovery.resolve_intents(client, self.journal, self._conn(), mcf):
                 if res.request_id == rid and res.sealed is not None:

@@ -63,6 +63,8 @@ def health_summary(health: dict[str, Any] | None) -> dict[str, Any] | None:
     """The stable part of `AgentService.health()` that a report records (signer and sync state)."""
     if not health:
         return None
+    if health.get("source") == "journal":  # already in this form (offline_health)
+        return health
     cred = health.get("credential") or {}
     sync = health.get("sync") or {}
     return {

@@ -1,7 +1,6 @@
 """X/Z/A reports as printable text (and PDF through the same lines)."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from ..receipts.layout import PAYMENT_NAMES, fmt_amount, fmt_qty, fmt_rate, fmt_time
@@ -121,7 +120,3 @@ def report_pdf(body: dict[str, Any]) -> bytes:
         pdf.set_font("Courier", "B" if i == 0 else "", size)
         pdf.cell(0, size * 0.45, _latin1(line), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
-
-
-def parse_when(text: str) -> datetime:
-    return datetime.fromisoformat(text)

@@ -34,7 +34,7 @@ from .commands import (
     SubtotalResult,
     TAXPAYER_FIELDS,
 )
-from .errors import DeviceError
+from .errors import DeviceError, MCFLinkError
 from .framing import Status
 from .protocol import Link
 
@@ -131,6 +131,7 @@ class MCFClient:
         self._sleep = sleep
         self._clock = clock
         self.last_status: Status | None = None  # STA of the latest answer
+        self.last_opened: InvoiceOpened | None = None  # C0h answer of the latest seal_invoice
         self.warnings: list[str] = []  # things the last seal_invoice had to fix on the way
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -232,24 +233,37 @@ class MCFClient:
             self.on_step("stale_invoice_cancelled")
         return mcf
 
-    def recover_last(self, fn: str) -> NormalizedInvoice | None:
+    def recover_last(
+        self, fn: str, opened: InvoiceOpened | None = None
+    ) -> NormalizedInvoice | None:
         """The MCF's result for invoice ``fn`` if it is the last one it normalized, else None.
 
         For an SFE that crashed (or lost the link) after sending 38h: the C1h "last invoice"
         fields tell whether that invoice was normalized, so it is never normalized twice.
+
+        FC: C1h has no per-type counter, only FVC (all sale types FV/FT/EV/ET together) and
+        FRC (FA/EA together). Pass ``opened``, the C0h answer of that invoice (its FC/TC are
+        the counters it carries once normalized): when its TC is the device's TC, its FC is
+        exact. Otherwise FC is taken from FVC/FRC, which is right only while the device has
+        normalized a single type of each family, and the result says ``fc_exact=False``.
         """
-        return self._recovered(self.status(), fn)
+        return self._recovered(self.status(), fn, opened)
 
     @staticmethod
-    def _recovered(mcf: McfStatus, fn: str) -> NormalizedInvoice | None:
+    def _recovered(
+        mcf: McfStatus, fn: str, opened: InvoiceOpened | None = None
+    ) -> NormalizedInvoice | None:
         if not fn or mcf.dfn != fn or not mcf.dfs:
             return None
-        # FC is the per-type counter at that time; nothing came after the last invoice, so
-        # the current FVC/FRC is it.
-        fc = mcf.frc if mcf.dft in CREDIT_TYPES else mcf.fvc
+        if opened is not None and opened.tc == mcf.tc:
+            fc, exact = opened.fc, True
+        else:
+            # Nothing came after the last invoice, so the current FVC/FRC is its family's
+            # counter: the per-type FC only if that family holds one type (see above).
+            fc, exact = (mcf.frc if mcf.dft in CREDIT_TYPES else mcf.fvc), False
         return NormalizedInvoice(
             fc=fc, tc=mcf.tc, ft=mcf.dft, dt=mcf.dfdt, mid=mcf.mid, nif=mcf.nif, fn=mcf.dfn,
-            sig=mcf.dfs,
+            sig=mcf.dfs, fc_exact=exact,
         )
 
     def seal_invoice(
@@ -262,6 +276,7 @@ class MCFClient:
         before the error is raised, so the MCF is left ready for the next one.
         """
         self.warnings = []
+        self.last_opened = None
         fn = draft.opening.fn
         mcf = self.check_ready()
         self.on_step("status")
@@ -271,7 +286,7 @@ class MCFClient:
             return already
         self.set_client(draft.client)
         self.on_step("client")
-        self.open_invoice(draft.opening)
+        self.last_opened = self.open_invoice(draft.opening)
         self.on_step("open")
         try:
             return self._fill_and_normalize(draft, cross_check)
@@ -312,9 +327,31 @@ class MCFClient:
             self.pay()  # §35h: no data = cash for the whole amount; keeps the flow explicit
             self.on_step("payment:1")
         self.on_step("normalizing")  # the 38h frame goes out next
-        result = self.normalize(agreed.mv, agreed.mt, draft.opening.fn)
+        try:
+            result = self.normalize(agreed.mv, agreed.mt, draft.opening.fn)
+        except DeviceError as exc:
+            if isinstance(exc, NormalizationPending):
+                raise
+            # A power cut between "normalized" and "answered" erases the MCF's last answer,
+            # so our same-SEQ resend is executed afresh and refused (E:AUCUNE FACTURE OUVERTE
+            # on the document's devices). Whatever the refusal, C1h tells whether the invoice
+            # was normalized after all: then that is the result, not an error.
+            recovered = self._recover_quietly(draft.opening.fn)
+            if recovered is None:
+                raise
+            self._warn(f"38h answered {exc.text!r} but invoice {draft.opening.fn} was normalized; "
+                       "returning the MCF's result from C1h")
+            self.on_step("recovered")
+            return recovered
         self.on_step("normalized")
         return result
+
+    def _recover_quietly(self, fn: str) -> NormalizedInvoice | None:
+        try:
+            return self.recover_last(fn, self.last_opened)
+        except (DeviceError, MCFLinkError) as exc:
+            log.warning("could not read C1h after a refused 38h: %s", exc)
+            return None
 
     def _cancel_quietly(self) -> None:
         try:

@@ -580,6 +580,9 @@ class NormalizedInvoice:
     nif: str
     fn: str
     sig: str
+    # False when FC was not returned by 38h but inferred from C1h's FVC/FRC, which count all
+    # sale types (FV FT EV ET) resp. both credit types together: see MCFClient.recover_last.
+    fc_exact: bool = field(default=True, compare=False)
 
     @property
     def qr_payload(self) -> str:

@@ -140,6 +140,12 @@ def open_transport(url: str, **kw: object) -> Transport:
     if scheme is None:
         return transport_serial.SerialTransport(url, **kw)  # type: ignore[arg-type]
     factory = _SCHEMES.get(scheme)
+    if factory is None and scheme == "sim":
+        # The bundled simulator registers sim:// when imported; do it on demand so that
+        # a configuration naming sim:///path/state.json works without importing it first.
+        import simulator.inprocess  # noqa: F401
+
+        factory = _SCHEMES.get(scheme)
     if factory is None:
         raise DeviceNotFound(
             f"unknown port scheme {scheme!r} in {url!r}; known: {', '.join(registered_schemes())}"

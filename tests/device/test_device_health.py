@@ -1,0 +1,48 @@
+"""Device status in /v1/health: status bits, tax rates, unavailability."""
+from __future__ import annotations
+
+from tests.device.device_support import SimDevice, device_agent, device_health, wait_for
+from tests.support import invoice
+
+
+def test_status_bits_and_rate_mismatch_show_in_health(tmp_path):
+    sim = SimDevice(tmp_path / "sim", rates={"C": "8.00"})  # a device still on the pre-2026 rate
+    h = device_agent(tmp_path / "agent", sim)
+    for flag in ("memory_nearly_full", "daily_report_required", "clock_not_set"):
+        sim.faults.set(flag, True)
+    try:
+        h.start()
+        dev = wait_for(lambda: (d := device_health(h)["device"])["reachable"] is not None and d)
+        bits = dev["status_bits"]
+        assert bits["memory_nearly_full"] and bits["daily_report_required"] and bits["clock_not_set"], dev
+        assert not bits["memory_full"]
+        assert dev["reachable"] is True and dev["available"] is False
+        assert any("group C" in m and "8.00" in m for m in dev["tax_rates"]["mismatches"]), dev
+        assert any("nearly full" in a for a in dev["alerts"])
+        assert any("clock" in a.lower() for a in dev["alerts"])
+        # Not ready: the policy falls back to delegated.
+        status, body, _ = h.post("/v1/invoices", invoice("hb-1"))
+        assert status == 201 and body["mode"] == "delegated", body
+        log = h.read_log()
+        assert '"event": "device.tax_rate_mismatch"' in log
+        assert log.count('"event": "device.status_bits"') == 1
+    finally:
+        h.stop()
+        sim.stop()
+
+
+def test_stale_dgi_link_is_alerted(tmp_path):
+    sim = SimDevice(tmp_path / "sim")
+    sim.faults.set("dgi_offline", True)
+    import dataclasses
+    sim.engine.device.state = dataclasses.replace(sim.engine.device.state, dgi_last_connection="20250101120000")
+    h = device_agent(tmp_path / "agent", sim)
+    try:
+        h.start()
+        dev = wait_for(lambda: (d := device_health(h)["device"])["dgi_link"] is not None and d)
+        assert dev["dgi_link"]["stale"] is True and dev["dgi_link"]["state"] == "DIS", dev
+        assert any("DGI server" in a for a in dev["alerts"])
+        assert '"event": "device.dgi_link_stale"' in h.read_log()
+    finally:
+        h.stop()
+        sim.stop()
