@@ -49,18 +49,30 @@ def _group_totals(bodies):
     return totals
 
 
-def test_outage_then_reconcile_everything(agent, cloud):
+@pytest.mark.parametrize("per_client", [150, pytest.param(1667, marks=pytest.mark.slow)])
+def test_outage_then_reconcile_everything(tmp_path, cloud, per_client):
+    # 3 POS clients seal through a whole cloud outage (the slow variant: 5,001 invoices).
+    total = 3 * per_client
+    agent = EnrolledAgent(tmp_path / "agent", cloud, cloud.add_outlet(), block_size=max(2000, total))
+    try:
+        _outage_then_reconcile(agent, cloud, per_client, total)
+    finally:
+        agent.stop()
+
+
+def _outage_then_reconcile(agent, cloud, per_client, total):
+    cloud.stop()  # down before the agent even starts, and for the whole sealing run
     agent.start()
-    cloud.stop()  # the cloud is down for the whole sealing run
-    bodies = _seal(agent, 3, 150, "O")
-    assert agent.sync_state_counts() == {"pending": 450}
+    bodies = _seal(agent, 3, per_client, "O")
+    assert agent.sync_state_counts() == {"pending": total}
     health = agent.get("/v1/health", key=None)[1]
-    assert health["status"] in ("ok", "degraded") and health["sync"]["pending"] == 450
+    assert health["status"] in ("ok", "degraded") and health["sync"]["pending"] == total
+    assert health["state"] == "amber"
     cloud.start()
-    counts = agent.wait_synced(120)
-    assert counts == {"accepted": 450}
+    counts = agent.wait_synced(120 + total / 50)
+    assert counts == {"accepted": total}
     summary = cloud.get(f"/v1/outlets/{agent.outlet}/summary", agent.cloud_token)
-    assert summary["count"] == 450
+    assert summary["count"] == total
     cloud_totals = {g: Decimal(v["total"]) for g, v in summary["by_type"]["FV"]["by_group"].items()}
     assert cloud_totals == _group_totals(bodies)
     assert cloud.get(f"/v1/outlets/{agent.outlet}/ledger/verify", agent.cloud_token)["valid"] is True
