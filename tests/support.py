@@ -42,7 +42,30 @@ def invoice(request_id: str, n_items: int = 2, **overrides: Any) -> dict[str, An
     return body
 
 
-class AgentHarness:
+class _Process:
+    """A service run as a real subprocess (`self.proc`, its log in `self.log`)."""
+
+    proc: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+        self.proc = None
+
+
+class AgentHarness(_Process):
     """An enrolled agent data folder (test issuer) and, on demand, the daemon as a subprocess."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -105,22 +128,6 @@ class AgentHarness:
     def read_log(self) -> str:
         return (self.data_dir / "agent.log").read_text(errors="replace")
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
-        self.proc = None
 
     # -------------------------------------------------------------- HTTP
     def request(self, method: str, path: str, body: Any = None, *, key: str | None = "default",
@@ -170,7 +177,7 @@ def _decode(payload: bytes, headers) -> Any:
     return payload
 
 
-class CloudProcess:
+class CloudProcess(_Process):
     """The bundled cloud as a real `stalela cloud serve` subprocess on a SQLite file."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
@@ -203,22 +210,6 @@ class CloudProcess:
                 time.sleep(0.05)
         raise RuntimeError("cloud did not become ready")
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
-        self.proc = None
 
     def admin_token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
