@@ -53,7 +53,7 @@ def _group_totals(bodies):
 def test_outage_then_reconcile_everything(tmp_path, cloud, per_client):
     # 3 POS clients seal through a whole cloud outage (the slow variant: 5,001 invoices).
     total = 3 * per_client
-    agent = EnrolledAgent(tmp_path / "agent", cloud, cloud.add_outlet(), block_size=max(2000, total))
+    agent = EnrolledAgent(tmp_path / "agent", cloud, cloud.add_outlet(), block_size=total + 500)
     try:
         _outage_then_reconcile(agent, cloud, per_client, total)
     finally:
