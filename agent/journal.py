@@ -78,6 +78,8 @@ class Journal:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._started = False
         self.last_clock_skew: float = 0.0
+        # Numbers left in the active credential after the last allocation (a hint for renewal).
+        self.numbers_left: int | None = None
         # Parsed credentials and their QR part, by id: parsing costs more than the signature.
         self._creds: dict[str, tuple[DelegatedCredential, str]] = {}
         self.sealed_count = 0
@@ -436,6 +438,7 @@ class Journal:
             number = row["next_number"]
             if number <= cred.block_end and cred.valid_at(now):
                 conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, cred.id))
+                self.numbers_left = cred.block_end - number
                 return cred, number
             if number <= cred.block_end and now < cred.not_before:
                 # The clock reads earlier than the credential's start: a clock problem, not the
@@ -464,6 +467,7 @@ class Journal:
                                                 "block": f"{successor.block_start}-{successor.block_end}"})
         number = successor.block_start
         conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, successor.id))
+        self.numbers_left = successor.block_end - number
         return successor, number
 
     def _credential(self, row) -> DelegatedCredential:

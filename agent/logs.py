@@ -29,4 +29,5 @@ def setup(level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # A renewal woken early while the scheduled one runs is skipped on purpose: not worth a warning.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -61,29 +61,29 @@ class CredentialKeeper:
         self.client = client
 
     async def check(self) -> None:
+        # Renewal first: it is what keeps sales going; closures and revocation checks can wait.
+        if needs_renewal(self.service):
+            try:
+                await fetch_credential(self.service, self.client)
+            except CloudError as exc:
+                if self.service.last_renewal_error is None:
+                    log.warning("credential renewal failed", extra={"event": "credential.renewal_failed",
+                                                                    "error": exc.detail})
+                self.service.last_renewal_error = exc.detail
+            else:
+                if self.service.last_renewal_error is not None:
+                    log.info("credential renewal recovered", extra={"event": "credential.renewal_recovered"})
+                self.service.last_renewal_error = None
         try:
             await self._send_closures()
             await self._check_revocations()
             self.service.cloud_offline = None
         except CloudError as exc:
-            # Offline is normal for a shop: it matters only once a renewal is due (below).
+            # Offline is normal for a shop: it matters only once a renewal is due (above).
             if self.service.cloud_offline is None:
                 log.info("cloud unreachable for credential checks", extra={"event": "credential.cloud_offline",
                                                                            "error": exc.detail})
             self.service.cloud_offline = exc.detail
-        if not needs_renewal(self.service):
-            return
-        try:
-            await fetch_credential(self.service, self.client)
-        except CloudError as exc:
-            if self.service.last_renewal_error is None:
-                log.warning("credential renewal failed", extra={"event": "credential.renewal_failed",
-                                                                "error": exc.detail})
-            self.service.last_renewal_error = exc.detail
-            return
-        if self.service.last_renewal_error is not None:
-            log.info("credential renewal recovered", extra={"event": "credential.renewal_recovered"})
-        self.service.last_renewal_error = None
 
     async def _send_closures(self) -> None:
         """Tell the cloud where closed blocks ended, so their unused tails are void, not gaps."""

@@ -43,6 +43,9 @@ class AgentService:
     device: Any = None
     cloud: Any = None
     breaker: Breaker = field(default_factory=lambda: Breaker(30.0))
+    # Called when the active credential runs low, so renewal starts now rather than at the next
+    # interval (set by the daemon; it must be cheap and safe to call often).
+    renewal_wake: Any = None
 
     @classmethod
     def open(cls, config: AgentConfig) -> "AgentService":
@@ -119,7 +122,11 @@ class AgentService:
                 return outcome
             if name == "delegated":
                 try:
-                    return await asyncio.wrap_future(self.journal.submit(job))
+                    outcome = await asyncio.wrap_future(self.journal.submit(job))
+                    left = self.journal.numbers_left
+                    if self.renewal_wake is not None and left is not None and left < self.config.renew_below_numbers:
+                        self.renewal_wake()
+                    return outcome
                 except SealingBlocked as exc:
                     if "queued" not in policy:
                         if unavailable:

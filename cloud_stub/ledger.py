@@ -61,9 +61,15 @@ def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, i
         prev_ledger_hash=prev,
         ledger_hash=entry_hash(prev, outlet_id, seq, recorded_at, invoice["mode"], sec["authority_id"],
                                sec["fiscal_number"], invoice_hash),
-        invoice=json.dumps(invoice, ensure_ascii=False, separators=(",", ":")),
+        invoice=stored_text(invoice),
     )
     return tx.append(entry), seq
+
+
+def stored_text(invoice: dict) -> str:
+    """How an invoice is stored: its JSON text (reconciliation stores well-formed invoices in their
+    canonical form instead, `fastpath.forms`; both parse to the same invoice)."""
+    return json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
 
 
 def verify(tx: Tx, outlet_id: str) -> tuple[int, list[str]]:

@@ -335,6 +335,28 @@ class Tx:
              e.ledger_hash, e.invoice))
         return cur.lastrowid
 
+    def by_number_keys(self, number_keys: list[str]) -> dict[str, dict]:
+        """`by_number_key` for many keys at once: {number_key: {outlet_id, invoice_hash}} of those found."""
+        found: dict[str, dict] = {}
+        for i in range(0, len(number_keys), 500):
+            chunk = number_keys[i:i + 500]
+            cur = self._c.execute("SELECT number_key, outlet_id, invoice_hash FROM ledger WHERE number_key IN "
+                                  f"({','.join('?' * len(chunk))})", chunk)
+            for row in cur:
+                found[row["number_key"]] = {"outlet_id": row["outlet_id"], "invoice_hash": row["invoice_hash"]}
+        return found
+
+    def append_many(self, rows: list[tuple]) -> None:
+        """Append ledger rows, each a tuple in `LedgerEntry` field order, with one prepared statement."""
+        self._c.executemany(
+            "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
+            "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
+            "ledger_hash, invoice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def count_numbers_of_authority(self, authority_id: str, lo: int, hi: int) -> int:
+        return self._one("SELECT COUNT(*) AS n FROM ledger WHERE authority_id = ? AND fiscal_number BETWEEN ? AND ?",
+                         authority_id, lo, hi)["n"]
+
     def ledger_invoice(self, ledger_id: int) -> str:
         return self._one("SELECT invoice FROM ledger WHERE id = ?", ledger_id)["invoice"]
 

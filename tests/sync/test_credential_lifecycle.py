@@ -18,13 +18,13 @@ def cloud(tmp_path):
 
 
 def test_three_blocks_back_to_back_without_a_refused_invoice(tmp_path, cloud):
-    agent = EnrolledAgent(tmp_path / "agent", cloud, cloud.add_outlet(), block_size=100, check_interval=0.2)
+    agent = EnrolledAgent(tmp_path / "agent", cloud, cloud.add_outlet(), block_size=200, check_interval=0.5)
     try:
         agent.start()
         statuses = []
 
         def client(c):
-            for i in range(120):
+            for i in range(230):
                 status, body, _ = agent.post("/v1/invoices", invoice(f"R{c}-{i}"))
                 statuses.append((status, body["security"]["authority_id"] if status == 201 else body))
                 time.sleep(0.005)  # a till, not a flood: renewal gets its turn
@@ -36,10 +36,10 @@ def test_three_blocks_back_to_back_without_a_refused_invoice(tmp_path, cloud):
         authorities = {a for _, a in statuses}
         assert len(authorities) >= 3, authorities  # at least three credentials consumed
         numbers = agent.numbers()
-        assert len(numbers) == 360 and len(set(numbers)) == 360
+        assert len(numbers) == 690 and len(set(numbers)) == 690
         assert agent.verify().returncode == 0, agent.verify().stderr
         counts = agent.wait_synced(60)
-        assert counts == {"accepted": 360}, counts
+        assert counts == {"accepted": 690}, counts
         flags = cloud.get(f"/v1/outlets/{agent.outlet}/flags?open=1", agent.cloud_token)["flags"]
         assert flags == [], flags  # closed tails are void, not gaps
     finally:
