@@ -230,7 +230,8 @@ class AgentService:
                                                   and self.cloud.health().get("available", False))
         if mode is None:
             status, color = "blocked", "red"
-        elif mode == "queued" or (mode == "delegated" and (low or self.last_renewal_error)):
+        elif mode == "queued" or (mode == "delegated" and low):
+            # Running low with no successor ready (a failed renewal shows in credential.last_renewal_error).
             status, color = "degraded", "amber"
         else:
             status = "ok"
