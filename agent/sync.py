@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from .cloud_client import CloudClient, CloudError
 from .store.db import connect
@@ -132,7 +132,7 @@ class SyncWorker:
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(CloudError), reraise=True,
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(initial=0.5, max=self.max_backoff, jitter=0.5)):
+                wait=wait_exponential(multiplier=0.5, max=self.max_backoff) + wait_random(0, 0.5)):
             with attempt:
                 try:
                     answer = await self.client.reconcile_raw(bodies)
