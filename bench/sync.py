@@ -32,13 +32,12 @@ def backlog_drain(workdir: Path, count: int, batch: int = 1000) -> dict[str, flo
         agent = EnrolledAgent(workdir / "agent", cloud, cloud.add_outlet(), block_size=10000)
         config = load_config(agent.data_dir)
         service = AgentService.open(config)
-        client = CloudClient(config.cloud_url, token=agent.cloud_token, timeout=120)
-
         async def credentials():
-            have = 10000  # enrollment fetched the first one
-            while have < count:
-                await fetch_credential(service, client)
-                have += 10000
+            async with CloudClient(config.cloud_url, token=agent.cloud_token, timeout=120) as client:
+                have = 10000  # enrollment fetched the first one
+                while have < count:
+                    await fetch_credential(service, client)
+                    have += 10000
         asyncio.run(credentials())
         # Seal the backlog offline (in-process, group commit) while the cloud is idle.
         t = time.perf_counter()
