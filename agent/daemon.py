@@ -22,6 +22,20 @@ from .sync import SyncWorker
 log = logging.getLogger("stalela.agent")
 
 
+def _warm_up(service: AgentService) -> None:
+    """Pay the first-use costs (lazy imports, validators, tax table, first page reads) before
+    READY, so the first invoice after a restart costs about what a warm one does. Seals nothing."""
+    from .cli.up import SAMPLE
+    from .journal import credential_status
+
+    try:
+        service.prepare({**SAMPLE, "request_id": "warm-up"})
+    except Exception:  # a warm-up must never stop the start
+        log.debug("warm-up skipped", exc_info=True)
+    credential_status(service.journal.reader)
+    service.existing("warm-up")
+
+
 async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     started = time.monotonic()
     service = AgentService.open(config)
@@ -40,6 +54,7 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
         from .device.signer import from_config as device_signer
         service.device = device_signer(config, service)
         await service.device.start()  # start-up recovery runs first on the device's worker
+    _warm_up(service)
     app = init_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

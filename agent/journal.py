@@ -55,6 +55,9 @@ class WriterTask:
 class SealOutcome:
     invoice: dict[str, Any]
     created: bool  # False when an earlier identical request was answered again
+    # The stored JSON text of `invoice` (no `sync`), when the writer has it: the API answers
+    # with it instead of serializing the invoice a second time on the event loop.
+    body_json: str | None = None
 
 
 def _now_utc() -> datetime:
@@ -274,7 +277,7 @@ class Journal:
             " type_counters=excluded.type_counters",
             (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters)),
         )
-        return SealOutcome(invoice, created=True)
+        return SealOutcome(invoice, created=True, body_json=body)
 
     @staticmethod
     def _existing(conn: sqlite3.Connection, request_id: str, job: SealJob, *, keep_draft: bool = False):
