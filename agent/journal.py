@@ -197,14 +197,10 @@ class Journal:
 
     def _seal_one(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
         req = job.request
-        row = self._existing(conn, req["request_id"], job)
-        if row is None:
-            self._check_discarded(conn, req["request_id"])
-        if row is not None:
-            if row["request_hash"] != job.fingerprint:
-                raise IdempotencyConflict(
-                    f"request_id {req['request_id']!r} was already used for a different invoice")
-            return SealOutcome(json.loads(row["body"]), created=False)
+        earlier = self._answer_again(conn, job)
+        if earlier is not None:
+            return earlier
+        self._check_discarded(conn, req["request_id"])
         if conn.execute("SELECT 1 FROM cloud_intents WHERE request_id = ?", (req["request_id"],)).fetchone():
             raise SealingBlocked(
                 "this request was sent to the cloud signer and its answer was lost; only the cloud can "
@@ -279,6 +275,20 @@ class Journal:
         )
         return SealOutcome(invoice, created=True, body_json=body)
 
+    def _answer_again(self, conn: sqlite3.Connection, job: SealJob, *, intent_table: str | None = None,
+                      keep_draft: bool = False) -> SealOutcome | None:
+        """Exactly-once per request: the stored answer for this request_id (409 if the body
+        differs), or None when it must be sealed now. A pending intent for it is settled too."""
+        request_id = job.request["request_id"]
+        row = self._existing(conn, request_id, job, keep_draft=keep_draft)
+        if row is None:
+            return None
+        if intent_table is not None:
+            conn.execute(f"DELETE FROM {intent_table} WHERE request_id = ?", (request_id,))
+        if row["request_hash"] != job.fingerprint:
+            raise IdempotencyConflict(f"request_id {request_id!r} was already used for a different invoice")
+        return SealOutcome(json.loads(row["body"]), created=False)
+
     @staticmethod
     def _existing(conn: sqlite3.Connection, request_id: str, job: SealJob, *, keep_draft: bool = False):
         """The stored row for this request_id, if any. A queued draft of the same request is
@@ -325,13 +335,9 @@ class Journal:
     def record_cloud_seal(self, conn: sqlite3.Connection, job: SealJob, invoice: dict[str, Any]) -> SealOutcome:
         """Store an invoice the cloud signer sealed (already in the cloud ledger: synced)."""
         req = job.request
-        row = self._existing(conn, req["request_id"], job)
-        if row is not None:
-            conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (req["request_id"],))
-            if row["request_hash"] != job.fingerprint:
-                raise IdempotencyConflict(
-                    f"request_id {req['request_id']!r} was already used for a different invoice")
-            return SealOutcome(json.loads(row["body"]), created=False)
+        earlier = self._answer_again(conn, job, intent_table="cloud_intents")
+        if earlier is not None:
+            return earlier
         invoice = {k: v for k, v in invoice.items() if k != "sync"}
         sec = invoice["security"]
         chain_key = f"cloud:{invoice['outlet_id']}"
@@ -356,12 +362,9 @@ class Journal:
     def queue_draft(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
         """Store an unsealed draft durably (policy `queued`): no security elements, never a receipt."""
         req = job.request
-        row = self._existing(conn, req["request_id"], job, keep_draft=True)
-        if row is not None:
-            if row["request_hash"] != job.fingerprint:
-                raise IdempotencyConflict(
-                    f"request_id {req['request_id']!r} was already used for a different invoice")
-            return SealOutcome(json.loads(row["body"]), created=False)
+        earlier = self._answer_again(conn, job, keep_draft=True)
+        if earlier is not None:
+            return earlier
         draft = {"id": str(uuid.uuid4()), "request_id": req["request_id"], "status": "queued",
                  "request": req, "lines": job.lines, "totals": job.totals,
                  "queued_at": _now_utc().isoformat()}
@@ -380,13 +383,9 @@ class Journal:
         nif, fn, sig. Call inside a writer transaction (`run_in_writer`); removes the intent.
         """
         req = job.request
-        row = self._existing(conn, req["request_id"], job)
-        if row is not None:
-            conn.execute("DELETE FROM device_intents WHERE request_id = ?", (req["request_id"],))
-            if row["request_hash"] != job.fingerprint:
-                raise IdempotencyConflict(
-                    f"request_id {req['request_id']!r} was already used for a different invoice")
-            return SealOutcome(json.loads(row["body"]), created=False)
+        earlier = self._answer_again(conn, job, intent_table="device_intents")
+        if earlier is not None:
+            return earlier
         chain_key = f"device:{device['mid']}"
         chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (chain_key,)).fetchone()
         prev_hash = chain["last_hash"] if chain else GENESIS_HASH
