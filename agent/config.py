@@ -53,6 +53,11 @@ check_interval = 30
 [sealing]
 # Largest number of invoices committed in one transaction (group commit).
 max_batch = 64
+# Seal delegated invoices in a second process beside the API's, so validation and sealing use
+# two cores: "auto" (when the machine has more than one core), "on" or "off". See docs/architecture.md.
+process = "auto"
+# The sealing process starts with the first sale and stops after this many seconds without one.
+process_idle_seconds = 300
 
 [signer]
 # Who seals, in order of preference. "device" is used only when [device] url is set, "cloud"
@@ -98,6 +103,8 @@ class AgentConfig:
     renew_before_seconds: int = 3600
     check_interval: float = 30.0
     max_batch: int = 64
+    sealing_process: str = "auto"
+    sealing_process_idle: float = 300.0
     signer_policy: tuple = ("device", "cloud", "delegated")
     signer_cloud_timeout: float = 1.0
     breaker_seconds: float = 30.0
@@ -106,6 +113,12 @@ class AgentConfig:
     sync_batch_size: int = 500
     sync_interval: float = 5.0
     retention_days: int = 30
+
+    @property
+    def sealing_process_enabled(self) -> bool:
+        if self.sealing_process == "auto":
+            return (os.cpu_count() or 1) > 1
+        return self.sealing_process == "on"
 
     @property
     def db_path(self) -> Path:
@@ -138,7 +151,8 @@ _SECTIONS = {
     "cloud": {"url": "cloud_url", "timeout": "cloud_timeout"},
     "credential": {"block_size": "block_size", "renew_below_numbers": "renew_below_numbers",
                    "renew_before_seconds": "renew_before_seconds", "check_interval": "check_interval"},
-    "sealing": {"max_batch": "max_batch"},
+    "sealing": {"max_batch": "max_batch", "process": "sealing_process",
+                "process_idle_seconds": "sealing_process_idle"},
     "signer": {"policy": "signer_policy", "cloud_timeout": "signer_cloud_timeout",
                "breaker_seconds": "breaker_seconds"},
     "device": {"url": "device_url"},
@@ -175,6 +189,9 @@ def load_config(data_dir: Path) -> AgentConfig:
         if unknown or not policy:
             raise ConfigError(f"{path}: signer.policy takes {', '.join(SIGNERS)}, not {unknown or 'nothing'}")
         values["signer_policy"] = policy
+    if "sealing_process" in values and values["sealing_process"] not in ("auto", "on", "off"):
+        raise ConfigError(f"{path}: sealing.process takes \"auto\", \"on\" or \"off\", "
+                          f"not {values['sealing_process']!r}")
     if "reports_z_time" in values:
         try:
             datetime.strptime(str(values["reports_z_time"]), "%H:%M")

@@ -55,6 +55,11 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
         service.device = device_signer(config, service)
         await service.device.start()  # start-up recovery runs first on the device's worker
     _warm_up(service)
+    if config.sealing_process_enabled and "delegated" in config.signer_policy:
+        from .sealer import SealerProcess
+        # Started by the first delegated seal, stopped after a quiet spell (see agent/sealer.py).
+        service.sealer = SealerProcess(config.data_dir, service.journal, idle_seconds=config.sealing_process_idle,
+                                       log_level=logging.getLevelName(logging.getLogger().level))
     app = init_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -142,4 +147,6 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
             await service.cloud.close()
         if service.device is not None:
             await service.device.close()
+        if service.sealer is not None:
+            await service.sealer.stop()
         service.close()

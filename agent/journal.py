@@ -8,6 +8,7 @@ no number is consumed and no half-written invoice remains.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
-from .fiscal.canonical import GENESIS_HASH
+from .fiscal.canonical import GENESIS_HASH, Fragments, compose
 from .fiscal.credential import BlockClosure, DelegatedCredential
 from .fiscal.seal import apply_signature, chain_hash, credential_qr_part
 from .identity import OutletIdentity
@@ -40,6 +41,11 @@ class SealJob:
     lines: list[dict[str, Any]]
     totals: dict[str, Any]
     future: Future = field(default_factory=Future)
+    # Canonical texts of the request's parts, lines and totals (see fiscal.canonical.Fragments);
+    # None for jobs rebuilt from storage (drafts, device recovery): they are encoded when sealed.
+    fragments: Fragments | None = None
+    # Set by Journal.submit_async: the event loop to answer on and its future (see _settle).
+    waiter: tuple[Any, Any] | None = None
 
 
 @dataclass
@@ -51,13 +57,49 @@ class WriterTask:
     future: Future = field(default_factory=Future)
 
 
-@dataclass(frozen=True)
 class SealOutcome:
-    invoice: dict[str, Any]
-    created: bool  # False when an earlier identical request was answered again
-    # The stored JSON text of `invoice` (no `sync`), when the writer has it: the API answers
-    # with it instead of serializing the invoice a second time on the event loop.
-    body_json: str | None = None
+    """What a signer answers: the invoice, and whether this request created it.
+
+    `body_json` is the stored JSON text of the invoice (no `sync`) when the writer has it: the API
+    answers with it instead of serializing the invoice again. From the sealing process only the
+    text travels; `invoice` is then parsed from it on first use.
+    """
+
+    __slots__ = ("_invoice", "created", "body_json", "_status", "_mode")
+
+    def __init__(self, invoice: dict[str, Any] | None, created: bool, body_json: str | None = None, *,
+                 status: str | None = None, mode: str | None = None) -> None:
+        if invoice is None and body_json is None:
+            raise ValueError("a seal outcome needs the invoice or its JSON text")
+        self._invoice = invoice
+        self.created = created  # False when an earlier identical request was answered again
+        self.body_json = body_json
+        self._status = status
+        self._mode = mode
+
+    @property
+    def invoice(self) -> dict[str, Any]:
+        if self._invoice is None:
+            self._invoice = json.loads(self.body_json)
+        return self._invoice
+
+    @property
+    def status(self) -> str:
+        return self._status or self.invoice.get("status")
+
+    @property
+    def mode(self) -> str:
+        return self._mode or self.invoice["mode"]
+
+
+def _answer_waiters(items: list) -> None:
+    for waiter, outcome, error in items:
+        if waiter.done():  # the caller went away (e.g. the POS hung up); the seal stands
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(outcome)
 
 
 def _now_utc() -> datetime:
@@ -105,6 +147,17 @@ class Journal:
     def submit(self, job: SealJob | WriterTask) -> Future:
         self._queue.put(job)
         return job.future
+
+    def submit_async(self, job: SealJob):
+        """Queue a seal job from a coroutine; await the returned asyncio future.
+
+        The writer answers a whole group commit with ONE call into the event loop instead of
+        one wake-up per invoice (see _settle)."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        job.waiter = (loop, waiter)
+        self._queue.put(job)
+        return waiter
 
     def run_in_writer(self, fn) -> Future:
         """Run `fn(conn)` in a transaction of its own on the writer thread (see WriterTask)."""
@@ -184,16 +237,28 @@ class Journal:
             log.error("journal commit failed", extra={"event": "journal.commit_failed",
                                                        "error": str(exc), "batch": len(batch)})
             failure = StorageFailure(f"the journal could not be written: {exc}")
-            for job in batch:
-                job.future.set_exception(failure)
+            self._settle([(job, None, failure) for job in batch])
             return
+        self.sealed_count += sum(1 for _, outcome, _ in outcomes if outcome is not None and outcome.created)
+        self._settle(outcomes)
+
+    @staticmethod
+    def _settle(outcomes: list[tuple[SealJob, SealOutcome | None, BaseException | None]]) -> None:
+        """Tell every caller of a committed (or failed) batch: concurrent futures directly, and
+        asyncio waiters with one call_soon_threadsafe per event loop for the whole batch."""
+        by_loop: dict[Any, list] = {}
         for job, outcome, error in outcomes:
-            if error is not None:
+            if job.waiter is not None:
+                by_loop.setdefault(job.waiter[0], []).append((job.waiter[1], outcome, error))
+            elif error is not None:
                 job.future.set_exception(error)
             else:
-                if outcome.created:
-                    self.sealed_count += 1
                 job.future.set_result(outcome)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_answer_waiters, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
 
     def _seal_one(self, conn: sqlite3.Connection, job: SealJob) -> SealOutcome:
         req = job.request
@@ -255,8 +320,8 @@ class Journal:
             },
             "chain": {"prev_hash": prev_hash, "hash": ""},
         }
-        apply_signature(invoice, self._key, cred, credential_part=self._cred_part(cred))
-        body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
+        apply_signature(invoice, self._key, cred, credential_part=self._cred_part(cred), fragments=job.fragments)
+        body = compose(invoice, job.fragments, sort=False)
         stamp = now.isoformat()
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
@@ -273,7 +338,7 @@ class Journal:
             " type_counters=excluded.type_counters",
             (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters)),
         )
-        return SealOutcome(invoice, created=True, body_json=body)
+        return SealOutcome(invoice, created=True, body_json=body, status="sealed", mode="delegated")
 
     def _answer_again(self, conn: sqlite3.Connection, job: SealJob, *, intent_table: str | None = None,
                       keep_draft: bool = False) -> SealOutcome | None:

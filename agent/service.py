@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from .config import AgentConfig, zone
 from .errors import AgentError, InvalidInvoice, SealingBlocked
-from .fiscal.canonical import canonical_trusted, sha256_hex
+from .fiscal.canonical import Fragments, compose, sha256_hex
 from .fiscal.models import InvoiceRequest
 from .fiscal.signing import load_private_key
 from .fiscal.tax import TaxError, compute
@@ -46,6 +46,9 @@ class AgentService:
     # Called when the active credential runs low, so renewal starts now rather than at the next
     # interval (set by the daemon; it must be cheap and safe to call often).
     renewal_wake: Any = None
+    # The sealing process (agent.sealer.SealerProcess) when the daemon runs one: delegated seals
+    # go there; the in-process writer takes over whenever it is not ready.
+    sealer: Any = None
 
     @classmethod
     def open(cls, config: AgentConfig) -> "AgentService":
@@ -79,12 +82,15 @@ class AgentService:
         except TaxError as exc:
             raise InvalidInvoice(str(exc) or "the invoice's amounts are not valid", errors=exc.errors) from None
         as_json = request.model_dump(mode="json")
-        return SealJob(
-            request=as_json,
-            fingerprint=sha256_hex(canonical_trusted(as_json)),
-            lines=result.lines_json,  # == [line.model_dump(mode="json") for line in result.lines]
-            totals=result.totals_json,  # == result.totals.model_dump(mode="json")
-        )
+        # Each part of the request is encoded once, here: the fingerprint and, in the writer, the
+        # signed, hashed and stored forms of the invoice are assembled from these texts.
+        fragments = Fragments(as_json)
+        lines = result.lines_json  # == [line.model_dump(mode="json") for line in result.lines]
+        totals = result.totals_json  # == result.totals.model_dump(mode="json")
+        fingerprint = sha256_hex(compose(as_json, fragments).encode("utf-8"))
+        fragments.add("lines", lines)
+        fragments.add("totals", totals)
+        return SealJob(request=as_json, fingerprint=fingerprint, lines=lines, totals=totals, fragments=fragments)
 
     def existing(self, request_id: str) -> tuple[str, dict] | None:
         row = self.journal.reader.execute(
@@ -93,6 +99,16 @@ class AgentService:
         if row is None:
             return None
         return row["request_hash"], self._with_sync(json.loads(row["body"]), row)
+
+    def writer_answers_retries(self) -> bool:
+        """True when the first signer the policy would try is the journal's own (delegated):
+        the writer then answers a retried request_id itself, in the sealing transaction, and the
+        API need not look it up first."""
+        for name in self.config.signer_policy:
+            if name == "device" and self.device is None or name == "cloud" and self.cloud is None:
+                continue
+            return name == "delegated"
+        return False
 
     async def seal(self, job: SealJob, *, allow_queue: bool = True) -> SealOutcome:
         """Seal with the first signer of the policy that can (see agent/signers.py)."""
@@ -122,7 +138,7 @@ class AgentService:
                 return outcome
             if name == "delegated":
                 try:
-                    outcome = await asyncio.wrap_future(self.journal.submit(job))
+                    outcome = await (self.sealer or self.journal).submit_async(job)
                     left = self.journal.numbers_left
                     if self.renewal_wake is not None and left is not None and left < self.config.renew_below_numbers:
                         self.renewal_wake()
@@ -256,6 +272,8 @@ class AgentService:
             },
             "sync": {k: sync[k] for k in ("pending", "oldest_pending", "quarantined", "last_success", "last_error")},
             "clock_skew_seconds": self.journal.last_clock_skew,
+            # "ready", "starting", "stopped" (starts with the next sale) or "off" (see agent/sealer.py).
+            "sealing_process": self.sealer.state if self.sealer is not None else "off",
             "outlet_id": self.identity.outlet_id,
         }
         if status == "blocked":

@@ -12,9 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fiscal.canonical import GENESIS_HASH
+from .fiscal.canonical import GENESIS_HASH, Fragments, loads_plain
 from .fiscal.credential import BlockClosure, DelegatedCredential
 from .fiscal.seal import chain_hash, verify_stalela_seal
+from .fiscal.signing import load_public_key
 from .store.db import connect
 
 
@@ -128,6 +129,8 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                     return
         creds[cred.id] = (cred, row)
 
+    keys: dict[str, object] = {}  # loaded public keys, by credential id ("" = the issuer's)
+
     # Walk every chain in sealing order.
     chain_keys = [r[0] for r in conn.execute(
         "SELECT DISTINCT chain_key FROM invoices WHERE status = 'sealed'")]
@@ -150,7 +153,9 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                 progress(1000)
             where = _describe(row)
             try:
-                body = json.loads(row["body"])
+                # Plain JSON (what our signers write) is canonicalized from fragments encoded once;
+                # anything else (floats, huge integers...) through the checked path. Same bytes.
+                body, plain = loads_plain(row["body"])
                 sec = body["security"]
             except (ValueError, KeyError, TypeError) as exc:
                 if fault(where, f"stored invoice is unreadable ({exc.__class__.__name__})"):
@@ -164,7 +169,8 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                 if row[col] != val:
                     if fault(where, f"column {col} ({row[col]!r}) differs from the sealed invoice ({val!r})"):
                         return
-            if body["chain"]["hash"] != chain_hash(body):
+            frags = Fragments(body) if plain else None
+            if body["chain"]["hash"] != chain_hash(body, trusted=plain, fragments=frags):
                 if fault(where, "content does not match its chain hash (the invoice was altered)"):
                     return
             if body["chain"]["prev_hash"] != prev_hash:
@@ -180,7 +186,8 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                         return
                     continue
                 cred, _ = cred_row
-                problems = verify_stalela_seal(body, cred.agent_public_key)
+                problems = verify_stalela_seal(body, keys.get(cred.id) or keys.setdefault(
+                    cred.id, load_public_key(cred.agent_public_key)), plain=plain, fragments=frags, check_chain=False)
                 if problems:
                     if fault(where, "; ".join(problems)):
                         return
@@ -204,7 +211,8 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                 prev_cred = cred.id
                 last_by_cred[cred.id] = number
             elif body.get("mode") == "cloud":
-                problems = verify_stalela_seal(body, issuer_key)
+                issuer = keys.get("") or keys.setdefault("", load_public_key(issuer_key))
+                problems = verify_stalela_seal(body, issuer, plain=plain, fragments=frags, check_chain=False)
                 if problems:
                     if fault(where, "; ".join(problems)):
                         return

@@ -9,12 +9,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from agent.fiscal.canonical import canonical_bytes, reference_canonical_bytes
 from agent.fiscal.signing import generate_private_key
 
+from .loadgen import build_request, closed_loop
 from .workload import sample_sealed_dict
 
 
@@ -82,14 +82,9 @@ async def _empty_roundtrip(n: int) -> list[float]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    lat = []
     payload = b"{" + b'"x":"' + b"y" * 3000 + b'"}'
-    async with aiohttp.ClientSession() as s:
-        for _ in range(n):
-            t = time.perf_counter()
-            async with s.post(f"http://127.0.0.1:{port}/", data=payload) as r:
-                await r.read()
-            lat.append(time.perf_counter() - t)
+    request = build_request("/", f"127.0.0.1:{port}", payload)
+    _, lat = await closed_loop("127.0.0.1", port, [[request] * n], expect=200)
     await runner.cleanup()
     return lat
 

@@ -76,8 +76,9 @@ class AgentHarness(_Process):
         self.issuer_pub = public_key_text(self.issuer)
         self.proc: subprocess.Popen | None = None
         self._cred_seq = 0
-        write_default_config(data_dir, agent__port=self.port, cloud__url=f"http://127.0.0.1:{free_port()}",
-                             credential__check_interval=3600, signer__policy=["delegated"])
+        self._config = dict(agent__port=self.port, cloud__url=f"http://127.0.0.1:{free_port()}",
+                            credential__check_interval=3600, signer__policy=["delegated"])
+        write_default_config(data_dir, **self._config)
         migrate(data_dir / "agent.db")
         self.agent_key = generate_private_key()
         save_private_key(self.agent_key, data_dir / "keys" / "agent.key")
@@ -88,6 +89,11 @@ class AgentHarness(_Process):
         conn = connect(data_dir / "agent.db")
         self.api_key = create_key(conn, "POS-01")
         conn.close()
+
+    def configure(self, **overrides: object) -> None:
+        """Rewrite config.toml with these `section__key` overrides (takes effect at the next start)."""
+        self._config.update(overrides)
+        write_default_config(self.data_dir, **self._config)
 
     # -------------------------------------------------------------- credentials
     def credential(self, start: int, end: int, *, valid_for: timedelta = timedelta(hours=12),

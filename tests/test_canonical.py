@@ -38,3 +38,51 @@ def test_model_canonical_form_is_stable_and_key_order_independent():
 def test_control_characters_escape_like_rfc8785():
     doc = {"s": "a\u0001b\u001fc\n\t\"\\/\u007f\u2028é😀"}
     assert canonical_bytes(doc) == reference_canonical_bytes(doc)
+
+
+# --- compose(): the seal path assembles canonical text from fragments encoded once ---------
+
+objects = st.dictionaries(ascii_keys, documents, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(objects, st.data())
+def test_compose_with_fragments_equals_rfc8785(doc, data):
+    from agent.fiscal.canonical import Fragments, compose
+    frags = Fragments(doc)
+    # Replace some values after the fragments were made: a stale fragment must never be used.
+    for key in data.draw(st.lists(st.sampled_from(sorted(doc)), max_size=3, unique=True) if doc else st.just([])):
+        doc[key] = data.draw(documents)
+    assert compose(doc, frags).encode() == reference_canonical_bytes(doc)
+    assert compose(doc).encode() == reference_canonical_bytes(doc)
+    # Unsorted: the same members in the object's own order, still valid JSON of the same value.
+    import json
+    assert json.loads(compose(doc, frags, sort=False)) == doc
+    assert list(json.loads(compose(doc, frags, sort=False))) == list(doc)
+
+
+def test_fragment_of_a_replaced_value_is_not_used():
+    from agent.fiscal.canonical import Fragments, compose
+    doc = {"items": [{"b": 1, "a": 2}], "x": "y"}
+    frags = Fragments(doc)
+    doc["items"] = [{"a": 3}]  # same key, another object
+    assert compose(doc, frags) == '{"items":[{"a":3}],"x":"y"}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents)
+def test_loads_plain_agrees_with_the_walk(doc):
+    import json
+    from agent.fiscal.canonical import is_plain, loads_plain
+    text = json.dumps(doc, ensure_ascii=False)
+    parsed, plain = loads_plain(text)
+    assert plain == is_plain(json.loads(text))
+    assert parsed == json.loads(text)
+
+
+def test_loads_plain_refuses_what_the_fast_path_cannot_write():
+    from agent.fiscal.canonical import loads_plain
+    assert loads_plain('{"a": 1.5}') == ({"a": 1.5}, False)
+    assert loads_plain('{"a": 9007199254740993}') == ({"a": 9007199254740993}, False)
+    assert loads_plain('{"é": "x"}') == ({"é": "x"}, False)
+    assert loads_plain('{"a": "é", "b": [1, null, true]}') == ({"a": "é", "b": [1, None, True]}, True)

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import AgentError, IdempotencyConflict, InvalidInvoice
+from ..errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked
 from ..fiscal.models import MAX_ITEMS
 from ..service import AgentService
 from . import keys
@@ -25,6 +25,7 @@ log = logging.getLogger("stalela.api")
 
 SERVICE = web.AppKey("service", AgentService)
 METRICS = web.AppKey("metrics", dict)
+KEYS = web.AppKey("keys", keys.KeyRing)
 
 PUBLIC_PATHS = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
@@ -68,7 +69,7 @@ async def auth_middleware(request: web.Request, handler):
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return problem(401, "Unauthorized", "send Authorization: Bearer <api key>", "/problems/unauthorized")
-    name = keys.lookup(request.app[SERVICE].journal.reader, token.strip())
+    name = request.app[KEYS].lookup(token.strip())
     if name is None:
         return problem(401, "Unauthorized", "the API key is not valid for this agent", "/problems/unauthorized")
     request["api_key_name"] = name
@@ -112,21 +113,30 @@ async def post_invoice(request: web.Request) -> web.Response:
                              errors=[{"field": "items", "message": f"{len(payload['items'])} items; at most {MAX_ITEMS}"}])
     try:
         job = service.prepare(payload)
-        # Fast path for retries: answer from the journal without queueing.
-        existing = service.existing(job.request["request_id"])
-        if existing is not None and existing[1].get("status") != "queued":
-            fingerprint, body = existing
-            if fingerprint != job.fingerprint:
-                raise IdempotencyConflict(
-                    f"request_id {job.request['request_id']!r} was already used for a different invoice")
-            return web.json_response(body, status=201)
-        outcome = await service.seal(job)
+        if not service.writer_answers_retries():
+            # Answer a retry from the journal before a device or the cloud is asked anything.
+            answered = _stored_answer(service, job)
+            if answered is not None:
+                return answered
+        try:
+            outcome = await service.seal(job)
+        except SealingBlocked:
+            # Sealing is refused now, but a retry of a request sealed earlier still gets its answer.
+            answered = _stored_answer(service, job)
+            if answered is not None:
+                return answered
+            raise
     except AgentError as exc:
         m["refused"].labels(str(exc.status)).inc()
         raise
+    if not outcome.created and outcome.status != "queued":
+        # A retry answered by the signer: the stored answer, with its current sync state.
+        answered = _stored_answer(service, job)
+        if answered is not None:
+            return answered
     m["latency"].observe(time.perf_counter() - started)
-    if outcome.created and outcome.invoice.get("status") == "sealed":
-        m["sealed"].labels(outcome.invoice["mode"]).inc()
+    if outcome.created and outcome.status == "sealed":
+        m["sealed"].labels(outcome.mode).inc()
     if outcome.body_json is not None and outcome.body_json.endswith("}"):
         # The stored text plus the sync state: the same JSON json_response would write.
         text = outcome.body_json[:-1] + ',"sync":{"state":"pending","reason":null}}'
@@ -136,6 +146,17 @@ async def post_invoice(request: web.Request) -> web.Response:
         # A draft: stored durably, sealed when a signer returns; never a receipt.
         return web.json_response(body, status=202)
     body["sync"] = {"state": "pending", "reason": None}
+    return web.json_response(body, status=201)
+
+
+def _stored_answer(service: AgentService, job) -> web.Response | None:
+    """The stored answer to a retried request (409 if its body differs), or None."""
+    existing = service.existing(job.request["request_id"])
+    if existing is None or existing[1].get("status") == "queued":
+        return None
+    fingerprint, body = existing
+    if fingerprint != job.fingerprint:
+        raise IdempotencyConflict(f"request_id {job.request['request_id']!r} was already used for a different invoice")
     return web.json_response(body, status=201)
 
 
@@ -215,6 +236,7 @@ def init_app(service: AgentService) -> web.Application:
                           client_max_size=service.config.max_body_bytes)
     app[SERVICE] = service
     app[METRICS] = _metrics()
+    app[KEYS] = keys.KeyRing(service.journal.reader)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)

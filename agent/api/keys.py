@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -40,3 +41,36 @@ def lookup(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                        (hash_key(key),)).fetchone()
     return row["name"] if row else None
+
+
+class KeyRing:
+    """The lookup the API does on every request, remembered for `ttl` seconds.
+
+    Only the hash of a key is kept (as in the database), and only for keys found valid; an
+    unknown key is looked up every time. A key revoked with `stalela agent keys revoke` stops
+    working within `ttl` (1 s by default) without a restart. Why: the lookup is a SELECT on the
+    event loop on every request, and under load each one waits for the journal writer's thread
+    to hand the interpreter back, which costs more than the query.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, ttl: float = 1.0, clock=time.monotonic) -> None:
+        self._conn = conn
+        self._ttl = ttl
+        self._clock = clock
+        self._valid: dict[str, tuple[str, float]] = {}
+
+    def lookup(self, key: str) -> str | None:
+        digest = hash_key(key)
+        now = self._clock()
+        hit = self._valid.get(digest)
+        if hit is not None and now - hit[1] < self._ttl:
+            return hit[0]
+        row = self._conn.execute("SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                                 (digest,)).fetchone()
+        if row is None:
+            self._valid.pop(digest, None)
+            return None
+        if len(self._valid) > 1024:  # a bound, whatever happens: a few terminals per outlet
+            self._valid.clear()
+        self._valid[digest] = (row["name"], now)
+        return row["name"]

@@ -17,11 +17,17 @@ import json
 from typing import Any
 
 import rfc8785
+from json.encoder import encode_basestring as _encode_string
 from pydantic import BaseModel
 
 _MAX_SAFE_INT = 2**53 - 1
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           check_circular=False).encode
+
+
+def is_plain(value: Any) -> bool:
+    """True when `canonical_trusted` (and `compose`) write RFC 8785 for this data (see above)."""
+    return _plain(value)
 
 
 def _plain(value: Any) -> bool:
@@ -41,6 +47,41 @@ def _plain(value: Any) -> bool:
     return False
 
 
+class _NotPlain(Exception):
+    pass
+
+
+def _refuse_float(text: str):
+    raise _NotPlain(text)
+
+
+def _safe_int(text: str) -> int:
+    value = int(text)
+    if not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+        raise _NotPlain(text)
+    return value
+
+
+def _ascii_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    for key, _ in pairs:
+        if not key.isascii():
+            raise _NotPlain(key)
+    return dict(pairs)
+
+
+def loads_plain(text: str) -> tuple[Any, bool]:
+    """Parse stored JSON text: `(value, plain)`, plain as in `is_plain(value)`.
+
+    The same verdict without walking the result: floats, unsafe integers and non-ASCII keys are
+    caught while parsing (keys only when the text is not ASCII); such text is parsed again as is.
+    """
+    try:
+        return json.loads(text, parse_float=_refuse_float, parse_int=_safe_int, parse_constant=_refuse_float,
+                          object_pairs_hook=None if text.isascii() else _ascii_keys), True
+    except _NotPlain:
+        return json.loads(text), False
+
+
 def canonical_bytes(value: BaseModel | dict[str, Any] | list[Any]) -> bytes:
     """RFC 8785 bytes of a model (in its JSON form: decimals as strings) or of plain JSON data."""
     if isinstance(value, BaseModel):
@@ -57,6 +98,76 @@ def canonical_trusted(value: dict[str, Any] | list[Any]) -> bytes:
     construction (tests check this on every sealed invoice they make).
     """
     return _dumps(value).encode("utf-8")
+
+
+_enc_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                             check_circular=False).encode
+
+
+class Fragments:
+    """Canonical texts of some top-level values of an invoice, encoded once and reused.
+
+    A seal needs the same invoice in three forms (the unsigned view that is signed, the chain
+    view that is hashed, the stored text) and the request once more for its fingerprint; the
+    items, lines and totals are nine tenths of each. Encoding them once and assembling the
+    forms around them (`compose`) writes the very bytes `canonical_trusted` would.
+    A fragment is used only while the object still holds the *same* value object it was made
+    from (an identity check), so a replaced value is always encoded afresh.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, source: dict[str, Any] | None = None) -> None:
+        self._parts: dict[str, tuple[Any, str]] = {}
+        if source:
+            for key, value in source.items():
+                if type(value) in (dict, list):  # scalars are cheaper to write than to look up
+                    self._parts[key] = (value, _enc_text(value))
+
+    def add(self, key: str, value: Any) -> None:
+        self._parts[key] = (value, _enc_text(value))
+
+    def text(self, key: str, value: Any) -> str:
+        part = self._parts.get(key)
+        return part[1] if part is not None and part[0] is value else _enc_text(value)
+
+
+_key_texts: dict[str, str] = {}
+
+
+def _member_prefix(key: str) -> str:
+    text = _key_texts.get(key)
+    if text is None:
+        text = _key_texts[key] = _encode_string(key) + ":"
+    return text
+
+
+def _scalar_or_encoded(value: Any) -> str:
+    # The scalars of the top level (ids, codes, numbers, nulls) without the encoder's overhead;
+    # the same text the encoder writes for them.
+    t = type(value)
+    if t is str:
+        return _encode_string(value)
+    if value is None:
+        return "null"
+    if t is int:
+        return int.__repr__(value)
+    return _enc_text(value)
+
+
+def compose(value: dict[str, Any], fragments: Fragments | None = None, *, sort: bool = True) -> str:
+    """The JSON text of a trusted top-level object (see canonical_trusted), reusing fragments.
+
+    With `sort=True` (the default) this is exactly `canonical_trusted(value)` as text; with
+    `sort=False` the top level keeps the object's own key order (the stored and answered text).
+    """
+    parts = fragments._parts if fragments is not None else {}
+    out = []
+    for key in (sorted(value) if sort else value):
+        v = value[key]
+        part = parts.get(key)
+        out.append(_member_prefix(key) + (part[1] if part is not None and part[0] is v else _scalar_or_encoded(v)))
+    return "{" + ",".join(out) + "}"
 
 
 def reference_canonical_bytes(value: Any) -> bytes:

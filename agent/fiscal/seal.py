@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .canonical import canonical_bytes, canonical_trusted, sha256_hex
+from .canonical import Fragments, canonical_bytes, compose, sha256_hex
 from .credential import DelegatedCredential, parse_utc_compact, utc_compact
 from .signing import auth_code, b32, b64url, load_public_key, unb32, unb64url, verify
 
@@ -52,22 +52,26 @@ def chain_view(invoice: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def chain_hash(invoice: dict[str, Any], *, trusted: bool = False) -> str:
-    canon = canonical_trusted if trusted else canonical_bytes
-    return sha256_hex(canon(chain_view(invoice)))
+def _canonical(view: dict[str, Any], trusted: bool, fragments: Fragments | None) -> bytes:
+    # Trusted data (built by a signer from validated models) takes the fast path, reusing the
+    # fragments encoded at validation; anything else goes through the checked canonicalization.
+    return compose(view, fragments).encode("utf-8") if trusted else canonical_bytes(view)
 
 
-def record_digest(invoice: dict[str, Any], *, trusted: bool = False) -> bytes:
-    canon = canonical_trusted if trusted else canonical_bytes
-    return hashlib.sha256(canon(unsigned_view(invoice))).digest()
+def chain_hash(invoice: dict[str, Any], *, trusted: bool = False, fragments: Fragments | None = None) -> str:
+    return sha256_hex(_canonical(chain_view(invoice), trusted, fragments))
 
 
-def seal_message(invoice: dict[str, Any], *, trusted: bool = False) -> str:
+def record_digest(invoice: dict[str, Any], *, trusted: bool = False, fragments: Fragments | None = None) -> bytes:
+    return hashlib.sha256(_canonical(unsigned_view(invoice), trusted, fragments)).digest()
+
+
+def seal_message(invoice: dict[str, Any], *, trusted: bool = False, fragments: Fragments | None = None) -> str:
     sec = invoice["security"]
     return ";".join([
         STALELA_QR_TAG, sec["authority_id"], invoice["merchant_nif"], qr_time(sec["timestamp"]),
         str(sec["fiscal_number"]), invoice["totals"]["total"], invoice["totals"]["vat"],
-        b32(record_digest(invoice, trusted=trusted)),
+        b32(record_digest(invoice, trusted=trusted, fragments=fragments)),
     ])
 
 
@@ -80,14 +84,15 @@ def credential_qr_part(cred: DelegatedCredential) -> str:
 
 
 def apply_signature(invoice: dict[str, Any], signer_key, credential: DelegatedCredential | None,
-                    *, credential_part: str | None = None) -> dict[str, Any]:
+                    *, credential_part: str | None = None, fragments: Fragments | None = None) -> dict[str, Any]:
     """Fill code, signature, QR payload and chain hash of an invoice whose other fields are set.
 
     `invoice` is the JSON form (dict) built by the signer from validated models, with
     `security.code/qr_payload/signature` and `chain.hash` still to be filled; it is modified in
-    place and returned. `credential_part` may carry a cached `credential_qr_part(credential)`.
+    place and returned. `credential_part` may carry a cached `credential_qr_part(credential)`;
+    `fragments` the canonical texts of its bulky values, encoded once at validation.
     """
-    message = seal_message(invoice, trusted=True)
+    message = seal_message(invoice, trusted=True, fragments=fragments)
     signature = signer_key.sign(message.encode("ascii"))
     sec = invoice["security"]
     sec["signature"] = b64url(signature)
@@ -96,26 +101,34 @@ def apply_signature(invoice: dict[str, Any], signer_key, credential: DelegatedCr
     if credential is not None:
         qr += ";" + (credential_part or credential_qr_part(credential))
     sec["qr_payload"] = qr
-    invoice["chain"]["hash"] = chain_hash(invoice, trusted=True)
+    invoice["chain"]["hash"] = chain_hash(invoice, trusted=True, fragments=fragments)
     return invoice
 
 
-def verify_stalela_seal(invoice: dict[str, Any], signer_public_key: str) -> list[str]:
-    """Problems with a Stalela seal (empty list = valid). Does not check chain continuity."""
+def verify_stalela_seal(invoice: dict[str, Any], signer_public_key, *, plain: bool = False,
+                        fragments: Fragments | None = None, check_chain: bool = True) -> list[str]:
+    """Problems with a Stalela seal (empty list = valid). Does not check chain continuity.
+
+    `signer_public_key` is the key's text or the loaded key. A caller that has checked the data is
+    plain JSON (`canonical.is_plain`) passes `plain=True` and may pass the invoice's `fragments`:
+    the canonical forms are then assembled from them instead of being encoded from scratch.
+    `check_chain=False` leaves the chain hash to a caller that checks it itself.
+    """
     problems: list[str] = []
     sec = invoice["security"]
     try:
         signature = unb64url(sec.get("signature") or "")
     except ValueError:
         return ["signature is not base64url"]
-    message = seal_message(invoice)
-    if not verify(load_public_key(signer_public_key), signature, message.encode("ascii")):
+    message = seal_message(invoice, trusted=plain, fragments=fragments)
+    key = load_public_key(signer_public_key) if isinstance(signer_public_key, str) else signer_public_key
+    if not verify(key, signature, message.encode("ascii")):
         problems.append("signature does not match the invoice content")
     if sec.get("code") != auth_code(signature):
         problems.append("authentication code does not derive from the signature")
     if not str(sec.get("qr_payload", "")).startswith(f"{message};{b32(signature)}"):
         problems.append("QR payload does not match the sealed content")
-    if invoice["chain"].get("hash") != chain_hash(invoice):
+    if check_chain and invoice["chain"].get("hash") != chain_hash(invoice, trusted=plain, fragments=fragments):
         problems.append("chain hash does not match the invoice content")
     return problems
 

@@ -94,3 +94,34 @@ def test_metrics(agent):
 def _agent_pub(agent):
     from agent.fiscal.signing import public_key_text
     return public_key_text(agent.agent_key)
+
+
+def test_revoked_key_stops_working_without_a_restart(agent):
+    # The API remembers valid keys for at most a second (agent/api/keys.py KeyRing).
+    import time as _time
+    from agent.api.keys import revoke_key
+    assert agent.post("/v1/invoices", invoice("KR-1"))[0] == 201
+    conn = agent.db()
+    assert revoke_key(conn, "POS-01")  # what `stalela agent keys revoke POS-01` does
+    conn.close()
+    deadline = _time.monotonic() + 5
+    n = 0
+    while True:
+        n += 1
+        status, body, headers = agent.post("/v1/invoices", invoice(f"KR-{n + 1}"))
+        if status == 401 or _time.monotonic() > deadline:
+            break
+        _time.sleep(0.2)
+    assert status == 401, body
+    assert headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_retry_answers_with_the_current_sync_state(agent):
+    status, first, _ = agent.post("/v1/invoices", invoice("R-SYNC"))
+    assert status == 201 and first["sync"]["state"] == "pending"
+    conn = agent.db()
+    conn.execute("UPDATE invoices SET sync_state = 'accepted' WHERE request_id = 'R-SYNC'")
+    conn.close()
+    status, again, _ = agent.post("/v1/invoices", invoice("R-SYNC"))
+    assert status == 201 and again["id"] == first["id"]
+    assert again["sync"]["state"] == "accepted"
