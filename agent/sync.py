@@ -73,49 +73,56 @@ class SyncWorker:
         self.max_backoff = max_backoff
         self.stats = SyncStats()
         self._wake = asyncio.Event()
-        self._conn = connect(db_path)
+        self._conn = connect(db_path)  # marks answers (one transaction per batch)
+        self._reader = connect(db_path)  # reads the next batch meanwhile: its own connection
 
     def close(self) -> None:
         self._conn.close()
+        self._reader.close()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def _pending(self) -> list[sqlite3.Row]:
-        return self._conn.execute(
-            "SELECT seq, id, body FROM invoices WHERE status='sealed' AND sync_state='pending'"
-            " ORDER BY seq LIMIT ?", (self.batch_size,)).fetchall()
+    def _pending(self, after: int = 0) -> list[sqlite3.Row]:
+        return self._reader.execute(
+            "SELECT seq, id, body FROM invoices WHERE status='sealed' AND sync_state='pending' AND seq > ?"
+            " ORDER BY seq LIMIT ?", (after, self.batch_size)).fetchall()
 
     def _mark(self, rows: list[sqlite3.Row], answer: dict[str, Any]) -> tuple[int, int]:
         results = answer.get("results")
         if not isinstance(results, list) or len(results) != len(rows):
             raise CloudError("the cloud's answer does not cover the batch (no per-invoice results)")
         now = _now()
-        done = quarantined = 0
+        settled: list[tuple[str, str, int]] = []
+        rejected: list[tuple[str, str, int]] = []
+        quarantine_log: list[tuple[str, str]] = []
+        for row, res in zip(rows, sorted(results, key=lambda r: r.get("index", 0))):
+            status = res.get("status")
+            if res.get("id") not in (None, row["id"]):
+                raise CloudError("the cloud's answer is out of order")
+            if status in DONE_STATES:
+                settled.append((DONE_STATES[status], now, row["seq"]))
+            elif status == "rejected":
+                reason = f"{res.get('reason', 'rejected')}: {res.get('detail', '')}".strip(": ")
+                rejected.append((reason, now, row["seq"]))
+                quarantine_log.append((row["id"], reason))
+            else:
+                raise CloudError(f"unknown reconciliation status {status!r}")
+        # The whole answer is checked before anything is written: all of it is marked, or none.
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            for row, res in zip(rows, sorted(results, key=lambda r: r.get("index", 0))):
-                status = res.get("status")
-                if res.get("id") not in (None, row["id"]):
-                    raise CloudError("the cloud's answer is out of order")
-                if status in DONE_STATES:
-                    self._conn.execute("UPDATE invoices SET sync_state=?, sync_reason=NULL, synced_at=? WHERE seq=?",
-                                       (DONE_STATES[status], now, row["seq"]))
-                    done += 1
-                elif status == "rejected":
-                    reason = f"{res.get('reason', 'rejected')}: {res.get('detail', '')}".strip(": ")
-                    self._conn.execute("UPDATE invoices SET sync_state='quarantined', sync_reason=?, synced_at=?"
-                                       " WHERE seq=?", (reason, now, row["seq"]))
-                    quarantined += 1
-                    log.warning("invoice quarantined", extra={"event": "sync.quarantined", "invoice": row["id"],
-                                                              "reason": reason})
-                else:
-                    raise CloudError(f"unknown reconciliation status {status!r}")
+            self._conn.executemany("UPDATE invoices SET sync_state=?, sync_reason=NULL, synced_at=? WHERE seq=?",
+                                   settled)
+            self._conn.executemany("UPDATE invoices SET sync_state='quarantined', sync_reason=?, synced_at=?"
+                                   " WHERE seq=?", rejected)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        return done, quarantined
+        for invoice_id, reason in quarantine_log:
+            log.warning("invoice quarantined", extra={"event": "sync.quarantined", "invoice": invoice_id,
+                                                      "reason": reason})
+        return len(settled), len(rejected)
 
     def _failed(self, exc: CloudError) -> None:
         if self.stats.last_error is None:  # log the first failure, not every retry
@@ -123,11 +130,8 @@ class SyncWorker:
         self.stats.last_error = exc.detail
         self.stats.last_error_at = _now()
 
-    async def upload_once(self, progress=None) -> int:
-        """Upload one batch (with retries); returns how many invoices were settled (0 = nothing to do)."""
-        rows = await asyncio.to_thread(self._pending)
-        if not rows:
-            return 0
+    async def _upload(self, rows: list[sqlite3.Row]) -> dict[str, Any]:
+        """Send one batch (with retries) and return the cloud's answer."""
         bodies = [r["body"] for r in rows]
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(CloudError), reraise=True,
@@ -135,11 +139,13 @@ class SyncWorker:
                 wait=wait_exponential(multiplier=0.5, max=self.max_backoff) + wait_random(0, 0.5)):
             with attempt:
                 try:
-                    answer = await self.client.reconcile_raw(bodies)
+                    return await self.client.reconcile_raw(bodies)
                 except CloudError as exc:
                     self._failed(exc)
                     raise
-        done, quarantined = await asyncio.to_thread(self._mark, rows, answer)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _settled(self, rows: list[sqlite3.Row], done: int, quarantined: int, progress) -> None:
         self.stats.uploaded += done + quarantined
         self.stats.last_success = _now()
         if self.stats.last_error is not None:
@@ -147,15 +153,51 @@ class SyncWorker:
             self.stats.last_error = None
         if progress:
             progress(len(rows))
+
+    async def upload_once(self, progress=None) -> int:
+        """Upload one batch (with retries); returns how many invoices were settled (0 = nothing to do)."""
+        rows = await asyncio.to_thread(self._pending)
+        if not rows:
+            return 0
+        answer = await self._upload(rows)
+        done, quarantined = await asyncio.to_thread(self._mark, rows, answer)
+        self._settled(rows, done, quarantined, progress)
         return len(rows)
 
     async def drain(self, progress=None) -> int:
+        """Upload every pending invoice, batch after batch, in sealing order.
+
+        Batch k+1 is never sent before the cloud answered batch k (the cloud checks each chain
+        link against what it already holds), but the work around the upload overlaps it: while
+        the cloud reconciles batch k, the next batch is read from the journal, and batch k's
+        answers are written while batch k+1 travels. A crash anywhere leaves each invoice either
+        marked or still pending; pending ones are sent again and come back `duplicate`.
+        """
         total = 0
-        while True:
-            n = await self.upload_once(progress)
-            if n == 0:
-                return total
-            total += n
+        rows = await asyncio.to_thread(self._pending)
+        marking: asyncio.Future | None = None
+        try:
+            while rows:
+                upload = asyncio.ensure_future(self._upload(rows))
+                following = asyncio.ensure_future(asyncio.to_thread(self._pending, rows[-1]["seq"]))
+                try:
+                    answer = await upload
+                except BaseException:
+                    following.cancel()
+                    raise
+                if marking is not None:
+                    await marking  # answers are written in order, one batch at a time
+                marking = asyncio.ensure_future(self._mark_and_count(rows, answer, progress))
+                total += len(rows)
+                rows = await following
+        finally:
+            if marking is not None:
+                await marking
+        return total
+
+    async def _mark_and_count(self, rows: list[sqlite3.Row], answer: dict[str, Any], progress) -> None:
+        done, quarantined = await asyncio.to_thread(self._mark, rows, answer)
+        self._settled(rows, done, quarantined, progress)
 
     async def run(self) -> None:
         """The daemon's loop: drain, then wait for new seals or the interval."""
