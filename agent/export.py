@@ -23,6 +23,7 @@ from .fiscal.canonical import GENESIS_HASH
 from .fiscal.credential import BlockClosure, DelegatedCredential
 from .fiscal.seal import chain_hash, verify_stalela_seal
 from .verify import Fault, verify_z_chain
+from .store.bodies import unpack
 
 FORMAT = "stalela-audit-export/1"
 Z_FILE = "z-reports.jsonl"
@@ -74,7 +75,7 @@ def export_journal(conn: sqlite3.Connection, identity, out_dir: Path, *, start: 
         sql += " AND sealed_at >= ? AND sealed_at < ?"
         args += [(lo - timedelta(days=1)).date().isoformat(), (hi + timedelta(days=1)).date().isoformat()]
     for row in conn.execute(sql + " ORDER BY seq", args):
-        body_text = row["body"]
+        body_text = unpack(row["body"])
         inv = json.loads(body_text)
         if lo is not None and not lo <= datetime.fromisoformat(inv["security"]["timestamp"]) < hi:
             continue

@@ -27,6 +27,7 @@ from .fiscal.canonical import GENESIS_HASH, Fragments, compose
 from .fiscal.credential import BlockClosure, DelegatedCredential
 from .fiscal.seal import apply_signature, chain_hash, credential_qr_part
 from .identity import OutletIdentity
+from .store.bodies import pack, unpack
 from .store.db import connect
 
 log = logging.getLogger("stalela.journal")
@@ -100,6 +101,13 @@ def _answer_waiters(items: list) -> None:
             waiter.set_exception(error)
         else:
             waiter.set_result(outcome)
+
+
+def _reference_code(request: dict[str, Any]) -> str | None:
+    """The original invoice's code for a credit note (indexed: bodies are compressed)."""
+    if request.get("type") in CREDIT_TYPES and request.get("reference"):
+        return request["reference"].get("code")
+    return None
 
 
 def _now_utc() -> datetime:
@@ -325,11 +333,11 @@ class Journal:
         stamp = now.isoformat()
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
-            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body)"
-            " VALUES (?, ?, ?, 'sealed', 'delegated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, reference_code)"
+            " VALUES (?, ?, ?, 'sealed', 'delegated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (invoice["id"], req["request_id"], job.fingerprint, self._chain_key, cred.id, number,
              req["type"], invoice["security"]["code"], job.totals["total"], local.isoformat(), stamp,
-             invoice["chain"]["hash"], prev_hash, body),
+             invoice["chain"]["hash"], prev_hash, pack(body), _reference_code(req)),
         )
         conn.execute(
             "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
@@ -352,7 +360,7 @@ class Journal:
             conn.execute(f"DELETE FROM {intent_table} WHERE request_id = ?", (request_id,))
         if row["request_hash"] != job.fingerprint:
             raise IdempotencyConflict(f"request_id {request_id!r} was already used for a different invoice")
-        return SealOutcome(json.loads(row["body"]), created=False)
+        return SealOutcome(json.loads(unpack(row["body"])), created=False)
 
     @staticmethod
     def _existing(conn: sqlite3.Connection, request_id: str, job: SealJob, *, keep_draft: bool = False):
@@ -386,10 +394,10 @@ class Journal:
             raise InvalidInvoice("a credit note cannot refer to another credit note",
                                  errors=[{"field": "reference.code", "message": "refers to a credit note"}])
         already = Decimal("0")
-        for (body,) in conn.execute(
-                "SELECT body FROM invoices WHERE type IN ('FA','EA') AND status='sealed'"
-                " AND json_extract(body, '$.reference.code') = ?", (code,)):
-            already += Decimal(json.loads(body)["totals"]["total"])
+        for (total,) in conn.execute(
+                "SELECT total FROM invoices WHERE type IN ('FA','EA') AND status='sealed' AND reference_code = ?",
+                (code,)):
+            already += Decimal(total)
         limit = Decimal(original["total"]) - already
         if Decimal(totals["total"]) > limit:
             raise InvalidInvoice(
@@ -408,12 +416,13 @@ class Journal:
         chain_key = f"cloud:{invoice['outlet_id']}"
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
-            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, sync_state, synced_at)"
-            " VALUES (?, ?, ?, 'sealed', 'cloud', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
+            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, sync_state, synced_at,"
+            " reference_code) VALUES (?, ?, ?, 'sealed', 'cloud', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?)",
             (invoice["id"], req["request_id"], job.fingerprint, chain_key, sec["authority_id"],
              sec["fiscal_number"], invoice["type"], sec["code"], invoice["totals"]["total"], sec["timestamp"],
              _now_utc().isoformat(), invoice["chain"]["hash"], invoice["chain"]["prev_hash"],
-             json.dumps(invoice, ensure_ascii=False, separators=(",", ":")), _now_utc().isoformat()))
+             pack(json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))), _now_utc().isoformat(),
+             _reference_code(req)))
         conn.execute(
             "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
             " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
@@ -437,7 +446,7 @@ class Journal:
             "INSERT INTO invoices(id, request_id, request_hash, status, type, total, created_at, body, sync_state)"
             " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 'draft')",
             (draft["id"], req["request_id"], job.fingerprint, req["type"], job.totals["total"],
-             draft["queued_at"], json.dumps(draft, ensure_ascii=False, separators=(",", ":"))))
+             draft["queued_at"], pack(json.dumps(draft, ensure_ascii=False, separators=(",", ":")))))
         return SealOutcome(draft, created=True)
 
     # ------------------------------------------------------------------ device mode
@@ -476,11 +485,11 @@ class Journal:
         body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
-            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body)"
-            " VALUES (?, ?, ?, 'sealed', 'device', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, reference_code)"
+            " VALUES (?, ?, ?, 'sealed', 'device', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (invoice["id"], req["request_id"], job.fingerprint, chain_key, device["mid"], int(device["tc"]),
              req["type"], device["sig"], job.totals["total"], local.isoformat(), _now_utc().isoformat(),
-             invoice["chain"]["hash"], prev_hash, body))
+             invoice["chain"]["hash"], prev_hash, pack(body), _reference_code(req)))
         conn.execute(
             "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
             " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"

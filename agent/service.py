@@ -20,6 +20,7 @@ from .fiscal.tax import TaxError, compute
 from .identity import OutletIdentity
 from .journal import Journal, SealJob, SealOutcome, credential_status
 from .signers import Breaker, SignerUnavailable
+from .store.bodies import unpack
 
 log = logging.getLogger("stalela.agent")
 
@@ -98,7 +99,7 @@ class AgentService:
             (request_id,)).fetchone()
         if row is None:
             return None
-        return row["request_hash"], self._with_sync(json.loads(row["body"]), row)
+        return row["request_hash"], self._with_sync(json.loads(unpack(row["body"])), row)
 
     def writer_answers_retries(self) -> bool:
         """True when the first signer the policy would try is the journal's own (delegated):
@@ -161,7 +162,7 @@ class AgentService:
             (limit,)).fetchall()
         sealed = 0
         for row in rows:
-            draft = json.loads(row["body"])
+            draft = json.loads(unpack(row["body"]))
             job = SealJob(request=draft["request"], fingerprint=row["request_hash"], lines=draft["lines"],
                           totals=draft["totals"])
             try:
@@ -197,7 +198,7 @@ class AgentService:
     def get_invoice(self, invoice_id: str) -> dict | None:
         row = self.journal.reader.execute(
             "SELECT body, sync_state, sync_reason FROM invoices WHERE id = ?", (invoice_id,)).fetchone()
-        return self._with_sync(json.loads(row["body"]), row) if row else None
+        return self._with_sync(json.loads(unpack(row["body"])), row) if row else None
 
     def list_invoices(self, *, status: str | None, since: str | None, limit: int,
                       cursor: int | None) -> tuple[list[dict], int | None]:
@@ -217,7 +218,7 @@ class AgentService:
         rows = self.journal.reader.execute(sql, args).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [self._with_sync(json.loads(r["body"]), r) for r in rows]
+        items = [self._with_sync(json.loads(unpack(r["body"])), r) for r in rows]
         return items, (rows[-1]["seq"] if more and rows else None)
 
     # ---------------------------------------------------------------- sync

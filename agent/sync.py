@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from .cloud_client import CloudClient, CloudError
 from .store.db import connect
+from .store.bodies import unpack
 
 log = logging.getLogger("stalela.sync")
 
@@ -132,7 +133,7 @@ class SyncWorker:
 
     async def _upload(self, rows: list[sqlite3.Row]) -> dict[str, Any]:
         """Send one batch (with retries) and return the cloud's answer."""
-        bodies = [r["body"] for r in rows]
+        bodies = [unpack(r["body"]) for r in rows]
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(CloudError), reraise=True,
                 stop=stop_after_attempt(self.attempts),

@@ -17,6 +17,7 @@ from .fiscal.credential import BlockClosure, DelegatedCredential
 from .fiscal.seal import chain_hash, verify_stalela_seal
 from .fiscal.signing import load_public_key
 from .store.db import connect
+from .store.bodies import unpack
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
             try:
                 # Plain JSON (what our signers write) is canonicalized from fragments encoded once;
                 # anything else (floats, huge integers...) through the checked path. Same bytes.
-                body, plain = loads_plain(row["body"])
+                body, plain = loads_plain(unpack(row["body"]))
                 sec = body["security"]
             except (ValueError, KeyError, TypeError) as exc:
                 if fault(where, f"stored invoice is unreadable ({exc.__class__.__name__})"):

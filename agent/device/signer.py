@@ -47,6 +47,7 @@ from drivers.usb_fiscal_memory.transport import Transport, open_transport
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice
 from ..journal import Journal, SealJob, SealOutcome
 from ..signers import SignerUnavailable
+from ..store.bodies import unpack
 from ..store.db import connect
 from . import recovery
 from .draft import DeviceTotalsMismatch, build_draft, cross_check_for
@@ -299,7 +300,7 @@ class DeviceSigner:
         if row["request_hash"] != job.fingerprint:
             raise IdempotencyConflict(
                 f"request_id {job.request['request_id']!r} was already used for a different invoice")
-        return SealOutcome(json.loads(row["body"]), created=False)
+        return SealOutcome(json.loads(unpack(row["body"])), created=False)
 
     def _seal(self, job: SealJob) -> SealOutcome:
         try:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ..fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
 from ..fiscal.signing import b64url, load_public_key, public_key_text, sign, unb64url, verify
+from ..store.bodies import unpack
 from .aggregate import a_report, aggregate
 
 log = logging.getLogger("stalela.reports")
@@ -56,7 +57,7 @@ def iter_sealed(conn: sqlite3.Connection, after_seq: int, upto_seq: int | None =
         sql += " AND seq <= ?"
         args.append(upto_seq)
     for (body,) in conn.execute(sql + " ORDER BY seq", args):
-        yield json.loads(body)
+        yield json.loads(unpack(body))
 
 
 def health_summary(health: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -216,7 +217,7 @@ def invoices_in_period(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> 
     for (body,) in conn.execute(
             "SELECT body FROM invoices WHERE status = 'sealed' AND sealed_at >= ? AND sealed_at < ? ORDER BY seq",
             (lo_txt, hi_txt)):
-        inv = json.loads(body)
+        inv = json.loads(unpack(body))
         if lo <= datetime.fromisoformat(inv["security"]["timestamp"]) < hi:
             yield inv
 

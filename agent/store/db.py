@@ -155,6 +155,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             discarded_at  TEXT NOT NULL
         )
     """),
+    ("0008_compressed_bodies", """
+        -- Bodies are now stored compressed (agent/store/bodies.py), so SQL can no longer look
+        -- inside them: a credit note's reference gets its own column, filled for the rows so far.
+        ALTER TABLE invoices ADD COLUMN reference_code TEXT;
+        UPDATE invoices SET reference_code = json_extract(body, '$.reference.code')
+            WHERE type IN ('FA', 'EA') AND typeof(body) = 'text';
+        CREATE INDEX invoices_reference_code ON invoices(reference_code) WHERE reference_code IS NOT NULL
+    """),
 ]
 
 

@@ -137,19 +137,35 @@ def _seal_some(harness, n=5):
 
 
 def test_tampered_invoice_is_named_by_verify(harness):
+    from agent.store.bodies import pack, unpack
     bodies = _seal_some(harness)
     victim = bodies[2]
     conn = sqlite3.connect(harness.data_dir / "agent.db")
-    raw = conn.execute("SELECT body FROM invoices WHERE id = ?", (victim["id"],)).fetchone()[0]
-    # Edit one byte of a stored amount.
+    raw = unpack(conn.execute("SELECT body FROM invoices WHERE id = ?", (victim["id"],)).fetchone()[0])
+    # Edit one byte of a stored amount (someone who knows the storage format: unpack, edit, pack).
     tampered = raw.replace('"unit_price":"101.50"', '"unit_price":"101.60"', 1)
     assert tampered != raw
-    conn.execute("UPDATE invoices SET body = ? WHERE id = ?", (tampered, victim["id"]))
+    conn.execute("UPDATE invoices SET body = ? WHERE id = ?", (pack(tampered), victim["id"]))
     conn.commit()
     conn.close()
     res = harness.verify()
     assert res.returncode == 1
     assert victim["id"] in res.stderr and "fiscal number 3" in res.stderr
+    assert "does not match its chain hash" in res.stderr
+
+
+def test_a_damaged_stored_body_is_named_by_verify(harness):
+    bodies = _seal_some(harness)
+    victim = bodies[1]
+    conn = sqlite3.connect(harness.data_dir / "agent.db")
+    raw = bytearray(conn.execute("SELECT body FROM invoices WHERE id = ?", (victim["id"],)).fetchone()[0])
+    raw[len(raw) // 2] ^= 0x5A  # one byte of the compressed body, as a bad disk sector would
+    conn.execute("UPDATE invoices SET body = ? WHERE id = ?", (bytes(raw), victim["id"]))
+    conn.commit()
+    conn.close()
+    res = harness.verify()
+    assert res.returncode == 1
+    assert victim["id"] in res.stderr and "fiscal number 2" in res.stderr
 
 
 def test_deleted_invoice_is_detected(harness):

@@ -27,9 +27,10 @@ def _export_and_verify(harness, tmp_path, n: int, chunk: int) -> None:
     assert len(manifest["credentials"]) == 2
     chain = manifest["chains"]["delegated:KIN-001"]
     assert (chain["count"], chain["first_number"], chain["last_number"]) == (total, 1, total)
-    # Each line is the stored invoice, byte for byte.
+    # Each line is the stored invoice's JSON text, byte for byte (stored compressed).
+    from agent.store.bodies import unpack
     conn = harness.db()
-    stored = conn.execute("SELECT body FROM invoices ORDER BY seq LIMIT 1").fetchone()[0]
+    stored = unpack(conn.execute("SELECT body FROM invoices ORDER BY seq LIMIT 1").fetchone()[0])
     conn.close()
     assert (out / "chunk-00001.jsonl").read_text("utf-8").split("\n")[0] == stored
 
