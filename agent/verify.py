@@ -6,7 +6,10 @@ Used by `stalela verify`. It reads the database read-only and reports the FIRST 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sqlite3
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -130,7 +133,11 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                     return
         creds[cred.id] = (cred, row)
 
-    keys: dict[str, object] = {}  # loaded public keys, by credential id ("" = the issuer's)
+    # Per invoice, what can be checked on its own (content, seal, block, window) runs first, in
+    # several processes for a large journal; the walk below then checks what links invoices
+    # (chain, numbering, credential hand-overs) from the columns, which that first pass proved
+    # agree with each sealed body.
+    content = _content_problems(conn, issuer_key, progress)
 
     # Walk every chain in sealing order.
     chain_keys = [r[0] for r in conn.execute(
@@ -146,59 +153,35 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
         prev_number: int | None = anchor["last_number"] if anchor else None
         prev_cred: str | None = anchor["last_credential"] if anchor else None
         count = 0
-        for row in conn.execute("SELECT * FROM invoices WHERE chain_key = ? AND status = 'sealed' ORDER BY seq",
-                                (key,)):
+        for row in conn.execute(
+                "SELECT seq, id, fiscal_number, authority_id, mode, hash, prev_hash FROM invoices"
+                " WHERE chain_key = ? AND status = 'sealed' ORDER BY seq", (key,)):
             count += 1
             report.checked += 1
-            if progress and report.checked % 1000 == 0:
-                progress(1000)
             where = _describe(row)
-            try:
-                # Plain JSON (what our signers write) is canonicalized from fragments encoded once;
-                # anything else (floats, huge integers...) through the checked path. Same bytes.
-                body, plain = loads_plain(unpack(row["body"]))
-                sec = body["security"]
-            except (ValueError, KeyError, TypeError) as exc:
-                if fault(where, f"stored invoice is unreadable ({exc.__class__.__name__})"):
+            found = content.get(row["seq"])
+            if found is not None and found[0] == _UNREADABLE:
+                if fault(where, found[1]):
                     return
                 continue
-            # Columns are what the journal indexes by: they must say what the sealed body says.
-            for col, val in (("id", body.get("id")), ("request_id", body.get("request_id")),
-                             ("fiscal_number", sec.get("fiscal_number")), ("authority_id", sec.get("authority_id")),
-                             ("code", sec.get("code")), ("hash", body["chain"].get("hash")),
-                             ("prev_hash", body["chain"].get("prev_hash")), ("type", body.get("type"))):
-                if row[col] != val:
-                    if fault(where, f"column {col} ({row[col]!r}) differs from the sealed invoice ({val!r})"):
-                        return
-            frags = Fragments(body) if plain else None
-            if body["chain"]["hash"] != chain_hash(body, trusted=plain, fragments=frags):
-                if fault(where, "content does not match its chain hash (the invoice was altered)"):
+            before_link, of_seal, unknown_cred = found if found is not None else ((), (), False)
+            for problem in before_link:
+                if fault(where, problem):
                     return
-            if body["chain"]["prev_hash"] != prev_hash:
+            if row["prev_hash"] != prev_hash:
                 if fault(where, "chain broken: prev_hash does not match the previous invoice "
                                 "(an invoice was removed, inserted or reordered)"):
                     return
-            prev_hash = body["chain"]["hash"]
-            number = sec["fiscal_number"]
-            if body.get("mode") == "delegated":
-                cred_row = creds.get(sec["authority_id"])
-                if cred_row is None:
-                    if fault(where, f"sealed with unknown credential {sec['authority_id']}"):
-                        return
+            prev_hash = row["hash"]
+            number = row["fiscal_number"]
+            mode = row["mode"]
+            for problem in of_seal:
+                if fault(where, problem):
+                    return
+            if mode == "delegated":
+                if unknown_cred:
                     continue
-                cred, _ = cred_row
-                problems = verify_stalela_seal(body, keys.get(cred.id) or keys.setdefault(
-                    cred.id, load_public_key(cred.agent_public_key)), plain=plain, fragments=frags, check_chain=False)
-                if problems:
-                    if fault(where, "; ".join(problems)):
-                        return
-                if not cred.block_start <= number <= cred.block_end:
-                    if fault(where, f"number outside the credential's block {cred.block_start}-{cred.block_end}"):
-                        return
-                moment = datetime.fromisoformat(sec["timestamp"])
-                if not cred.valid_at(moment):
-                    if fault(where, "timestamp outside the credential's validity window"):
-                        return
+                cred, _ = creds[row["authority_id"]]
                 if prev_cred == cred.id:
                     expected = prev_number + 1
                 else:
@@ -211,24 +194,11 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
                         return
                 prev_cred = cred.id
                 last_by_cred[cred.id] = number
-            elif body.get("mode") == "cloud":
-                issuer = keys.get("") or keys.setdefault("", load_public_key(issuer_key))
-                problems = verify_stalela_seal(body, issuer, plain=plain, fragments=frags, check_chain=False)
-                if problems:
-                    if fault(where, "; ".join(problems)):
-                        return
+            elif mode == "cloud":
                 if prev_number is not None and number <= prev_number:
                     if fault(where, f"cloud numbering not increasing: {number} after {prev_number}"):
                         return
-            elif body.get("mode") == "device":
-                # The MCF's elements are stored as it returned them: the QR must be built from them,
-                # and its total counter must move by one from one device invoice to the next.
-                # DT is the device's local time: the timestamp carries it with the outlet's offset.
-                device_time = datetime.fromisoformat(sec["timestamp"]).strftime("%Y%m%d%H%M%S")
-                expected_qr = f"RDCDEF01;{sec['authority_id']};{sec['code']};{body['merchant_nif']};{device_time}"
-                if sec["qr_payload"] != expected_qr:
-                    if fault(where, "QR payload does not match the device's security elements"):
-                        return
+            elif mode == "device":
                 if prev_number is not None and number != prev_number + 1:
                     kind = "repeated" if number <= prev_number else "skipped"
                     if fault(where, f"device counter {kind}: expected {prev_number + 1}, found {number}"):
@@ -252,6 +222,131 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
             if closure.last_used != used_to:
                 if fault(f"credential {cid}", f"closed at {closure.last_used} but the journal ends at {used_to}"):
                     return
+
+
+# ------------------------------------------------------------ per-invoice checks (parallel)
+_UNREADABLE = "unreadable"
+_CHUNK = 10_000  # invoices per task of the parallel pass
+PARALLEL_FROM = 20_000  # journals smaller than this are checked in one process
+
+
+def _content_problems(conn, issuer_key: str, progress) -> dict[int, tuple]:
+    """{seq: problems} for every sealed invoice whose own content has a problem (see _problems_of)."""
+    lo, hi, total = conn.execute("SELECT min(seq), max(seq), count(*) FROM invoices WHERE status = 'sealed'").fetchone()
+    if not total:
+        return {}
+    workers = min(os.cpu_count() or 1, 8)
+    db_path = conn.execute("PRAGMA database_list").fetchone()["file"]
+    if workers < 2 or total < PARALLEL_FROM:
+        return _check_range(db_path, issuer_key, lo, hi + 1, progress)[1]
+    found: dict[int, tuple] = {}
+    # fork: the CLI is single-threaded here, and forked workers start at once.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        tasks = [pool.submit(_check_range, db_path, issuer_key, start, min(start + _CHUNK, hi + 1))
+                 for start in range(lo, hi + 1, _CHUNK)]
+        for task in as_completed(tasks):
+            n, part = task.result()
+            found.update(part)
+            if progress:
+                progress(n)
+    return found
+
+
+def _check_range(db_path: str, issuer_key: str, lo: int, hi: int, progress=None) -> tuple[int, dict[int, tuple]]:
+    conn = connect(Path(db_path), readonly=True)
+    try:
+        creds: dict[str, DelegatedCredential] = {}
+        for row in conn.execute("SELECT body FROM credentials"):
+            try:
+                cred = DelegatedCredential.model_validate_json(row["body"])
+            except ValueError:
+                continue  # reported by the walk over credentials
+            creds[cred.id] = cred
+        keys: dict[str, object] = {}  # loaded public keys, by credential id ("" = the issuer's)
+        found: dict[int, tuple] = {}
+        n = 0
+        for row in conn.execute("SELECT * FROM invoices WHERE status = 'sealed' AND seq >= ? AND seq < ? ORDER BY seq",
+                                (lo, hi)):
+            n += 1
+            if progress and n % 1000 == 0:
+                progress(1000)
+            problems = _problems_of(row, creds, keys, issuer_key)
+            if problems is not None:
+                found[row["seq"]] = problems
+        if progress and n % 1000:
+            progress(n % 1000)
+        return n, found
+    finally:
+        conn.close()
+
+
+def _problems_of(row, creds: dict[str, DelegatedCredential], keys: dict, issuer_key: str) -> tuple | None:
+    """What is wrong with one stored invoice on its own, or None.
+
+    `(_UNREADABLE, message)`, or `(before_link, of_seal, unknown_credential)`: the problems found
+    before the chain link is checked (columns, content hash) and those of the seal itself, in the
+    order the walk reports them.
+    """
+    try:
+        # Plain JSON (what our signers write) is canonicalized from fragments encoded once;
+        # anything else (floats, huge integers...) through the checked path. Same bytes.
+        body, plain = loads_plain(unpack(row["body"]))
+        sec = body["security"]
+        chain = body["chain"]
+    except (ValueError, KeyError, TypeError) as exc:  # UnreadableBody is a ValueError
+        return _UNREADABLE, f"stored invoice is unreadable ({exc.__class__.__name__})"
+    before: list[str] = []
+    # Columns are what the journal indexes by: they must say what the sealed body says.
+    for col, val in (("id", body.get("id")), ("request_id", body.get("request_id")),
+                     ("fiscal_number", sec.get("fiscal_number")), ("authority_id", sec.get("authority_id")),
+                     ("code", sec.get("code")), ("hash", chain.get("hash")),
+                     ("prev_hash", chain.get("prev_hash")), ("type", body.get("type")), ("mode", body.get("mode"))):
+        if row[col] != val:
+            before.append(f"column {col} ({row[col]!r}) differs from the sealed invoice ({val!r})")
+    frags = Fragments(body) if plain else None
+    if chain.get("hash") != chain_hash(body, trusted=plain, fragments=frags):
+        before.append("content does not match its chain hash (the invoice was altered)")
+    seal: list[str] = []
+    unknown = False
+    try:
+        _seal_problems(body, sec, plain, frags, creds, keys, issuer_key, seal)
+    except (ValueError, KeyError, TypeError) as exc:  # e.g. a timestamp that is not a date
+        seal.append(f"security elements are malformed ({exc.__class__.__name__}: {exc})")
+    unknown = seal[:1] == [f"sealed with unknown credential {sec.get('authority_id')}"]
+    if before or seal:
+        return tuple(before), tuple(seal), unknown
+    return None
+
+
+def _seal_problems(body: dict, sec: dict, plain: bool, frags, creds: dict, keys: dict, issuer_key: str,
+                   seal: list[str]) -> None:
+    mode = body.get("mode")
+    number = sec.get("fiscal_number")
+    if mode == "delegated":
+        cred = creds.get(sec.get("authority_id"))
+        if cred is None:
+            seal.append(f"sealed with unknown credential {sec.get('authority_id')}")
+        else:
+            key = keys.get(cred.id) or keys.setdefault(cred.id, load_public_key(cred.agent_public_key))
+            problems = verify_stalela_seal(body, key, plain=plain, fragments=frags, check_chain=False)
+            if problems:
+                seal.append("; ".join(problems))
+            if not cred.block_start <= number <= cred.block_end:
+                seal.append(f"number outside the credential's block {cred.block_start}-{cred.block_end}")
+            if not cred.valid_at(datetime.fromisoformat(sec["timestamp"])):
+                seal.append("timestamp outside the credential's validity window")
+    elif mode == "cloud":
+        issuer = keys.get("") or keys.setdefault("", load_public_key(issuer_key))
+        problems = verify_stalela_seal(body, issuer, plain=plain, fragments=frags, check_chain=False)
+        if problems:
+            seal.append("; ".join(problems))
+    elif mode == "device":
+        # The MCF's elements are stored as it returned them: the QR must be built from them.
+        # DT is the device's local time: the timestamp carries it with the outlet's offset.
+        device_time = datetime.fromisoformat(sec["timestamp"]).strftime("%Y%m%d%H%M%S")
+        expected_qr = f"RDCDEF01;{sec['authority_id']};{sec['code']};{body['merchant_nif']};{device_time}"
+        if sec["qr_payload"] != expected_qr:
+            seal.append("QR payload does not match the device's security elements")
 
 
 def _check_closed_tail(entry, last_number, fault) -> None:
