@@ -1,13 +1,18 @@
 """Backlog drain after an outage, and the cloud's reconciliation throughput.
 
 A real cloud process and an agent enrolled with it: the backlog is sealed offline in-process
-through the agent's own journal (with credentials the cloud issued), then uploaded with the
-agent's SyncWorker over loopback. The cloud verifies every credential, signature, block, window
-and chain link before committing, so the drain rate is also its reconciliation rate.
+through the agent's own journal (with credentials the cloud issued). `backlog_drain` then uploads
+it with the agent's SyncWorker over loopback (agent and cloud costs together);
+`reconcile_throughput` posts it from request bodies built beforehand with a lean client, so what
+it measures is the cloud alone: every credential, signature, block, window and chain link
+verified, and the ledger committed.
 """
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,25 +24,42 @@ from agent.cloud_client import CloudClient  # noqa: E402
 from agent.config import load_config  # noqa: E402
 from agent.renewal import fetch_credential  # noqa: E402
 from agent.service import AgentService  # noqa: E402
+from agent.store.db import connect  # noqa: E402
 from agent.sync import SyncWorker  # noqa: E402
 from tests.support import CloudProcess, EnrolledAgent  # noqa: E402
 
+try:  # journals that store bodies compressed (agent/store/bodies.py)
+    from agent.store.bodies import unpack as _body_text  # noqa: E402
+except ImportError:  # journals that store the JSON text itself
+    def _body_text(value: str) -> str:
+        return value
+
 from .workload import ten_item_invoice  # noqa: E402
 
+BLOCK = 10000
 
-def backlog_drain(workdir: Path, count: int, batch: int = 1000) -> dict[str, float]:
+
+def _start_cloud(workdir: Path, workers: int | None) -> CloudProcess:
     cloud = CloudProcess(workdir / "cloud")
-    cloud.start(20, "--block-size", "10000")
+    extra = ["--block-size", str(BLOCK)]
+    if workers is not None:
+        extra += ["--workers", str(workers)]
+    cloud.start(20, *extra)
+    return cloud
+
+
+def _seal_backlog(workdir: Path, cloud: CloudProcess, count: int) -> tuple[EnrolledAgent, float]:
+    """Enroll an agent, fetch enough credentials, seal `count` invoices offline: (agent, seconds)."""
+    agent = EnrolledAgent(workdir / "agent", cloud, cloud.add_outlet(), block_size=BLOCK)
+    config = load_config(agent.data_dir)
+    service = AgentService.open(config)
     try:
-        agent = EnrolledAgent(workdir / "agent", cloud, cloud.add_outlet(), block_size=10000)
-        config = load_config(agent.data_dir)
-        service = AgentService.open(config)
         async def credentials():
             async with CloudClient(config.cloud_url, token=agent.cloud_token, timeout=120) as client:
-                have = 10000  # enrollment fetched the first one
+                have = BLOCK  # enrollment fetched the first one
                 while have < count:
                     await fetch_credential(service, client)
-                    have += 10000
+                    have += BLOCK
         asyncio.run(credentials())
         # Seal the backlog offline (in-process, group commit) while the cloud is idle.
         t = time.perf_counter()
@@ -50,8 +72,17 @@ def backlog_drain(workdir: Path, count: int, batch: int = 1000) -> dict[str, flo
                 pending.clear()
         for f in pending:
             f.result()
-        seal_s = time.perf_counter() - t
+        return agent, time.perf_counter() - t
+    finally:
         service.close()
+
+
+def backlog_drain(workdir: Path, count: int, batch: int = 1000, workers: int | None = None) -> dict[str, float]:
+    """Seal `count` invoices offline, then time the agent's SyncWorker uploading all of them."""
+    cloud = _start_cloud(workdir, workers)
+    try:
+        agent, seal_s = _seal_backlog(workdir, cloud, count)
+        config = load_config(agent.data_dir)
 
         async def drain():
             async with CloudClient(config.cloud_url, token=agent.cloud_token, timeout=300) as c:
@@ -67,5 +98,93 @@ def backlog_drain(workdir: Path, count: int, batch: int = 1000) -> dict[str, flo
         if counts.get("accepted", 0) != count:
             raise RuntimeError(f"backlog not fully accepted: {counts}")
         return {"backlog": count, "drain_s": drain_s, "drain_rate": n / drain_s, "offline_seal_rate": count / seal_s}
+    finally:
+        cloud.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of a process (the cloud's forkserver and verifier workers)."""
+    try:
+        parents = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    continue
+    except OSError:
+        return []
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def reconcile_throughput(workdir: Path, count: int, batch: int = 1000,
+                         workers: int | None = None) -> dict[str, float]:
+    """The cloud alone: invoices/s verified and committed by `POST /v1/reconcile`.
+
+    Every request body is built before the clock starts, exactly as the agent's outbox sends
+    them (the stored JSON texts joined), and posted in sealing order over one keep-alive
+    connection by `http.client`, whose cost per request is a few hundred microseconds: what the
+    clock sees is the cloud's work. Batches go one after the other because each one's chain
+    continues the previous one's. `workers` passes `--workers` to the cloud (None: its default).
+    """
+    cloud = _start_cloud(workdir, workers)
+    try:
+        agent, _ = _seal_backlog(workdir, cloud, count)
+        conn = connect(agent.data_dir / "agent.db", readonly=True)
+        try:
+            texts = [_body_text(r[0]) for r in conn.execute(
+                "SELECT body FROM invoices WHERE status='sealed' AND sync_state='pending' ORDER BY seq")]
+        finally:
+            conn.close()
+        if len(texts) != count:
+            raise RuntimeError(f"expected {count} sealed invoices, found {len(texts)}")
+        bodies = [('{"invoices":[' + ",".join(texts[i:i + batch]) + "]}").encode("utf-8")
+                  for i in range(0, count, batch)]
+        headers = {"Authorization": f"Bearer {agent.cloud_token}", "Content-Type": "application/json"}
+        http_conn = http.client.HTTPConnection("127.0.0.1", cloud.port, timeout=300)
+        accepted = 0
+        helpers = _children(cloud.proc.pid)
+        cpu0 = _cpu_seconds(cloud.proc.pid), [_cpu_seconds(p) for p in helpers]
+        try:
+            t0 = time.perf_counter()
+            for body in bodies:
+                http_conn.request("POST", "/v1/reconcile", body=body, headers=headers)
+                resp = http_conn.getresponse()
+                data = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"cloud answered {resp.status}: {data[:300]!r}")
+                answer = json.loads(data)
+                if answer["rejected"] or answer["duplicate"]:
+                    bad = next(r for r in answer["results"] if r["status"] != "accepted")
+                    raise RuntimeError(f"not every invoice was accepted: {bad}")
+                accepted += answer["accepted"]
+            elapsed = time.perf_counter() - t0
+        finally:
+            http_conn.close()
+        if accepted != count:
+            raise RuntimeError(f"{accepted} of {count} invoices accepted")
+        service_cpu = _cpu_seconds(cloud.proc.pid) - cpu0[0]
+        workers_cpu = sum(_cpu_seconds(p) for p in helpers) - sum(cpu0[1])
+        return {"invoices": count, "batch": batch, "seconds": elapsed, "reconcile_rate": count / elapsed,
+                # CPU per invoice, less sensitive than the rate to what else the machine runs.
+                "service_cpu_us": service_cpu / count * 1e6, "workers_cpu_us": workers_cpu / count * 1e6}
     finally:
         cloud.stop()

@@ -4,17 +4,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 import time
 from typing import Any, AsyncIterator, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from agent.api.problems import problem, validation_errors
+from agent.api.problems import problem
 
-from .bodies import (CredentialBody, DeviceBody, EnrollBody, MerchantBody, OutletBody,
-                     ReconcileBody, RevokeBody, SealBody, TokenBody)
+from .bodies import (CredentialBody, DeviceBody, EnrollBody, MerchantBody, OutletBody, RevokeBody,
+                     SealBody, TokenBody, parse_body)
 from agent.fiscal.credential import BlockClosure
 
 from .config import CloudConfig, parse_duration
@@ -73,34 +72,7 @@ ADMIN: dict = {"id": "admin"}
 
 async def _body(request: web.Request, model: type[B]) -> B:
     raw = await request.read()  # raises 413 beyond client_max_size
-    try:
-        data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except UnicodeDecodeError:
-        raise CloudError("malformed_json", "the body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise CloudError("malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    if not isinstance(data, dict):
-        raise CloudError("malformed_json", "the body must be a JSON object")
-    if _SURROGATE_ESCAPE(raw) is not None and _has_lone_surrogate(data):
-        # JSON escapes can encode half a UTF-16 pair, which no UTF-8 answer or hash can carry.
-        raise CloudError("malformed_json", "the body contains an unpaired UTF-16 surrogate escape")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise Invalid("validation", "the request does not match the contract", errors=validation_errors(exc)) from None
-
-
-# A `\uD800`-`\uDFFF` escape: without one, no string of the body holds a surrogate (JSON text is
-# UTF-8 here), so the full check below runs only on bodies that have one (paired or not).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]").search
-
-
-def _has_lone_surrogate(data: Any) -> bool:
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return parse_body(raw, model)
 
 
 def _bearer(request: web.Request) -> str:
@@ -211,11 +183,10 @@ async def seal(request: web.Request) -> web.Response:
 
 async def reconcile(request: web.Request) -> web.Response:
     agent = await _agent(request)
-    body = await _body(request, ReconcileBody)
+    raw = await request.read()  # raises 413 beyond client_max_size
     service = request.app[SERVICE]
-    if len(body.invoices) > service.config.max_batch:
-        raise Invalid("batch_too_large", f"send at most {service.config.max_batch} invoices per batch")
-    return _json(await service.call(service.reconcile, agent, body.invoices))
+    # Parsed (or cut into chunks for the verifier) off the event loop: see service.reconcile_upload.
+    return _json(await service.call(service.reconcile_upload, agent, raw))
 
 
 async def outlet(request: web.Request) -> web.Response:

@@ -53,7 +53,8 @@ def _service(data_dir: Path, *, create: bool = False):
     if not create and not CloudConfig(data_dir=data_dir).db_path.exists():
         raise click.ClickException(f"no cloud database in {data_dir} (create it with "
                                    "`stalela cloud merchant add` or `stalela cloud serve`)")
-    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0))
+    # An administration command reconciles nothing: no verifier processes to start.
+    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0))
 
 
 @click.group()
@@ -80,8 +81,12 @@ def cloud() -> None:
               help="Validity of a delegated credential (e.g. 12h).")
 @click.option("--gap-grace", default="1h", show_default=True, callback=_duration,
               help="How long a settled credential's missing numbers wait before they are flagged.")
+@click.option("--workers", type=click.IntRange(0, 256), default=None,
+              help="Verifier processes that check reconcile batches in parallel (signatures, "
+                   "encodings). Default: one per CPU; 0: check in the service process.")
 @domain_errors
-def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace) -> None:
+def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
+          workers: int | None) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr; `cloud.ready` carries the port. Stops cleanly on
@@ -89,14 +94,14 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
 
     \b
     Example:
-      stalela cloud serve --data ./cloud-data --port 8710
+      stalela cloud serve --data ./cloud-data --port 8710 --workers 2
     """
     from . import logs
     from .server import run
 
     logs.configure()
     run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
-                    credential_validity=validity, gap_grace=gap_grace))
+                    credential_validity=validity, gap_grace=gap_grace, verify_workers=workers))
 
 
 @cloud.group()

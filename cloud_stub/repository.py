@@ -289,6 +289,17 @@ class Tx:
     def credential(self, credential_id: str) -> dict | None:
         return self._one("SELECT * FROM credentials WHERE id = ?", credential_id)
 
+    def credential_documents(self, outlet_id: str, credential_ids: list[str]) -> dict[str, str]:
+        """{credential id: signed document} of those of `credential_ids` issued to the outlet."""
+        found: dict[str, str] = {}
+        for i in range(0, len(credential_ids), 500):
+            chunk = credential_ids[i:i + 500]
+            cur = self._c.execute("SELECT id, document FROM credentials WHERE outlet_id = ? AND id IN "
+                                  f"({','.join('?' * len(chunk))})", (outlet_id, *chunk))
+            for row in cur:
+                found[row["id"]] = row["document"]
+        return found
+
     def credential_by_request(self, agent_id: str, request_id: str) -> dict | None:
         return self._one("SELECT * FROM credentials WHERE agent_id = ? AND request_id = ?",
                          agent_id, request_id)

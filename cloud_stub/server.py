@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 from aiohttp import web
@@ -20,6 +21,10 @@ async def serve(config: CloudConfig, stop: asyncio.Event | None = None) -> None:
     app = init_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()  # opens the database and the issuer key (created on first run)
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise rescan it all every few reconcile batches
+    # (≈ 30 µs per invoice reconciled).
+    gc.freeze()
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()

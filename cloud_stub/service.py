@@ -1,25 +1,30 @@
 """The cloud service: one object that the HTTP layer and the CLI both drive.
 
 Every public method is synchronous and runs one transaction; the HTTP layer calls them from a
-small thread pool (`CloudService.call`) so the event loop never waits on the disk.
+small thread pool (`CloudService.call`) so the event loop never waits on the disk. The service
+also owns the verifier pool (verifier.py), the worker processes that check large reconcile
+batches in parallel.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from agent.fiscal.credential import BlockClosure
 from agent.fiscal.models import InvoiceRequest
 
-from . import audit, issuer as issuing, ledger, reconcile, registry, signer
+from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
+from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
 from .issuer import Issuer, credential_status
 from .logs import event
-from .repository import Store
+from .repository import Store, Tx
+from .verifier import UnreadableChunk, VerifierPool, default_size
 
 T = TypeVar("T")
 
@@ -32,6 +37,9 @@ class CloudService:
         self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
         self.store = Store(config.db_path)
         self._pool: ThreadPoolExecutor | None = None
+        size = default_size() if config.verify_workers is None else config.verify_workers
+        self.verifier: VerifierPool | None = VerifierPool(size).start() if size > 0 else None
+        self._loaded_keys: dict[str, Any] = {}  # agent keys loaded for checks run in this process
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -47,6 +55,9 @@ class CloudService:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self.verifier is not None:
+            self.verifier.close()
+            self.verifier = None
         self.store.close()
 
     def issuer_info(self) -> dict:
@@ -171,16 +182,59 @@ class CloudService:
             event("invoice.sealed", outlet_id=outlet["id"], fiscal_number=invoice["security"]["fiscal_number"])
         return invoice, created
 
+    def reconcile_upload(self, agent: dict, raw: bytes) -> dict:
+        """`POST /v1/reconcile` with the body as received.
+
+        A large upload laid out as agents send it is cut into chunks for the verifier's workers
+        without being parsed here (bodies.split_upload); anything else, or a cut that turns out
+        wrong, is parsed whole, with the usual answers for a bad body.
+        """
+        cfg = self.config
+        if self.verifier is not None:
+            upload = bodies.split_upload(raw, self.verifier.size * cfg.chunks_per_worker,
+                                         cfg.parallel_min_batch, cfg.max_batch)
+            if upload is not None:
+                verifier = self.verifier
+                try:
+                    return self._reconcile(agent, upload.credential_ids,
+                                           lambda keys: verifier.checking(upload.chunks, keys))
+                except UnreadableChunk:
+                    pass  # rolled back, nothing written: parse it whole, which says what is wrong
+        return self.reconcile(agent, bodies.reconcile_invoices(raw, cfg.max_batch))
+
     def reconcile(self, agent: dict, invoices: list[Any]) -> dict:
+        """Reconcile a batch of invoices already parsed (JSON values, as `json.loads` gives them)."""
+        credential_ids = {sec["authority_id"] for raw in invoices
+                          if isinstance(raw, dict) and isinstance(sec := raw.get("security"), dict)
+                          and isinstance(sec.get("authority_id"), str)}
+        verifier = self.verifier
+        if verifier is not None and len(invoices) >= self.config.parallel_min_batch:
+            payloads = _json_chunks(invoices, verifier.size * self.config.chunks_per_worker)
+            if payloads is not None:
+                return self._reconcile(agent, credential_ids, lambda keys: verifier.checking(payloads, keys))
+        return self._reconcile(agent, credential_ids, lambda keys: nullcontext(self._check_here(invoices, keys)))
+
+    def _reconcile(self, agent: dict, credential_ids: Iterable[str],
+                   checking: Callable[[dict[str, str]], ContextManager[Iterator[list[Checked]]]]) -> dict:
+        """One batch: `checking(keys)` runs the pure checks (in the verifier or here) and yields
+        their records chunk by chunk; the sequential checks and the ledger take one transaction."""
         now = self.now()
-        with self.store.write() as tx:
-            outlet = registry.get_outlet(tx, agent["outlet_id"])
-            outcomes = reconcile.reconcile_batch(tx, self.issuer, outlet, invoices, now)
-            new_flags = audit.audit_outlet(tx, outlet["id"], now, self.config.gap_grace)
+        with self.store.read() as tx:
+            outlet_id = registry.get_outlet(tx, agent["outlet_id"])["id"]
+            keys = _signer_keys(tx, outlet_id, credential_ids)
+        with checking(keys) as chunks:  # with the verifier, the workers start now
+            with self.store.write() as tx:
+                outlet = registry.get_outlet(tx, agent["outlet_id"])
+                outcomes = reconcile.reconcile_batch(tx, self.issuer, outlet,
+                                                     _at_most(chunks, self.config.max_batch), keys, now)
+                new_flags = audit.audit_outlet(tx, outlet["id"], now, self.config.gap_grace)
         counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("accepted", "duplicate", "rejected")}
         event("reconcile.batch", outlet_id=outlet["id"], agent_id=agent["id"], **counts,
               new_flags=len(new_flags))
         return {"outlet_id": outlet["id"], **counts, "results": [o.as_dict() for o in outcomes]}
+
+    def _check_here(self, invoices: list[Any], keys: dict[str, str]) -> Iterator[list[Checked]]:
+        yield [Checked(*checks.check(raw, keys, self._loaded_keys)) for raw in invoices]
 
     def provision_device(self, outlet_id: str, mid: str, nif: str, status: str = "active",
                          firmware: dict | None = None) -> tuple[dict, bool]:
@@ -215,3 +269,42 @@ class CloudService:
             registry.get_outlet(tx, outlet_id)
             return [registry.device_view(r) for r in tx.devices(outlet_id)]
 
+
+def _signer_keys(tx: Tx, outlet_id: str, credential_ids: Iterable[str]) -> dict[str, str]:
+    """{credential id: agent public key} for the outlet's credentials among `credential_ids`.
+
+    The pure checks verify delegated signatures with these; an id missing here (not issued,
+    another outlet's, not spotted in the body) is checked, if it ever matters, in this process.
+    Documents never change once issued, so reading them before the batch's transaction is safe.
+    """
+    keys: dict[str, str] = {}
+    for credential_id, document in tx.credential_documents(outlet_id, sorted(credential_ids)).items():
+        try:
+            keys[credential_id] = json.loads(document)["agent_public_key"]
+        except (ValueError, KeyError, TypeError):  # the sequential checks meet this document's problem
+            pass
+    return keys
+
+
+def _json_chunks(invoices: list[Any], parts: int) -> list[bytes] | None:
+    """Parsed invoices as JSON array texts for the verifier (None if they are not JSON values).
+
+    ASCII escapes keep every string exact through the round trip, lone surrogates included.
+    """
+    size = -(-len(invoices) // max(1, parts))
+    try:
+        return [json.dumps(invoices[i:i + size], ensure_ascii=True, separators=(",", ":")).encode("ascii")
+                for i in range(0, len(invoices), size)]
+    except (TypeError, ValueError):
+        return None
+
+
+def _at_most(chunks: Iterable[list[Checked]], max_batch: int) -> Iterator[list[Checked]]:
+    """The chunks, refusing the batch (and so rolling it back) once it has too many invoices:
+    an upload cut into chunks is counted only as its chunks are parsed."""
+    count = 0
+    for records in chunks:
+        count += len(records)
+        if count > max_batch:
+            raise bodies.batch_too_large(max_batch)
+        yield records

@@ -20,7 +20,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def config(tmp_path, clock) -> CloudConfig:
-    return CloudConfig(data_dir=tmp_path / "cloud", audit_interval=0, gap_grace=timedelta(0), clock=clock)
+    # In-process checks by default (no worker processes per test); the reconciliation tests
+    # run again with the verifier's workers (test_cloud_reconcile.py, test_cloud_verifier.py).
+    return CloudConfig(data_dir=tmp_path / "cloud", audit_interval=0, gap_grace=timedelta(0), clock=clock,
+                       verify_workers=0)
 
 
 @pytest.fixture

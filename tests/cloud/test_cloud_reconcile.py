@@ -5,11 +5,23 @@ import copy
 import json
 from datetime import timedelta
 
+import pytest
+
 from agent.fiscal.canonical import GENESIS_HASH
 from agent.fiscal.credential import BlockClosure
 from agent.fiscal.seal import apply_signature, chain_hash
+from cloud_stub.config import CloudConfig
 
 from cloud_helpers import invoice_request, new_key, unsigned_invoice
+
+
+@pytest.fixture(params=["in-process", "workers"])
+def config(request, tmp_path, clock) -> CloudConfig:
+    """Every test twice: checks in the service's process, then by two verifier workers (every
+    batch, however small, cut into chunks: `parallel_min_batch=1`)."""
+    workers = 0 if request.param == "in-process" else 2
+    return CloudConfig(data_dir=tmp_path / "cloud", audit_interval=0, gap_grace=timedelta(0), clock=clock,
+                       verify_workers=workers, parallel_min_batch=1)
 
 
 def statuses(answer: dict) -> list[tuple[str, str | None]]:
