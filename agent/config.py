@@ -56,7 +56,7 @@ max_batch = 64
 # Seal delegated invoices in a second process beside the API's, so validation and sealing use
 # two cores: "auto" (when the machine has more than one core), "on" or "off". See docs/architecture.md.
 process = "auto"
-# The sealing process starts with the first sale and stops after this many seconds without one.
+# The sealing process starts when sales overlap and stops after this many seconds without one.
 process_idle_seconds = 300
 
 [signer]

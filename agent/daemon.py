@@ -29,11 +29,25 @@ def _warm_up(service: AgentService) -> None:
     from .journal import credential_status
 
     try:
-        service.prepare({**SAMPLE, "request_id": "warm-up"})
+        job = service.prepare({**SAMPLE, "request_id": "warm-up"})
+        # The writer's first seal: signed and rolled back, so nothing stays and no number is used.
+        service.journal.rehearse(job)
     except Exception:  # a warm-up must never stop the start
         log.debug("warm-up skipped", exc_info=True)
     credential_status(service.journal.reader)
     service.existing("warm-up")
+
+
+async def _warm_up_http(host: str, port: int) -> None:
+    """One request to ourselves before READY: aiohttp's first-request costs are paid here."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1" if host in ("", "0.0.0.0", "::") else host, port), 2)
+        writer.write(b"GET /v1/health HTTP/1.1\r\nHost: warm-up\r\nConnection: close\r\n\r\n")
+        await asyncio.wait_for(reader.read(), 2)
+        writer.close()
+    except (OSError, asyncio.TimeoutError):
+        log.debug("HTTP warm-up skipped", exc_info=True)
 
 
 async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
@@ -57,7 +71,7 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     _warm_up(service)
     if config.sealing_process_enabled and "delegated" in config.signer_policy:
         from .sealer import SealerProcess
-        # Started by the first delegated seal, stopped after a quiet spell (see agent/sealer.py).
+        # Started when delegated sales overlap, stopped after a quiet spell (see agent/sealer.py).
         service.sealer = SealerProcess(config.data_dir, service.journal, idle_seconds=config.sealing_process_idle,
                                        log_level=logging.getLevelName(logging.getLogger().level))
     app = init_app(service)
@@ -65,6 +79,7 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
+    await _warm_up_http(config.host, config.port)
 
     scheduler = AsyncIOScheduler()
     scheduler.add_job(keeper.check, "interval", seconds=config.check_interval, id="credential-renewal",

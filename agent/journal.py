@@ -93,6 +93,10 @@ class SealOutcome:
         return self._mode or self.invoice["mode"]
 
 
+class _Rehearsal(Exception):
+    """Raised to roll a rehearsal seal back (see Journal.rehearse)."""
+
+
 def _answer_waiters(items: list) -> None:
     for waiter, outcome, error in items:
         if waiter.done():  # the caller went away (e.g. the POS hung up); the seal stands
@@ -166,6 +170,30 @@ class Journal:
         job.waiter = (loop, waiter)
         self._queue.put(job)
         return waiter
+
+    def rehearse(self, job: SealJob, timeout: float = 10.0) -> None:
+        """Seal `job` on the writer thread and roll it back: nothing stays, no number is used.
+
+        The daemon does this once before READY so the first real invoice after a restart does
+        not pay the writer's first-use costs (statements, pages, the parsed credential)."""
+        journal_log = logging.getLogger("stalela.journal")
+
+        def seal_and_undo(conn: sqlite3.Connection) -> None:
+            level = journal_log.level
+            journal_log.setLevel(logging.ERROR)  # a rehearsal must not log an activation
+            try:
+                self._seal_one(conn, job)
+            finally:
+                journal_log.setLevel(level)
+            raise _Rehearsal  # _run_task rolls the transaction back
+
+        left = self.numbers_left
+        try:
+            self.run_in_writer(seal_and_undo).result(timeout)
+        except _Rehearsal:
+            pass
+        finally:
+            self.numbers_left = left  # the rehearsal's number was not used
 
     def run_in_writer(self, fn) -> Future:
         """Run `fn(conn)` in a transaction of its own on the writer thread (see WriterTask)."""

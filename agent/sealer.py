@@ -17,9 +17,10 @@ job (request, fingerprint, lines, totals and their encoded fragments); the child
 waiting (up to max_batch), seals and commits them as one batch, and answers with one frame.
 Pickle is safe here: both ends are this program, started by it, over a socket nobody else holds.
 
-On demand: the child is started by the first delegated seal (that seal and the next few, until
-the child reports ready, are sealed in-process as before) and stops after `idle_seconds` without
-a seal, so an idle shop box runs one process and its memory stays at the single process's.
+On demand: the child is started when sales overlap (a delegated seal arrives while another is
+still being sealed; those and the next few, until the child reports ready, are sealed in-process
+as before) and stops after `idle_seconds` without a seal, so an idle shop box, or one cashier at a
+time, runs one process: its memory stays the single process's and no sale waits for a start.
 
 Failure: if the child dies, the jobs it had not answered are handed to the in-process writer,
 which answers each exactly once: the stored invoice if the child had committed it, a new seal
@@ -124,6 +125,10 @@ class SealerProcess:
         self._last_seal = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._starting = False
+        self._in_process = 0  # seals in flight on the daemon's own writer
+
+    def _in_process_done(self, _future) -> None:
+        self._in_process -= 1
 
     @property
     def state(self) -> str:
@@ -210,10 +215,16 @@ class SealerProcess:
         loop = asyncio.get_running_loop()
         self._last_seal = time.monotonic()
         if not self.ready or self._link is None or self._link.transport is None:
-            if self._link is None and not self._starting and not self._closed and self._last_seal >= self._not_before:
+            if (self._in_process and self._link is None and not self._starting and not self._closed
+                    and self._last_seal >= self._not_before):
+                # Sales overlap (this one arrives while another is being sealed): that is when a
+                # second core pays. One cashier at a time never needs it, and never waits for it.
                 self._starting = True  # one child at a time, however many sales arrive meanwhile
                 loop.create_task(self.start())
-            return self.journal.submit_async(job)
+            inner = self.journal.submit_async(job)
+            self._in_process += 1
+            inner.add_done_callback(self._in_process_done)
+            return inner
         waiter = loop.create_future()
         self._next_id += 1
         self._waiting[self._next_id] = (waiter, job)

@@ -43,8 +43,8 @@ def _load(url: str, key: str, clients: int, per_client: int, prefix: str) -> tup
 
 
 def _sealing_process_ready(h: AgentHarness, timeout: float = 15.0) -> str:
-    """Keep selling (one sale every 0.1 s) until the agent's sealing process is ready, as it is a
-    moment after a shop's first sales; returns its state (\"off\" on a 1-core machine)."""
+    """Keep selling (two overlapping sales every 0.1 s) until the agent's sealing process is ready,
+    as it is a moment after a busy shop's first sales; returns its state ("off" on a 1-core machine)."""
     deadline = time.monotonic() + timeout
     n = 0
     while True:
@@ -52,7 +52,7 @@ def _sealing_process_ready(h: AgentHarness, timeout: float = 15.0) -> str:
         if state in ("ready", "off") or time.monotonic() > deadline:
             return state
         n += 1
-        _load(h.url, h.api_key, 1, 1, f"ready-{n}")
+        _load(h.url, h.api_key, 2, 2, f"ready-{n}")
         time.sleep(0.1)
 
 
@@ -81,7 +81,7 @@ def one_run(workdir: Path, quick: bool) -> dict[str, float]:
     r["rss_idle_mb"] = rss_mb(h.proc.pid)
     try:
         n8 = 250 if quick else 1000
-        # warm-up: the first sales, which also start the sealing process
+        # warm-up: the first sales; overlapping, they also start the sealing process
         _load(h.url, h.api_key, 2, 50, "warm")
         r["sealing_process_ready"] = 1.0 if _sealing_process_ready(h) == "ready" else 0.0
         rate, lat = _load(h.url, h.api_key, 8, n8, "c8")
@@ -92,13 +92,20 @@ def one_run(workdir: Path, quick: bool) -> dict[str, float]:
         _, lat1 = _load(h.url, h.api_key, 1, 300 if quick else 1000, "c1")
         r["seal1_p50_ms"] = pct(lat1, 50) * 1000
         r["seal1_p99_ms"] = pct(lat1, 99) * 1000
-        warm_p50 = r["seal1_p50_ms"]
-        # First invoice after a restart.
-        h.stop()
-        h.start()
-        _, first = _load(h.url, h.api_key, 1, 1, "first")
-        r["first_after_restart_ms"] = first[0] * 1000
-        r["first_vs_warm"] = r["first_after_restart_ms"] / warm_p50
+        # First invoice after a restart, against the same request on the warm agent: one invoice
+        # on a new connection after a pause (what a restart's first invoice is, minus the restart).
+        single = []
+        for k in range(9):
+            time.sleep(0.1)
+            single.append(_load(h.url, h.api_key, 1, 1, f"single-{k}")[1][0])
+        r["warm_single_ms"] = statistics.median(single) * 1000
+        firsts = []
+        for k in range(3):
+            h.stop()
+            h.start()
+            firsts.append(_load(h.url, h.api_key, 1, 1, f"first-{k}")[1][0])
+        r["first_after_restart_ms"] = statistics.median(firsts) * 1000
+        r["first_vs_warm"] = r["first_after_restart_ms"] / r["warm_single_ms"]
     finally:
         h.stop()
     # Storage per sealed invoice.
@@ -161,10 +168,12 @@ def render(runs: list[dict[str, float]], lims: list[dict[str, float]]) -> str:
         ("serial seal limit (sign + 2 × canonicalize + 1 commit)", f"{L['pipeline_serial_limit']:.0f} /s", "—",
          f"HTTP figure is {m['seal8_rate'] / L['pipeline_serial_limit']:.2f} × this limit"),
         ("cold start to ready", f"{m['cold_start_s']:.2f} s", "≤ 1.5 s", "process spawn + imports + journal open"),
-        ("first invoice after restart", f"{m['first_after_restart_ms']:.1f} ms",
-         "≤ 2 × warm", f"{m['first_vs_warm']:.1f} × warm p50"),
+        ("first invoice after restart (median of 3 restarts)", f"{m['first_after_restart_ms']:.1f} ms",
+         "≤ 2 × warm", f"{m['first_vs_warm']:.1f} × the warm agent's single invoice on a new connection "
+                       f"({m['warm_single_ms']:.1f} ms); {m['first_after_restart_ms'] / m['seal1_p50_ms']:.1f} × "
+                       f"the 1-client loop's p50"),
         ("agent RSS idle / under load", f"{m['rss_idle_mb']:.0f} / {m['rss_load_mb']:.0f} MB", "≤ 80 / ≤ 150 MB",
-         "daemon + sealing process (idle: the daemon alone; the sealing process starts with the first sales)"),
+         "daemon + sealing process (idle: the daemon alone; the sealing process starts when sales overlap)"),
         ("storage per sealed 10-item invoice", f"{m['bytes_per_invoice']:.0f} B (body {m['body_bytes_avg']:.0f} B)",
          "≤ 3 KB", "includes indexes"),
         ("stalela verify", f"{m['verify_rate']:.0f} invoices/s ({m['verify_count']:.0f} invoices)", "≥ 20,000/s",

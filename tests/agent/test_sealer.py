@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.agent.test_invariants import _hammer
 from tests.support import invoice
@@ -42,9 +43,12 @@ def _wait_state(agent, state: str, timeout: float = 20.0, nudge: str | None = No
             return health
         if time.monotonic() > deadline:
             raise AssertionError(f"sealing process still {health['sealing_process']!r}, wanted {state!r}")
-        if nudge:  # the process starts with a sale
+        if nudge:  # the process starts when sales overlap: two at once
             n += 1
-            assert agent.post("/v1/invoices", invoice(f"{nudge}-{n}"))[0] == 201
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(lambda rid: agent.post("/v1/invoices", invoice(rid))[0],
+                                        [f"{nudge}-{n}-a", f"{nudge}-{n}-b"]))
+            assert answers == [201, 201]
         time.sleep(0.1)
 
 
@@ -64,7 +68,17 @@ def _pid_gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_starts_with_the_first_sale_and_seals_in_order(harness):
+def test_one_cashier_at_a_time_never_starts_it(harness):
+    harness.add_credential(harness.credential(START, START + 999))
+    harness.start()
+    for i in range(30):
+        assert harness.post("/v1/invoices", invoice(f"S{i}"))[0] == 201
+    time.sleep(0.5)
+    assert harness.get("/v1/health", key=None)[1]["sealing_process"] == "stopped"
+    assert _sealer_pid(harness) is None
+
+
+def test_starts_when_sales_overlap_and_seals_in_order(harness):
     harness.add_credential(harness.credential(START, START + 999))
     harness.start()
     assert harness.get("/v1/health", key=None)[1]["sealing_process"] == "stopped"
@@ -147,3 +161,19 @@ def test_off_keeps_one_process(harness):
         assert harness.post("/v1/invoices", invoice(f"O{i}"))[0] == 201
     assert harness.get("/v1/health", key=None)[1]["sealing_process"] == "off"
     assert _sealer_pid(harness) is None
+
+
+def test_the_warm_up_rehearsal_leaves_nothing(harness):
+    # Before READY the daemon seals a sample invoice and rolls it back (agent/journal.py rehearse).
+    harness.add_credential(harness.credential(START, START + 9))
+    harness.start()
+    conn = harness.db()
+    assert conn.execute("SELECT count(*) FROM invoices").fetchone()[0] == 0
+    assert tuple(conn.execute("SELECT state, next_number FROM credentials").fetchone()) == ("ready", START)
+    assert conn.execute("SELECT count(*) FROM chains").fetchone()[0] == 0
+    conn.close()
+    assert "credential.activated" not in harness.read_log()
+    status, body, _ = harness.post("/v1/invoices", invoice("R-FIRST"))
+    assert status == 201 and body["security"]["fiscal_number"] == START
+    assert body["chain"]["prev_hash"] == "0" * 64
+    assert harness.read_log().count("credential.activated") == 1
