@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from .fiscal.canonical import GENESIS_HASH, Fragments, loads_plain
 from .fiscal.credential import BlockClosure, DelegatedCredential
 from .fiscal.seal import chain_hash, verify_stalela_seal
-from .fiscal.signing import load_public_key
+from .fiscal.signing import load_verifying_key
 from .store.db import connect
 from .store.bodies import unpack
 
@@ -327,7 +327,7 @@ def _seal_problems(body: dict, sec: dict, plain: bool, frags, creds: dict, keys:
         if cred is None:
             seal.append(f"sealed with unknown credential {sec.get('authority_id')}")
         else:
-            key = keys.get(cred.id) or keys.setdefault(cred.id, load_public_key(cred.agent_public_key))
+            key = keys.get(cred.id) or keys.setdefault(cred.id, load_verifying_key(cred.agent_public_key))
             problems = verify_stalela_seal(body, key, plain=plain, fragments=frags, check_chain=False)
             if problems:
                 seal.append("; ".join(problems))
@@ -336,7 +336,7 @@ def _seal_problems(body: dict, sec: dict, plain: bool, frags, creds: dict, keys:
             if not cred.valid_at(datetime.fromisoformat(sec["timestamp"])):
                 seal.append("timestamp outside the credential's validity window")
     elif mode == "cloud":
-        issuer = keys.get("") or keys.setdefault("", load_public_key(issuer_key))
+        issuer = keys.get("") or keys.setdefault("", load_verifying_key(issuer_key))
         problems = verify_stalela_seal(body, issuer, plain=plain, fragments=frags, check_chain=False)
         if problems:
             seal.append("; ".join(problems))

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from agent.api.problems import validation_errors
 from agent.fiscal.models import SealedInvoice
 from agent.fiscal.seal import chain_hash, verify_stalela_seal
-from agent.fiscal.signing import load_public_key
+from agent.fiscal.signing import load_verifying_key
 
 from . import fastpath, textpath
 from .issuer import iso
@@ -154,7 +154,7 @@ def seal_problems(invoice: dict, forms: fastpath.Forms | None, agent_public_key:
             if len(cache) >= 4096:  # keys of credentials long gone: forget them all
                 cache.clear()
             try:
-                cache[agent_public_key] = load_public_key(agent_public_key)
+                cache[agent_public_key] = load_verifying_key(agent_public_key)
             except ValueError:
                 cache[agent_public_key] = None
         public_key = cache[agent_public_key]
@@ -253,5 +253,5 @@ def warm_up() -> None:
     invoice = {"merchant_nif": "N", "totals": {"total": "1.00", "vat": "0.00"}, "chain": {"prev_hash": "0" * 64},
                "security": {"authority_id": "DC-WARM", "fiscal_number": 1, "timestamp": "2026-01-01T00:00:00+01:00",
                             "signature": "AA", "code": "", "qr_payload": ""}}
-    fastpath.verify_seal(invoice, load_public_key(key), b"\0" * 32)
+    fastpath.verify_seal(invoice, load_verifying_key(key), b"\0" * 32)
     fastpath.forms(invoice)

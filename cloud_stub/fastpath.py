@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from agent.fiscal.seal import STALELA_QR_TAG, qr_time
-from agent.fiscal.signing import auth_code, b32, load_public_key, unb64url, verify
+from agent.fiscal.signing import auth_code, b32, unb64url, verify
 
 # The encoder of `agent.fiscal.canonical.canonical_trusted`, returning text (joined, then encoded once).
 _enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False).encode

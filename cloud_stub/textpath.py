@@ -25,7 +25,7 @@ import re
 from datetime import datetime
 from typing import Any, Mapping
 
-from agent.fiscal.signing import load_public_key
+from agent.fiscal.signing import load_verifying_key
 
 from . import fastpath
 from .issuer import iso
@@ -145,7 +145,7 @@ def check(match: re.Match, keys: Mapping[str, str], loaded: dict[str, Any]) -> t
             if len(loaded) >= 4096:
                 loaded.clear()
             try:
-                loaded[key] = load_public_key(key)
+                loaded[key] = load_verifying_key(key)
             except ValueError:
                 loaded[key] = None
         if loaded[key] is not None:  # else the caller checks it the general way, from `stored`
