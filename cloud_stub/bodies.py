@@ -93,7 +93,13 @@ class RevokeBody(Body):
 
 # A `\uD800`-`\uDFFF` escape: without one, no string of the body holds a surrogate (JSON text is
 # UTF-8 here), so the full check below runs only on bodies that have one (paired or not).
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]").search
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]").search
+
+
+def surrogate_escape(raw: bytes) -> re.Match | None:
+    # No backslash at all (what agents send): memchr finds that out ~40 times faster than the
+    # expression scans 4 MB, and the scan runs while every verifier worker waits for its chunk.
+    return None if raw.find(b"\\") == -1 else _SURROGATE_ESCAPE(raw)
 
 
 def _has_lone_surrogate(data: Any) -> bool:
@@ -123,7 +129,7 @@ def parse_body(raw: bytes, model: type[B]) -> B:
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise CloudError("malformed_json", "the body must be a JSON object")
-    if SURROGATE_ESCAPE(raw) is not None and _has_lone_surrogate(data):
+    if surrogate_escape(raw) is not None and _has_lone_surrogate(data):
         # JSON escapes can encode half a UTF-16 pair, which no UTF-8 answer or hash can carry.
         raise CloudError("malformed_json", "the body contains an unpaired UTF-16 surrogate escape")
     try:
@@ -179,7 +185,7 @@ def split_upload(raw: bytes, parts: int, min_count: int, max_count: int) -> Uplo
     is the first key of the first invoice (agents write `id` first). The same text can occur
     inside an invoice; such a cut is caught as above.
     """
-    if SURROGATE_ESCAPE(raw) is not None:  # the lone surrogate check needs the parsed body
+    if surrogate_escape(raw) is not None:  # the lone surrogate check needs the parsed body
         return None
     prefix = _PREFIX.match(raw)
     if prefix is None:

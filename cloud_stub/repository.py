@@ -1,6 +1,7 @@
 """Storage of the cloud ledger: every SQL statement of the service lives in this module.
 
-SQLite by default (WAL, `synchronous=FULL`, one connection per worker thread). The services
+SQLite by default (WAL, `synchronous=FULL`, one connection per worker thread, the WAL copied
+back into the database by a background thread: see `Store`). The services
 only call `Store.write()` / `Store.read()` and the methods of `Tx`, so a PostgreSQL store can
 replace this one with the same methods (`BEGIN IMMEDIATE` becomes a row lock on the counter).
 
@@ -10,12 +11,15 @@ triggers refuse both at the database level.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from .logs import event
 
 MIGRATIONS: list[str] = [
     """
@@ -450,15 +454,56 @@ class Tx:
                          outlet_id, limit)
 
 
-class Store:
-    """A SQLite database file with one connection per thread."""
+# The WAL size (pages) at which a writing connection checkpoints by itself, inside its commit:
+# only if the background checkpointer fell this far behind (SQLite's default is 1,000).
+WRITER_CHECKPOINT_PAGES = 20_000
+CHECKPOINT_IDLE_SECONDS = 5.0  # the checkpointer also runs this often with no commit to wake it
 
-    def __init__(self, path: Path):
+
+class Store:
+    """A SQLite database file with one connection per thread.
+
+    Checkpoints (copying the WAL back into the database file, and its fsync) run in a background
+    thread on its own connection, after each write transaction. Left to SQLite, the connection
+    whose commit crosses 1,000 WAL pages runs the checkpoint inside that commit: a reconcile
+    batch (≈ 5 MB of pages) then waited ≈ 18 ms for its commit instead of ≈ 9, with every
+    verifier worker idle. A PASSIVE checkpoint never blocks readers or writers; a writer still
+    checkpoints by itself past `WRITER_CHECKPOINT_PAGES`, should the thread ever fall behind.
+    """
+
+    def __init__(self, path: Path, background_checkpoints: bool = True):
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all_conns: list[sqlite3.Connection] = []
         self._migrate()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._checkpointer: threading.Thread | None = None
+        if background_checkpoints:
+            self._checkpointer = threading.Thread(target=self._checkpoints, name="cloud-checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    def _checkpoints(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+            failing = False
+            while True:
+                self._wake.wait(CHECKPOINT_IDLE_SECONDS)
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # e.g. the disk is full: the writers' own checkpoints remain
+                    if not failing:  # the first failure, not every attempt
+                        event("checkpoint.failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+                    failing = True
+                else:
+                    failing = False
+        finally:
+            conn.close()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -469,6 +514,7 @@ class Store:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
             self._local.conn = conn
             with self._lock:
                 self._all_conns.append(conn)
@@ -484,6 +530,8 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if begin == "BEGIN IMMEDIATE":
+            self._wake.set()  # the checkpointer copies what this transaction wrote
 
     def write(self):
         """A write transaction holding the database's write lock from its first statement."""
@@ -512,6 +560,11 @@ class Store:
         conn.execute("COMMIT")
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._stopping = True
+            self._wake.set()
+            self._checkpointer.join(timeout=30)
+            self._checkpointer = None
         with self._lock:
             for conn in self._all_conns:
                 conn.close()
