@@ -136,6 +136,7 @@ def measure_limits() -> dict[str, float]:
         "commit_rate": limits.durable_commit_rate(),
         "sign_rate": limits.signature_rate(),
         "verify_sig_rate": limits.verification_rate(),
+        "verify_checked_rate": limits.checked_verification_rate(),
         "canon_fast_us": canon["fast"] * 1e6,
         "canon_ref_us": canon["rfc8785"] * 1e6,
         "http_empty_ms": limits.empty_http_roundtrip() * 1000,
@@ -178,13 +179,14 @@ def render(runs: list[dict[str, float]], lims: list[dict[str, float]]) -> str:
         ("storage per sealed 10-item invoice", f"{m['bytes_per_invoice']:.0f} B (body {m['body_bytes_avg']:.0f} B)",
          "≤ 3 KB", "includes indexes"),
         ("stalela verify", f"{m['verify_rate']:.0f} invoices/s ({m['verify_count']:.0f} invoices)", "≥ 20,000/s",
-         f"{m['verify_rate'] / (L['verify_sig_rate'] * CORES):.2f} × Ed25519 verification on all {CORES} cores "
-         f"({L['verify_sig_rate'] * CORES:.0f}/s: one signature per invoice)"),
+         f"{m['verify_rate'] / (L['verify_checked_rate'] * CORES):.2f} × Ed25519 verification on all {CORES} cores "
+         f"({L['verify_checked_rate'] * CORES:.0f}/s: one signature per invoice)"),
     ]
     lim_rows = [
         ("durable commit (WAL, synchronous=FULL, 1 row/txn)", f"{L['commit_rate']:.0f} /s"),
         ("Ed25519 signatures", f"{L['sign_rate']:.0f} /s"),
-        ("Ed25519 verifications", f"{L['verify_sig_rate']:.0f} /s"),
+        ("Ed25519 verifications: OpenSSL / as checked (libsodium first, signing.VerifyingKey)",
+         f"{L['verify_sig_rate']:.0f} /s / {L['verify_checked_rate']:.0f} /s"),
         ("canonicalize a 10-item sealed invoice (fast path / rfc8785)",
          f"{L['canon_fast_us']:.0f} µs / {L['canon_ref_us']:.0f} µs"),
         ("empty aiohttp handler round trip, loopback", f"{L['http_empty_ms']:.3f} ms"),
@@ -198,7 +200,8 @@ def render(runs: list[dict[str, float]], lims: list[dict[str, float]]) -> str:
 
 def render_sync(rows: list[dict[str, float]], recon: list[dict[str, float]], lims: list[dict[str, float]]) -> str:
     m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    verify = statistics.median(x["verify_sig_rate"] for x in lims)
+    # The limit beside each figure: one signature checked per invoice, the way the cloud checks it.
+    verify = statistics.median(x["verify_checked_rate"] for x in lims)
     out = ["| figure | measured | target | beside the limit |", "|---|---|---|---|"]
     out.append(f"| backlog drain, {m['backlog']:.0f} offline-sealed invoices to the cloud on loopback | "
                f"{m['drain_s']:.1f} s | ≤ 60 s for 100,000 | "
