@@ -7,7 +7,7 @@ import re
 import secrets
 from datetime import datetime, timedelta
 
-from agent.fiscal.signing import load_public_key
+from agent.fiscal.signing import load_public_key, weak_public_key
 
 from .config import TIME_ZONES
 from .errors import Conflict, Invalid, NotFound, Unauthorized
@@ -89,6 +89,9 @@ def enroll(tx: Tx, token: str, agent_public_key: str, label: str, now: datetime)
         load_public_key(agent_public_key)
     except ValueError:
         raise Invalid("bad_public_key", "agent_public_key must be a base64url raw Ed25519 public key") from None
+    if weak_public_key(agent_public_key):
+        raise Invalid("bad_public_key", "agent_public_key is a small-order or non-canonical Ed25519 point: "
+                      "signatures under it prove nothing; generate a new key")
     token_hash = secret_hash(token)
     row = tx.token(token_hash)
     # One answer for unknown, used and expired tokens would hide the reason from a technician;

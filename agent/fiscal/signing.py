@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nacl.bindings import crypto_sign_open
+from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519, crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
 CODE_LENGTH = 24
@@ -100,6 +100,18 @@ class VerifyingKey:
 def load_verifying_key(text: str) -> VerifyingKey:
     """`load_public_key` for a key that will check many signatures (see VerifyingKey)."""
     return VerifyingKey(unb64url(text))
+
+
+def weak_public_key(text: str) -> bool:
+    """True for a key no honest key generator makes: a small-order point or a non-canonical
+    encoding (libsodium refuses to convert one). Under a small-order key, one forged signature
+    can verify for many messages, and OpenSSL accepts such signatures: registering such a key
+    is refused instead. `text` must already load (`load_public_key`)."""
+    try:
+        crypto_sign_ed25519_pk_to_curve25519(unb64url(text))
+    except RuntimeError:  # PyNaCl's answer to libsodium's -1
+        return True
+    return False
 
 
 def key_id(public_key: str) -> str:

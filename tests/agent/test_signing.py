@@ -16,7 +16,7 @@ from nacl.exceptions import BadSignatureError
 
 from agent.fiscal.signing import (
     CODE_LENGTH, VerifyingKey, auth_code, b32, generate_private_key, load_public_key, load_verifying_key,
-    public_key_text, unb32, verify,
+    public_key_text, unb32, verify, weak_public_key,
 )
 
 # Ed25519's group order: a scalar S must be below it.
@@ -108,3 +108,17 @@ def test_load_verifying_key_refuses_what_load_public_key_refuses():
     with pytest.raises(ValueError):
         load_verifying_key(base64.urlsafe_b64encode(b"\x01" * 31).decode())
     assert load_verifying_key(KEY_TEXT).raw == load_public_key(KEY_TEXT).public_bytes_raw()
+
+
+def _text(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("raw", [IDENTITY, ORDER_2, bytes(32), (2**255 - 19 + 1).to_bytes(32, "little")],
+                         ids=["identity", "order 2", "order 4 (y = 0)", "non-canonical y = p + 1"])
+def test_weak_keys_are_recognised(raw):
+    assert weak_public_key(_text(raw))
+
+
+def test_generated_keys_are_not_weak():
+    assert not any(weak_public_key(public_key_text(generate_private_key())) for _ in range(200))

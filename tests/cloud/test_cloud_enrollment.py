@@ -1,6 +1,7 @@
 """Enrollment tokens, agent tokens and admin authentication."""
 from __future__ import annotations
 
+import base64
 import logging
 
 from cloud_helpers import new_key
@@ -47,6 +48,18 @@ async def test_unknown_token_and_bad_key_refused(cloud):
     data = await cloud.post("/v1/enroll", {"token": token, "agent_public_key": "short"}, expect=422)
     assert data["type"].endswith("/bad_public_key")
     # The failed attempt did not burn the token.
+    await cloud.post("/v1/enroll", {"token": token, "agent_public_key": public}, expect=201)
+
+
+async def test_small_order_key_refused(cloud):
+    """Under the identity point, the signature (R = identity, S = 0) verifies (by OpenSSL's rule)
+    for every message: such a key must never be registered."""
+    await cloud.outlet()
+    token = await cloud.token("KIN-01")
+    identity = base64.urlsafe_b64encode((1).to_bytes(32, "little")).decode().rstrip("=")
+    data = await cloud.post("/v1/enroll", {"token": token, "agent_public_key": identity}, expect=422)
+    assert data["type"].endswith("/bad_public_key") and "small-order" in data["detail"]
+    _, public = new_key()  # the refusal did not burn the token
     await cloud.post("/v1/enroll", {"token": token, "agent_public_key": public}, expect=201)
 
 
