@@ -5,7 +5,7 @@ from typing import Any
 
 import aiohttp
 
-from .fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.credential import BlockClosure, DelegatedCredential
 
 
 class CloudError(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from .errors import AgentError
-from .fiscal.seal import verify_stalela_seal
+from fiscal.seal import verify_stalela_seal
 from .journal import Journal, SealJob, SealOutcome
 from .signers import SignerUnavailable
 

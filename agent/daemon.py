@@ -14,6 +14,7 @@ from . import systemd_notify
 from .api.app import init_app
 from .cloud_client import CloudClient
 from .config import AgentConfig
+from fiscal.examples import SAMPLE
 from .renewal import CredentialKeeper
 from .service import AgentService
 from .signers import Breaker
@@ -25,7 +26,6 @@ log = logging.getLogger("stalela.agent")
 def _warm_up(service: AgentService) -> None:
     """Pay the first-use costs (lazy imports, validators, tax table, first page reads) before
     READY, so the first invoice after a restart costs about what a warm one does. Seals nothing."""
-    from .cli.up import SAMPLE
     from .journal import credential_status
 
     try:

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .fiscal.canonical import GENESIS_HASH
-from .fiscal.credential import BlockClosure, DelegatedCredential
-from .fiscal.seal import chain_hash, verify_stalela_seal
+from fiscal.canonical import GENESIS_HASH
+from fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.seal import chain_hash, verify_stalela_seal
 from .verify import Fault, verify_z_chain
 from .store.bodies import unpack
 

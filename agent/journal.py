@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
-from .fiscal.canonical import GENESIS_HASH, Fragments, compose
-from .fiscal.credential import BlockClosure, DelegatedCredential
-from .fiscal.seal import apply_signature, chain_hash, credential_qr_part
+from fiscal.canonical import GENESIS_HASH, Fragments, compose
+from fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.seal import apply_signature, chain_hash, credential_qr_part
 from .identity import OutletIdentity
 from .store.bodies import pack, unpack
 from .store.db import connect

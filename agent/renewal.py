@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timezone
 
 from .cloud_client import CloudClient, CloudError
-from .fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.credential import BlockClosure, DelegatedCredential
 from .journal import credential_status
 from .service import AgentService
 
@@ -39,7 +39,7 @@ async def fetch_credential(service: AgentService, client: CloudClient) -> Delega
         raise CloudError(f"the cloud issued a credential for outlet {cred.outlet_id}, not ours")
     if not cred.verify(service.identity.issuer_public_key):
         raise CloudError("the credential is not signed by the enrolled issuer key")
-    from .fiscal.signing import load_private_key, public_key_text
+    from fiscal.signing import load_private_key, public_key_text
     if cred.agent_public_key != public_key_text(load_private_key(service.config.key_path)):
         raise CloudError("the credential certifies another agent key")
     service.journal.add_credential(cred)

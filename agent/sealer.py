@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from . import logs
     from .config import load_config, zone
-    from .fiscal.signing import load_private_key
+    from fiscal.signing import load_private_key
     from .identity import OutletIdentity
 
     logs.setup(args.log_level)

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from .config import AgentConfig, zone
 from .errors import AgentError, InvalidInvoice, SealingBlocked
-from .fiscal.canonical import Fragments, compose, sha256_hex
-from .fiscal.models import InvoiceRequest
-from .fiscal.signing import load_private_key
-from .fiscal.tax import TaxError, compute
+from fiscal.canonical import Fragments, compose, sha256_hex
+from fiscal.models import InvoiceRequest
+from fiscal.signing import load_private_key
+from fiscal.tax import TaxError, compute
 from .identity import OutletIdentity
 from .journal import Journal, SealJob, SealOutcome, credential_status
 from .signers import Breaker, SignerUnavailable
@@ -75,7 +75,7 @@ class AgentService:
         try:
             request = InvoiceRequest.model_validate(payload)
         except ValidationError as exc:
-            from .api.problems import validation_errors
+            from fiscal.runtime.problems import validation_errors
             raise InvalidInvoice("the invoice does not follow the contract", errors=validation_errors(exc)) from None
         today = datetime.now(self.tz).date()
         try:
@@ -252,10 +252,14 @@ class AgentService:
             status, color = "degraded", "amber"
         else:
             status = "ok"
-            if sync["pending"] and sync["worker"] == "running" and not sync["last_error"]:
-                color = "blue"
-            elif mode == "delegated" and (self.cloud_offline or (self.cloud is not None and not online)):
+            # Any sign that the cloud is out of reach wins over "synchronising": blue promises the
+            # cashier that the backlog is on its way, which an outage just begun does not keep
+            # (the outbox may simply not have tried yet while the cloud signer already failed).
+            offline = bool(self.cloud_offline or sync["last_error"] or (self.cloud is not None and not online))
+            if mode == "delegated" and offline:
                 color = "amber"
+            elif sync["pending"] and sync["worker"] == "running" and not offline:
+                color = "blue"
             else:
                 color = "green"
         body: dict[str, Any] = {

@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fiscal.canonical import GENESIS_HASH, Fragments, loads_plain
-from .fiscal.credential import BlockClosure, DelegatedCredential
-from .fiscal.seal import chain_hash, verify_stalela_seal
-from .fiscal.signing import load_verifying_key
+from fiscal.canonical import GENESIS_HASH, Fragments, loads_plain
+from fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.seal import chain_hash, verify_stalela_seal
+from fiscal.signing import load_verifying_key
 from .store.db import connect
 from .store.bodies import unpack
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent.fiscal.canonical import canonical_bytes, reference_canonical_bytes
-from agent.fiscal.signing import generate_private_key, load_verifying_key, public_key_text
+from fiscal.canonical import canonical_bytes, reference_canonical_bytes
+from fiscal.signing import generate_private_key, load_verifying_key, public_key_text
 
 from .loadgen import build_request, closed_loop
 from .workload import sample_sealed_dict

@@ -10,11 +10,11 @@ from typing import Any, AsyncIterator, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from agent.api.problems import problem
+from fiscal.runtime.problems import problem
 
 from .bodies import (CredentialBody, DeviceBody, EnrollBody, MerchantBody, OutletBody, RevokeBody,
                      SealBody, TokenBody, parse_body)
-from agent.fiscal.credential import BlockClosure
+from fiscal.credential import BlockClosure
 
 from .config import CloudConfig, parse_duration
 from .errors import PROBLEM_BASE, CloudError, Forbidden, Invalid, NotFound, Unauthorized

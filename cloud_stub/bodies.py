@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from agent.api.problems import validation_errors
-from agent.fiscal.credential import BlockClosure
-from agent.fiscal.models import InvoiceRequest
+from fiscal.runtime.problems import validation_errors
+from fiscal.credential import BlockClosure
+from fiscal.models import InvoiceRequest
 
 from .errors import CloudError, Invalid
 

@@ -21,10 +21,10 @@ from typing import Any, Mapping, NamedTuple
 
 from pydantic import ValidationError
 
-from agent.api.problems import validation_errors
-from agent.fiscal.models import SealedInvoice
-from agent.fiscal.seal import chain_hash, verify_stalela_seal
-from agent.fiscal.signing import load_verifying_key
+from fiscal.runtime.problems import validation_errors
+from fiscal.models import SealedInvoice
+from fiscal.seal import chain_hash, verify_stalela_seal
+from fiscal.signing import load_verifying_key
 
 from . import fastpath, textpath
 from .issuer import iso
@@ -242,7 +242,7 @@ def _check_fields(raw: dict) -> dict:
 def warm_up() -> None:
     """Run every path once (model, fast shape, encodings, a signature check) so the first real
     batch does not pay for lazy imports, compiled validators and the crypto backend's setup."""
-    from agent.fiscal.signing import generate_private_key, public_key_text
+    from fiscal.signing import generate_private_key, public_key_text
 
     key = public_key_text(generate_private_key())
     sample = {"id": "WARM", "mode": "delegated", "security": {"authority_id": "DC-WARM", "fiscal_number": 1},

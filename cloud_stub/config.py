@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from agent.fiscal.signing import generate_private_key, load_private_key, save_private_key
+from fiscal.signing import generate_private_key, load_private_key, save_private_key
 
 DEFAULT_DATA_DIR = Path("./cloud-data")
 DEFAULT_PORT = 8710

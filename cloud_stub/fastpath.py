@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from agent.fiscal.seal import STALELA_QR_TAG, qr_time
-from agent.fiscal.signing import auth_code, b32, unb64url, verify
+from fiscal.seal import STALELA_QR_TAG, qr_time
+from fiscal.signing import auth_code, b32, unb64url, verify
 
-# The encoder of `agent.fiscal.canonical.canonical_trusted`, returning text (joined, then encoded once).
+# The encoder of `fiscal.canonical.canonical_trusted`, returning text (joined, then encoded once).
 _enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 _SAFE = 2**53 - 1
 _CTRL = re.compile("[\x00-\x1f\x7f]").search

@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from agent.fiscal.credential import BlockClosure, DelegatedCredential
-from agent.fiscal.signing import key_id, public_key_text
+from fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.signing import key_id, public_key_text
 
 from .errors import Conflict, Invalid, NotFound
 from .repository import Tx

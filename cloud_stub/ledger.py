@@ -14,9 +14,9 @@ from decimal import Decimal
 from json.encoder import encode_basestring
 from zoneinfo import ZoneInfo
 
-from agent.fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
-from agent.fiscal.money import fmt2
-from agent.fiscal.seal import chain_hash
+from fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from fiscal.money import fmt2
+from fiscal.seal import chain_hash
 
 from .errors import Invalid
 from .issuer import iso

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from agent.fiscal.canonical import GENESIS_HASH
-from agent.fiscal.credential import DelegatedCredential
-from agent.fiscal.seal import credential_qr_part
+from fiscal.canonical import GENESIS_HASH
+from fiscal.credential import DelegatedCredential
+from fiscal.seal import credential_qr_part
 
 from . import ledger
 from .checks import Checked, Rejected, stored_seal_problems

@@ -7,7 +7,7 @@ import re
 import secrets
 from datetime import datetime, timedelta
 
-from agent.fiscal.signing import load_public_key, weak_public_key
+from fiscal.signing import load_public_key, weak_public_key
 
 from .config import TIME_ZONES
 from .errors import Conflict, Invalid, NotFound, Unauthorized

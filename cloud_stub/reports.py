@@ -1,6 +1,6 @@
 """X and A reports from the cloud ledger, per outlet and period.
 
-The figures come from `agent.reports.aggregate`, the very code the agent's X/Z/A reports use, so
+The figures come from `fiscal.reports`, the very code the agent's X/Z/A reports use, so
 for the same sealed invoices the cloud and the agent print the same numbers. The cloud does not
 close days: the equivalent of an agent's Z is the cloud X over that Z's period.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from agent.reports.aggregate import a_report, aggregate
+from fiscal.reports import a_report, aggregate
 
 from .errors import Invalid
 from .issuer import iso

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
-from agent.fiscal.credential import BlockClosure
-from agent.fiscal.models import InvoiceRequest
+from fiscal.credential import BlockClosure
+from fiscal.models import InvoiceRequest
 
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from agent.fiscal.canonical import GENESIS_HASH, request_fingerprint
-from agent.fiscal.models import InvoiceRequest, SealedInvoice
-from agent.fiscal.seal import apply_signature
-from agent.fiscal.tax import TaxError, compute
+from fiscal.canonical import GENESIS_HASH, request_fingerprint
+from fiscal.models import InvoiceRequest, SealedInvoice
+from fiscal.seal import apply_signature
+from fiscal.tax import TaxError, compute
 
 from . import ledger
 from .errors import Conflict, Invalid

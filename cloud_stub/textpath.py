@@ -25,7 +25,7 @@ import re
 from datetime import datetime
 from typing import Any, Mapping
 
-from agent.fiscal.signing import load_verifying_key
+from fiscal.signing import load_verifying_key
 
 from . import fastpath
 from .issuer import iso

@@ -16,8 +16,8 @@ from typing import Any
 
 from agent.api.keys import create_key
 from agent.config import write_default_config, write_secret
-from agent.fiscal.credential import DelegatedCredential
-from agent.fiscal.signing import generate_private_key, key_id, public_key_text, save_private_key
+from fiscal.credential import DelegatedCredential
+from fiscal.signing import generate_private_key, key_id, public_key_text, save_private_key
 from agent.identity import OutletIdentity
 from agent.store.db import connect, migrate
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from agent.fiscal.canonical import canonical_bytes, reference_canonical_bytes
-from agent.fiscal.models import InvoiceRequest
+from fiscal.canonical import canonical_bytes, reference_canonical_bytes
+from fiscal.models import InvoiceRequest
 from tests.support import invoice
 
 json_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
@@ -48,7 +48,7 @@ objects = st.dictionaries(ascii_keys, documents, max_size=8)
 @settings(max_examples=300, deadline=None)
 @given(objects, st.data())
 def test_compose_with_fragments_equals_rfc8785(doc, data):
-    from agent.fiscal.canonical import Fragments, compose
+    from fiscal.canonical import Fragments, compose
     frags = Fragments(doc)
     # Replace some values after the fragments were made: a stale fragment must never be used.
     for key in data.draw(st.lists(st.sampled_from(sorted(doc)), max_size=3, unique=True) if doc else st.just([])):
@@ -62,7 +62,7 @@ def test_compose_with_fragments_equals_rfc8785(doc, data):
 
 
 def test_fragment_of_a_replaced_value_is_not_used():
-    from agent.fiscal.canonical import Fragments, compose
+    from fiscal.canonical import Fragments, compose
     doc = {"items": [{"b": 1, "a": 2}], "x": "y"}
     frags = Fragments(doc)
     doc["items"] = [{"a": 3}]  # same key, another object
@@ -73,7 +73,7 @@ def test_fragment_of_a_replaced_value_is_not_used():
 @given(documents)
 def test_loads_plain_agrees_with_the_walk(doc):
     import json
-    from agent.fiscal.canonical import is_plain, loads_plain
+    from fiscal.canonical import is_plain, loads_plain
     text = json.dumps(doc, ensure_ascii=False)
     parsed, plain = loads_plain(text)
     assert plain == is_plain(json.loads(text))
@@ -81,7 +81,7 @@ def test_loads_plain_agrees_with_the_walk(doc):
 
 
 def test_loads_plain_refuses_what_the_fast_path_cannot_write():
-    from agent.fiscal.canonical import loads_plain
+    from fiscal.canonical import loads_plain
     assert loads_plain('{"a": 1.5}') == ({"a": 1.5}, False)
     assert loads_plain('{"a": 9007199254740993}') == ({"a": 9007199254740993}, False)
     assert loads_plain('{"é": "x"}') == ({"é": "x"}, False)

@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked
-from ..fiscal.models import MAX_ITEMS
+from fiscal.models import MAX_ITEMS
 from ..service import AgentService
 from . import keys
 from .openapi import openapi_document
-from .problems import problem
+from fiscal.runtime.problems import problem
 
 log = logging.getLogger("stalela.api")
 

@@ -22,7 +22,7 @@ from ..receipts import (PDF_FORMATS, WIDTHS, device_info_of, receipt_for, record
 from ..reports import BadPeriod, a_report_for, get_report, list_reports, run_z, x_report
 from ..reports.render import report_pdf, report_text
 from ..store.db import connect
-from .problems import problem
+from fiscal.runtime.problems import problem
 
 
 def _service(request: web.Request):

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from ..fiscal.models import InvoiceRequest, SealedInvoice
+from fiscal.models import InvoiceRequest, SealedInvoice
 
 PROBLEM = {
     "type": "object",

@@ -9,7 +9,7 @@ import click
 from .. import logs
 from ..cloud_client import CloudClient
 from ..config import DRC_ZONES, write_default_config, write_secret
-from ..fiscal.signing import generate_private_key, public_key_text, save_private_key
+from fiscal.signing import generate_private_key, public_key_text, save_private_key
 from ..identity import OutletIdentity
 from ..store.db import connect, migrate
 from .common import data_option, domain_errors, load, run_async

@@ -7,8 +7,8 @@ import click
 
 from ..cloud_client import CloudClient, CloudError
 from ..config import AgentConfig
-from ..fiscal.credential import DelegatedCredential
-from ..fiscal.signing import load_private_key, public_key_text
+from fiscal.credential import DelegatedCredential
+from fiscal.signing import load_private_key, public_key_text
 from ..identity import OutletIdentity
 from ..journal import credential_status
 from ..store.db import connect, migrate

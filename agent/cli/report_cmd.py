@@ -80,7 +80,7 @@ def report_z(data_dir, fmt):
     """
     import sqlite3
 
-    from ..fiscal.signing import load_private_key
+    from fiscal.signing import load_private_key
     from ..reports import close_z, notify_z_closed, offline_health
 
     config, identity, tz, conn = _open(data_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -16,16 +15,7 @@ import click
 from .. import logs
 from ..config import load_config, write_default_config, write_secret
 from ..store.db import connect, migrate
-
-SAMPLE = {
-    "type": "FV", "price_mode": "TTC", "invoice_number": "DEMO/1", "pos_terminal_id": "POS-01",
-    "operator": {"id": "1123", "name": "Jan"},
-    "items": [
-        {"name": "EAU", "type": "BIE", "tax_group": "A", "unit_price": "720.00", "quantity": "5"},
-        {"name": "LAIT GR", "type": "BIE", "tax_group": "B", "unit_price": "464.00"},
-    ],
-    "payments": [{"method": "E", "amount": "5000.00"}],
-}
+from fiscal.examples import SAMPLE
 
 
 def _stalela(*args: str) -> list[str]:

@@ -235,7 +235,7 @@ class DeviceSigner:
         from .firmware import firmware_strings
 
         self.state.firmware = firmware_strings(self.url)
-        from ..fiscal.tax.table import TaxTable
+        from fiscal.tax.table import TaxTable
 
         today = datetime.now(self.tz).date()
         self.state.rates_checked(TaxTable.load().check_device_rates(mcf.rates, today))

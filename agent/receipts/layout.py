@@ -17,8 +17,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ..fiscal.money import q2
-from ..fiscal.tax import TaxTable
+from fiscal.money import q2
+from fiscal.tax import TaxTable
 
 TITLES = {
     "FV": "FACTURE DE VENTE",

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from .aggregate import a_report, aggregate, article_lines
+from fiscal.reports import a_report, aggregate, article_lines
 from .core import (BadPeriod, a_report_for, close_z, get_report, last_z, list_reports, notify_z_closed,
                    offline_health, on_z_closed, report_hash, verify_report, x_report, z_chain_key, z_due)
 

@@ -20,10 +20,10 @@ import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterator
 
-from ..fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
-from ..fiscal.signing import b64url, load_public_key, public_key_text, sign, unb64url, verify
+from fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from fiscal.signing import b64url, load_public_key, public_key_text, sign, unb64url, verify
 from ..store.bodies import unpack
-from .aggregate import a_report, aggregate
+from fiscal.reports import a_report, aggregate
 
 log = logging.getLogger("stalela.reports")
 

@@ -2,13 +2,14 @@
 
 ``open_transport("/dev/ttyACM0")``, ``open_transport("socket://10.0.0.5:4001")``,
 ``open_transport("usb:1209:0001")``; other packages add schemes with ``register_scheme``
-(the simulator registers ``sim://``). Every transport can carry a ``spy`` stream that receives a
+(the simulator declares ``sim://`` as a ``stalela.transports`` entry point). Every transport can carry a ``spy`` stream that receives a
 hex dump of each byte written and read, so a technician can watch the wire without code changes.
 """
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
 from types import TracebackType
 from typing import Callable, Protocol, TextIO
 
@@ -113,6 +114,7 @@ class TransportFactory(Protocol):
 
 
 _SCHEMES: dict[str, Callable[..., Transport]] = {}
+ENTRY_POINT_GROUP = "stalela.transports"
 
 
 def register_scheme(name: str, factory: Callable[..., Transport]) -> None:
@@ -122,6 +124,18 @@ def register_scheme(name: str, factory: Callable[..., Transport]) -> None:
 
 def registered_schemes() -> list[str]:
     return sorted(_SCHEMES)
+
+
+def _plugin_scheme(scheme: str) -> Callable[..., Transport] | None:
+    """A scheme that an installed package declares in the ``stalela.transports`` entry-point group
+    (the bundled simulator declares ``sim``). Loaded on first use, so the driver never imports
+    the packages that extend it, and a configuration naming ``sim:///path/state.json`` works
+    without anyone importing the simulator first."""
+    for entry in entry_points(group=ENTRY_POINT_GROUP, name=scheme):
+        factory = entry.load()
+        register_scheme(scheme, factory)
+        return factory
+    return None
 
 
 def _scheme_of(url: str) -> str | None:
@@ -139,13 +153,7 @@ def open_transport(url: str, **kw: object) -> Transport:
     scheme = _scheme_of(url)
     if scheme is None:
         return transport_serial.SerialTransport(url, **kw)  # type: ignore[arg-type]
-    factory = _SCHEMES.get(scheme)
-    if factory is None and scheme == "sim":
-        # The bundled simulator registers sim:// when imported; do it on demand so that
-        # a configuration naming sim:///path/state.json works without importing it first.
-        import simulator.inprocess  # noqa: F401
-
-        factory = _SCHEMES.get(scheme)
+    factory = _SCHEMES.get(scheme) or _plugin_scheme(scheme)
     if factory is None:
         raise DeviceNotFound(
             f"unknown port scheme {scheme!r} in {url!r}; known: {', '.join(registered_schemes())}"

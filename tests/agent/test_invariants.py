@@ -15,8 +15,11 @@ from tests.support import invoice
 START = 5001
 
 
-def _hammer(agent, clients: int, per_client: int, prefix: str = "C"):
-    """Each client seals its invoices one after another; returns {request_id: (status, number)}."""
+def _hammer(agent, clients: int, per_client: int, prefix: str = "C", *, progress=None):
+    """Each client seals its invoices one after another; returns {request_id: (status, number)}.
+
+    `progress(n)`, when given, is called with the number of answers so far after each answer
+    (a test uses it to strike at a point of the run rather than at a moment in time)."""
     results: dict[str, tuple[int, int | None]] = {}
     lock = threading.Lock()
 
@@ -29,6 +32,9 @@ def _hammer(agent, clients: int, per_client: int, prefix: str = "C"):
                 return  # the agent was killed under us
             with lock:
                 results[rid] = (status, body["security"]["fiscal_number"] if status == 201 else None)
+                answered = len(results)
+            if progress is not None:
+                progress(answered)
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
@@ -194,7 +200,7 @@ def test_clock_backwards_never_signs_earlier(harness):
     from datetime import datetime, timezone
 
     from agent.config import zone
-    from agent.fiscal.signing import load_private_key
+    from fiscal.signing import load_private_key
     from agent.identity import OutletIdentity
     from agent.journal import Journal
     from agent.service import AgentService

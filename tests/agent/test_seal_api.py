@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fiscal.canonical import reference_canonical_bytes, sha256_hex
-from agent.fiscal.seal import chain_view, verify_qr, verify_stalela_seal
+from fiscal.canonical import reference_canonical_bytes, sha256_hex
+from fiscal.seal import chain_view, verify_qr, verify_stalela_seal
 from tests.support import invoice
 
 
@@ -92,7 +92,7 @@ def test_metrics(agent):
 
 
 def _agent_pub(agent):
-    from agent.fiscal.signing import public_key_text
+    from fiscal.signing import public_key_text
     return public_key_text(agent.agent_key)
 
 

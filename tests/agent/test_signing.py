@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from agent.fiscal.signing import (
+from fiscal.signing import (
     CODE_LENGTH, VerifyingKey, auth_code, b32, generate_private_key, load_public_key, load_verifying_key,
     public_key_text, unb32, verify, weak_public_key,
 )

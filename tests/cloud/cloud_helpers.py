@@ -9,12 +9,12 @@ from zoneinfo import ZoneInfo
 
 from aiohttp.test_utils import TestClient
 
-from agent.fiscal.canonical import GENESIS_HASH
-from agent.fiscal.credential import BlockClosure, DelegatedCredential
-from agent.fiscal.models import InvoiceRequest
-from agent.fiscal.seal import apply_signature
-from agent.fiscal.signing import generate_private_key, public_key_text
-from agent.fiscal.tax import compute
+from fiscal.canonical import GENESIS_HASH
+from fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.models import InvoiceRequest
+from fiscal.seal import apply_signature
+from fiscal.signing import generate_private_key, public_key_text
+from fiscal.tax import compute
 from cloud_stub.service import CloudService
 
 _ids = itertools.count(1)

@@ -51,7 +51,7 @@ def test_admin_workflow(tmp_path):
     assert "0 new flag(s)" in run("audit", "--data", data).stdout
     assert "valid: 0 entries" in run("verify", "--data", data, "--outlet", "LUB-01").stdout
     # The token printed by the CLI enrolls an agent.
-    from agent.fiscal.signing import generate_private_key, public_key_text
+    from fiscal.signing import generate_private_key, public_key_text
     from cloud_stub.config import CloudConfig
     from cloud_stub.service import CloudService
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from agent.fiscal.credential import BlockClosure
+from fiscal.credential import BlockClosure
 from cloud_stub.config import CloudConfig
 from cloud_stub.service import CloudService
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fiscal.credential import BlockClosure
+from fiscal.credential import BlockClosure
 
 
 @pytest.fixture

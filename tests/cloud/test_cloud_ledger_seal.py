@@ -5,12 +5,13 @@ import re
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.fiscal.canonical import GENESIS_HASH
-from agent.fiscal.models import SealedInvoice
-from agent.fiscal.seal import chain_hash, verify_qr, verify_stalela_seal
+from fiscal.canonical import GENESIS_HASH
+from fiscal.models import SealedInvoice
+from fiscal.seal import chain_hash, verify_qr, verify_stalela_seal
 import cloud_stub
 from cloud_stub.ledger import entry_hash
 
@@ -164,7 +165,9 @@ async def test_summary_counts_and_totals_per_group(cloud):
     await _seal(cloud, agent, invoice_request("105.00", group="C"))
     cred = await cloud.credential(agent)
     await cloud.reconcile(agent, [agent.seal(cred, cred.block_start, request=invoice_request("2320.00"))])
-    today = cloud.clock.now.date()
+    # The summary's period is in the outlet's zone (Kinshasa, UTC+1), not in UTC: between 23:00
+    # and 24:00 UTC the two dates differ.
+    today = cloud.clock.now.astimezone(ZoneInfo("Africa/Kinshasa")).date()
     summary = await cloud.get(f"/v1/outlets/KIN-01/summary?from={today}&to={today}", agent.headers)
     assert summary["count"] == 3
     assert summary["by_mode"] == {"cloud": 2, "delegated": 1}

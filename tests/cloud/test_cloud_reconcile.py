@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from agent.fiscal.canonical import GENESIS_HASH
-from agent.fiscal.credential import BlockClosure
-from agent.fiscal.seal import apply_signature, chain_hash
+from fiscal.canonical import GENESIS_HASH
+from fiscal.credential import BlockClosure
+from fiscal.seal import apply_signature, chain_hash
 from cloud_stub.config import CloudConfig
 
 from cloud_helpers import invoice_request, new_key, unsigned_invoice

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.fiscal.credential import DelegatedCredential
-from agent.fiscal.models import InvoiceRequest
-from agent.fiscal.signing import generate_private_key, public_key_text
+from fiscal.credential import DelegatedCredential
+from fiscal.models import InvoiceRequest
+from fiscal.signing import generate_private_key, public_key_text
 from cloud_stub import checks, textpath
 
 from cloud_helpers import Agent, invoice_request

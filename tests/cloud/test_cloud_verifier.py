@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from agent.fiscal.canonical import GENESIS_HASH
-from agent.fiscal.models import InvoiceRequest
-from agent.fiscal.seal import chain_hash
+from fiscal.canonical import GENESIS_HASH
+from fiscal.models import InvoiceRequest
+from fiscal.seal import chain_hash
 from cloud_stub import bodies
 from cloud_stub.config import CloudConfig
 from cloud_stub.errors import CloudError

@@ -11,8 +11,8 @@ def test_device_bench_measures_latency_beside_the_wire_bound(tmp_path):
     assert abs(r["dev_wire_ms"] - r["dev_bytes"] * 10 / 115200 * 1000) < 0.01  # bytes x 86.8 us
     assert abs(r["dev_bound_ms"] - (r["dev_wire_ms"] + r["dev_proc_ms"])) < 1.0
     assert r["dev_p50_ms"] >= r["dev_wire_ms"]  # wire timing is really emulated
-    # The bench reports the ratio against the 1.25 target (about 1.07 on an idle machine); the
-    # test keeps a margin for loaded CI runners, so it checks the order of magnitude only.
-    assert r["dev_ratio"] <= 1.5, r
+    # How close the latency comes to the bound is a timing: bench/ reports it against its target
+    # (docs/benchmarks.md). A test can only hold the physical side: no seal beats the wire.
+    assert r["dev_ratio"] >= 1.0, r
     table = device_bench.render([r])
     assert "wire timing on" in table and "× bound" in table

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load_config
-from agent.fiscal.canonical import GENESIS_HASH
-from agent.fiscal.seal import chain_hash
+from fiscal.canonical import GENESIS_HASH
+from fiscal.seal import chain_hash
 from agent.identity import OutletIdentity
 from agent.service import AgentService
 from tests.support import ROOT

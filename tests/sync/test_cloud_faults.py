@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.fiscal.seal import verify_qr
+from fiscal.seal import verify_qr
 from tests.faultproxy import FaultProxy
 from tests.support import CloudProcess, EnrolledAgent, invoice
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from agent.fiscal.models import InvoiceRequest
+from fiscal.models import InvoiceRequest
 
 D2024 = date(2024, 12, 4)  # the DGI example invoice
 D2025 = date(2025, 3, 1)  # the protocol's C1h / 38h examples

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from agent.fiscal.models import Totals
-from agent.fiscal.tax import TaxError, TaxTable, compute, credit_note_limit_check, mcf_balances
+from fiscal.models import Totals
+from fiscal.tax import TaxError, TaxTable, compute, credit_note_limit_check, mcf_balances
 from tax_factories import D2024, D2025, D2026, item, req
 
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from agent.fiscal.tax import TaxError, TaxTable, compute
-from agent.fiscal.tax.engine import compute_reference
+from fiscal.tax import TaxError, TaxTable, compute
+from fiscal.tax.engine import compute_reference
 from tax_factories import req
 
 TABLE = TaxTable.load()
@@ -182,7 +182,7 @@ def test_reference_results_give_the_same_json_forms():
 
 def test_the_benchmark_invoice_takes_the_fast_path():
     from bench.workload import ten_item_invoice
-    from agent.fiscal.models import InvoiceRequest
+    from fiscal.models import InvoiceRequest
 
     result = compute(InvoiceRequest.model_validate(ten_item_invoice("FAST-1")), date(2026, 3, 1))
     assert result._raw is not None

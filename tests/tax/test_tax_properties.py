@@ -7,9 +7,9 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.fiscal.models import Payment
-from agent.fiscal.money import MAX_AMOUNT, q2
-from agent.fiscal.tax import EXPORT_TYPES, TaxError, TaxTable, compute
+from fiscal.models import Payment
+from fiscal.money import MAX_AMOUNT, q2
+from fiscal.tax import EXPORT_TYPES, TaxError, TaxTable, compute
 from tax_factories import req
 
 TABLE = TaxTable.load()

@@ -5,9 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from agent.fiscal.money import MAX_AMOUNT
-from agent.fiscal.tax import TaxError, TaxTable, compute, line_amounts
-from agent.fiscal.models import Item
+from fiscal.money import MAX_AMOUNT
+from fiscal.tax import TaxError, TaxTable, compute, line_amounts
+from fiscal.models import Item
 from tax_factories import D2025, D2026, item, req
 
 
@@ -184,7 +184,7 @@ def test_line_amounts_helper_matches_compute():
 
 
 def test_group_total_helper_matches_33h_semantics():
-    from agent.fiscal.tax import group_total, vat_in_ttc, vat_on_ht
+    from fiscal.tax import group_total, vat_in_ttc, vat_on_ht
 
     rule = TaxTable.load().group("B", D2025)
     gt = group_total(rule, Decimal("500.00"), "TTC")

@@ -9,8 +9,8 @@ from importlib import resources
 
 import pytest
 
-from agent.fiscal.models import TAX_GROUPS
-from agent.fiscal.tax import TaxError, TaxTable, TaxTableError, compute
+from fiscal.models import TAX_GROUPS
+from fiscal.tax import TaxError, TaxTable, TaxTableError, compute
 from tax_factories import item, req
 
 # The rates of the protocol's C1h example (a 2025 device), TAXA..TAXP.
@@ -22,7 +22,7 @@ def device_rates(text: str = C1H_EXAMPLE) -> dict[str, Decimal]:
 
 
 def raw_table() -> list:
-    return json.loads(resources.files("agent.fiscal.tax").joinpath("groups.json").read_text(encoding="utf-8"))
+    return json.loads(resources.files("fiscal.tax").joinpath("groups.json").read_text(encoding="utf-8"))
 
 
 def test_load_is_cached():

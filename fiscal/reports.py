@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable
 
-from ..fiscal.money import fmt2
+from fiscal.money import fmt2
 
 CREDIT_TYPES = ("FA", "EA")
 INVOICE_TYPES = ("FV", "FT", "EV", "ET", "FA", "EA")
@@ -126,11 +126,6 @@ def aggregate(invoices: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- A report
-
-A_COLUMNS = ("invoice_id", "fiscal_number", "authority_id", "mode", "type", "invoice_number", "date",
-             "item_name", "item_code", "item_type", "tax_group", "rate", "quantity", "unit_price",
-             "total", "ht", "vat", "specific_tax", "client_type")
-
 
 def article_lines(inv: dict[str, Any]) -> list[dict[str, Any]]:
     """One line per item of a sealed invoice (the A report). Credit-note lines keep positive
