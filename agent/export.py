@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH, chain_key
 from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import chain_hash, verify_stalela_seal
 from .verify import Fault, verify_z_chain
@@ -242,8 +242,7 @@ def verify_export(out_dir: Path, *, issuer_public_key: str | None = None,
                     sec = inv["security"]
                     where += f" (invoice {inv['id']}, fiscal number {sec['fiscal_number']}, " \
                              f"authority {sec['authority_id']})"
-                    key = f"device:{sec['authority_id']}" if inv["mode"] == "device" else \
-                        f"{inv['mode']}:{inv['outlet_id']}"
+                    key = chain_key(inv["mode"], outlet_id=inv["outlet_id"], authority_id=sec["authority_id"])
                 except (ValueError, KeyError, TypeError):
                     fault(where, "not a readable sealed invoice")
                     continue

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
-from fiscal.canonical import GENESIS_HASH, Fragments, compose
+from fiscal.canonical import Fragments, compose
 from fiscal.credential import BlockClosure, DelegatedCredential
+from fiscal.invoice import counters, sealed_invoice, security
+from fiscal.protocol import GENESIS_HASH, chain_key, device_qr
 from fiscal.seal import apply_signature, chain_hash, credential_qr_part
 from .identity import OutletIdentity
 from .store.bodies import pack, unpack
@@ -128,7 +130,7 @@ class Journal:
         self._tz = tz
         self._clock = clock
         self._max_batch = max_batch
-        self._chain_key = f"delegated:{identity.outlet_id}"
+        self._chain_key = chain_key("delegated", outlet_id=identity.outlet_id)
         self._queue: queue.SimpleQueue[SealJob | None] = queue.SimpleQueue()
         self._wconn = connect(db_path)
         self.reader = connect(db_path)
@@ -313,7 +315,7 @@ class Journal:
         chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (self._chain_key,)).fetchone()
         prev_hash = chain["last_hash"] if chain else GENESIS_HASH
         last_ts = datetime.fromisoformat(chain["last_timestamp"]) if chain and chain["last_timestamp"] else None
-        counters = json.loads(chain["type_counters"]) if chain else {}
+        counters_by_type = json.loads(chain["type_counters"]) if chain else {}
 
         now = self._clock()
         if last_ts is not None and now < last_ts:
@@ -322,40 +324,14 @@ class Journal:
             now = last_ts
         cred, number = self._allocate(conn, now)
 
-        counters[req["type"]] = counters.get(req["type"], 0) + 1
+        counters_by_type[req["type"]] = counters_by_type.get(req["type"], 0) + 1
         local = now.astimezone(self._tz).replace(microsecond=0)
-        invoice = {
-            "id": str(uuid.uuid4()),
-            "request_id": req["request_id"],
-            "status": "sealed",
-            "mode": "delegated",
-            "type": req["type"],
-            "price_mode": req["price_mode"],
-            "invoice_number": req["invoice_number"],
-            "merchant_nif": self.identity.merchant_nif,
-            "outlet_id": self.identity.outlet_id,
-            "isf": self.isf,
-            "pos_terminal_id": req["pos_terminal_id"],
-            "operator": req["operator"],
-            "client": req["client"],
-            "items": req["items"],
-            "lines": job.lines,
-            "comments": req["comments"],
-            "reference": req["reference"],
-            "usd_rate": req["usd_rate"],
-            "totals": job.totals,
-            "security": {
-                "authority_id": cred.id,
-                "code": "",
-                "counters": {"type": counters[req["type"]], "total": number,
-                             "label": f"{counters[req['type']]}/{number} {req['type']}"},
-                "fiscal_number": number,
-                "timestamp": local.isoformat(),
-                "qr_payload": "",
-                "signature": None,
-            },
-            "chain": {"prev_hash": prev_hash, "hash": ""},
-        }
+        invoice = sealed_invoice(
+            req, invoice_id=str(uuid.uuid4()), mode="delegated", merchant_nif=self.identity.merchant_nif,
+            outlet_id=self.identity.outlet_id, isf=self.isf, lines=job.lines, totals=job.totals,
+            security=security(authority_id=cred.id, fiscal_number=number, timestamp=local.isoformat(),
+                              counters=counters(counters_by_type[req["type"]], number, req["type"])),
+            prev_hash=prev_hash)
         apply_signature(invoice, self._key, cred, credential_part=self._cred_part(cred), fragments=job.fragments)
         body = compose(invoice, job.fragments, sort=False)
         stamp = now.isoformat()
@@ -372,7 +348,7 @@ class Journal:
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
             " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp,"
             " type_counters=excluded.type_counters",
-            (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters)),
+            (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters_by_type)),
         )
         return SealOutcome(invoice, created=True, body_json=body, status="sealed", mode="delegated")
 
@@ -441,12 +417,12 @@ class Journal:
             return earlier
         invoice = {k: v for k, v in invoice.items() if k != "sync"}
         sec = invoice["security"]
-        chain_key = f"cloud:{invoice['outlet_id']}"
+        key = chain_key("cloud", outlet_id=invoice["outlet_id"])
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
             " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, sync_state, synced_at,"
             " reference_code) VALUES (?, ?, ?, 'sealed', 'cloud', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?)",
-            (invoice["id"], req["request_id"], job.fingerprint, chain_key, sec["authority_id"],
+            (invoice["id"], req["request_id"], job.fingerprint, key, sec["authority_id"],
              sec["fiscal_number"], invoice["type"], sec["code"], invoice["totals"]["total"], sec["timestamp"],
              _now_utc().isoformat(), invoice["chain"]["hash"], invoice["chain"]["prev_hash"],
              pack(json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))), _now_utc().isoformat(),
@@ -455,7 +431,7 @@ class Journal:
             "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
             " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
             " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
-            (chain_key, invoice["chain"]["hash"], sec["fiscal_number"], sec["timestamp"]))
+            (key, invoice["chain"]["hash"], sec["fiscal_number"], sec["timestamp"]))
         conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (req["request_id"],))
         self.sealed_count += 1
         return SealOutcome(invoice, created=True)
@@ -488,41 +464,33 @@ class Journal:
         earlier = self._answer_again(conn, job, intent_table="device_intents")
         if earlier is not None:
             return earlier
-        chain_key = f"device:{device['mid']}"
-        chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (chain_key,)).fetchone()
+        key = chain_key("device", outlet_id=self.identity.outlet_id, authority_id=device["mid"])
+        chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (key,)).fetchone()
         prev_hash = chain["last_hash"] if chain else GENESIS_HASH
         local = datetime.strptime(device["dt"], "%Y%m%d%H%M%S").replace(tzinfo=self._tz)
-        invoice = {
-            "id": str(uuid.uuid4()), "request_id": req["request_id"], "status": "sealed", "mode": "device",
-            "type": req["type"], "price_mode": req["price_mode"], "invoice_number": req["invoice_number"],
-            "merchant_nif": device["nif"], "outlet_id": self.identity.outlet_id, "isf": self.isf,
-            "pos_terminal_id": req["pos_terminal_id"], "operator": req["operator"], "client": req["client"],
-            "items": req["items"], "lines": job.lines, "comments": req["comments"],
-            "reference": req["reference"], "usd_rate": req["usd_rate"], "totals": job.totals,
-            "security": {
-                "authority_id": device["mid"], "code": device["sig"],
-                "counters": {"type": int(device["fc"]), "total": int(device["tc"]),
-                             "label": f"{int(device['fc'])}/{int(device['tc'])} {device['ft']}"},
-                "fiscal_number": int(device["tc"]), "timestamp": local.isoformat(),
-                "qr_payload": f"RDCDEF01;{device['mid']};{device['sig']};{device['nif']};{device['dt']}",
-                "signature": None,
-            },
-            "chain": {"prev_hash": prev_hash, "hash": ""},
-        }
+        fc, tc = int(device["fc"]), int(device["tc"])
+        # The MCF's security elements exactly as it returned them: counters, MID, SIG, DT, QR.
+        invoice = sealed_invoice(
+            req, invoice_id=str(uuid.uuid4()), mode="device", merchant_nif=device["nif"],
+            outlet_id=self.identity.outlet_id, isf=self.isf, lines=job.lines, totals=job.totals,
+            security=security(authority_id=device["mid"], code=device["sig"], fiscal_number=tc,
+                              timestamp=local.isoformat(), counters=counters(fc, tc, device["ft"]),
+                              qr_payload=device_qr(device["mid"], device["sig"], device["nif"], device["dt"])),
+            prev_hash=prev_hash)
         invoice["chain"]["hash"] = chain_hash(invoice, trusted=True)
         body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
             " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, reference_code)"
             " VALUES (?, ?, ?, 'sealed', 'device', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (invoice["id"], req["request_id"], job.fingerprint, chain_key, device["mid"], int(device["tc"]),
+            (invoice["id"], req["request_id"], job.fingerprint, key, device["mid"], int(device["tc"]),
              req["type"], device["sig"], job.totals["total"], local.isoformat(), _now_utc().isoformat(),
              invoice["chain"]["hash"], prev_hash, pack(body), _reference_code(req)))
         conn.execute(
             "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
             " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
             " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
-            (chain_key, invoice["chain"]["hash"], int(device["tc"]), local.isoformat()))
+            (key, invoice["chain"]["hash"], int(device["tc"]), local.isoformat()))
         conn.execute("DELETE FROM device_intents WHERE request_id = ?", (req["request_id"],))
         self.sealed_count += 1
         return SealOutcome(invoice, created=True)

@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from fiscal.canonical import GENESIS_HASH, Fragments, loads_plain
+from fiscal.canonical import Fragments, loads_plain
+from fiscal.protocol import GENESIS_HASH
 from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import chain_hash, verify_stalela_seal
 from fiscal.signing import load_verifying_key

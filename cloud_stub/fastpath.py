@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from fiscal.seal import STALELA_QR_TAG, qr_time
+from fiscal.seal import qr_time
+from fiscal.protocol import STALELA_QR_TAG
 from fiscal.signing import auth_code, b32, unb64url, verify
 
 # The encoder of `fiscal.canonical.canonical_trusted`, returning text (joined, then encoded once).

@@ -14,7 +14,9 @@ from decimal import Decimal
 from json.encoder import encode_basestring
 from zoneinfo import ZoneInfo
 
-from fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from fiscal.canonical import canonical_bytes, sha256_hex
+from fiscal.protocol import GENESIS_HASH
+from fiscal.protocol import chain_key as protocol_chain_key
 from fiscal.money import fmt2
 from fiscal.seal import chain_hash
 
@@ -65,9 +67,7 @@ def chain_key(outlet_id: str, invoice: dict) -> str:
 
 
 def chain_key_of(outlet_id: str, mode: str, authority_id: str) -> str:
-    if mode == "device":
-        return f"device:{authority_id}"
-    return f"{mode}:{outlet_id}"
+    return protocol_chain_key(mode, outlet_id=outlet_id, authority_id=authority_id)
 
 
 def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, int]:

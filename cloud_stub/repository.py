@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from fiscal.protocol import chain_key
+
 from .logs import event
 
 MIGRATIONS: list[str] = [
@@ -405,7 +407,7 @@ class Tx:
             "  ORDER BY id DESC LIMIT 1)"
             " UNION ALL SELECT MAX(fiscal_number) FROM rejections"
             "  WHERE outlet_id = ? AND reason = 'chain_break' AND mode = 'delegated')",
-            f"delegated:{outlet_id}", outlet_id)
+            chain_key("delegated", outlet_id=outlet_id), outlet_id)
         return row["n"] or 0
 
     # -- online seal idempotency ------------------------------------------------------------

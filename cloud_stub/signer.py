@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from fiscal.canonical import GENESIS_HASH, request_fingerprint
+from fiscal.canonical import request_fingerprint
+from fiscal.protocol import GENESIS_HASH, chain_key
+from fiscal.invoice import counters, sealed_invoice, security
 from fiscal.models import InvoiceRequest, SealedInvoice
 from fiscal.seal import apply_signature
 from fiscal.tax import TaxError, compute
@@ -54,7 +56,7 @@ def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: 
         return json.loads(tx.ledger_invoice(done["ledger_id"])), False
 
     number = tx.take_numbers(outlet["id"], 1)
-    key = f"cloud:{outlet['id']}"
+    key = chain_key("cloud", outlet_id=outlet["id"])
     head = tx.chain_head(key)
     moment = now.astimezone(ZoneInfo(outlet["time_zone"])).replace(microsecond=0)
     if head is not None:
@@ -64,28 +66,12 @@ def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: 
     last_same = tx.last_of_type(key, request.type)
     type_count = (json.loads(last_same["invoice"])["security"]["counters"]["type"] if last_same else 0) + 1
     total_count = (json.loads(head["invoice"])["security"]["counters"]["total"] if head else 0) + 1
-    # Payments live in the totals (settled by the tax engine), not beside them.
-    body = request.model_dump(mode="json", exclude={"request_id", "payments"})
-    invoice = {
-        "id": invoice_id or str(uuid.uuid4()),
-        "request_id": request.request_id,
-        "status": "sealed",
-        "mode": "cloud",
-        **body,
-        "merchant_nif": outlet["merchant_nif"],
-        "outlet_id": outlet["id"],
-        "isf": isf,
-        "lines": lines,
-        "totals": totals,
-        "security": {
-            "authority_id": authority_id(outlet["id"]),
-            "counters": {"type": type_count, "total": total_count,
-                         "label": f"{type_count}/{total_count} {request.type}"},
-            "fiscal_number": number,
-            "timestamp": moment.isoformat(),
-        },
-        "chain": {"prev_hash": head["invoice_hash"] if head else GENESIS_HASH},
-    }
+    invoice = sealed_invoice(
+        request.model_dump(mode="json"), invoice_id=invoice_id or str(uuid.uuid4()), mode="cloud",
+        merchant_nif=outlet["merchant_nif"], outlet_id=outlet["id"], isf=isf, lines=lines, totals=totals,
+        security=security(authority_id=authority_id(outlet["id"]), fiscal_number=number,
+                          counters=counters(type_count, total_count, request.type), timestamp=moment.isoformat()),
+        prev_hash=head["invoice_hash"] if head else GENESIS_HASH)
     apply_signature(invoice, issuer.private_key, None)
     SealedInvoice.model_validate(invoice)  # the contract holds for what the cloud itself seals
     ledger_id, _ = ledger.append(tx, outlet["id"], invoice, now)

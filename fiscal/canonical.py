@@ -183,5 +183,3 @@ def request_fingerprint(request: BaseModel | dict[str, Any]) -> str:
     """Identifies a request body for idempotency: same request_id + same fingerprint = same request."""
     return sha256_hex(canonical_bytes(request))
 
-
-GENESIS_HASH = "0" * 64

@@ -13,10 +13,9 @@ from typing import Annotated
 from pydantic import AwareDatetime, Field, model_validator
 
 from .models import Strict
+from .protocol import CLOSURE_TAG, CREDENTIAL_TAG
 from .signing import b64url, load_public_key, sign, unb64url, verify
 
-CREDENTIAL_TAG = "STLCRED1"
-CLOSURE_TAG = "STLCLOSE1"
 
 
 def utc_compact(moment: datetime) -> str:

@@ -24,10 +24,9 @@ from typing import Any
 
 from .canonical import Fragments, canonical_bytes, compose, sha256_hex
 from .credential import DelegatedCredential, parse_utc_compact, utc_compact
+from .protocol import STALELA_QR_TAG
 from .signing import auth_code, b32, b64url, load_public_key, unb32, unb64url, verify
 
-STALELA_QR_TAG = "RDCSTL01"
-DEVICE_QR_TAG = "RDCDEF01"
 
 
 def qr_time(timestamp: str) -> str:

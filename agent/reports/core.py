@@ -20,7 +20,8 @@ import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterator
 
-from fiscal.canonical import GENESIS_HASH, canonical_bytes, sha256_hex
+from fiscal.canonical import canonical_bytes, sha256_hex
+from fiscal.protocol import GENESIS_HASH
 from fiscal.signing import b64url, load_public_key, public_key_text, sign, unb64url, verify
 from ..store.bodies import unpack
 from fiscal.reports import a_report, aggregate

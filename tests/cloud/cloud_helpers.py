@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp.test_utils import TestClient
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.models import InvoiceRequest
 from fiscal.seal import apply_signature

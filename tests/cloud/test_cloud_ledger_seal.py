@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from fiscal.models import SealedInvoice
 from fiscal.seal import chain_hash, verify_qr, verify_stalela_seal
 import cloud_stub

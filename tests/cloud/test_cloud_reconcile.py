@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from fiscal.credential import BlockClosure
 from fiscal.seal import apply_signature, chain_hash
 from cloud_stub.config import CloudConfig

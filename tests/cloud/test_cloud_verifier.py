@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from fiscal.models import InvoiceRequest
 from fiscal.seal import chain_hash
 from cloud_stub import bodies

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load_config
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from fiscal.seal import chain_hash
 from agent.identity import OutletIdentity
 from agent.service import AgentService

@@ -6,7 +6,7 @@ from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from tests.reports.helpers import open_service, stalela, varied_request
 from tests.support import NIF
 
