@@ -1,4 +1,9 @@
-"""The agent daemon: HTTP API + journal writer + credential renewal, one process."""
+"""The agent daemon: the POS API, the journal, the signers and the background work, one process.
+
+The parts are composed with aiohttp's cleanup contexts, in the order they depend on each other
+(journal → cloud client and scheduler → signers → service → background work); each context
+opens its part, and the runner closes them in reverse on the way out, whatever failed.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,28 +11,38 @@ import logging
 import signal
 import time
 from datetime import datetime, timezone
+from typing import AsyncIterator
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from fiscal.examples import SAMPLE
+
 from . import systemd_notify
-from .api.app import init_app
+from .api.app import attach, init_app
 from .cloud_client import CloudClient
 from .config import AgentConfig
-from fiscal.examples import SAMPLE
+from .journal import Journal, credential_status
 from .renewal import CredentialKeeper
-from .service import AgentService
-from .signers import Breaker
+from .service import AgentService, build_policy, open_journal
+from .signers import Probing, SignerPolicy
+from .signers.delegated import DelegatedSigner
+from .signers.queued import QueuedSigner
 from .sync import SyncWorker
 
 log = logging.getLogger("stalela.agent")
+
+CONFIG = web.AppKey("config", AgentConfig)
+JOURNAL = web.AppKey("journal", Journal)
+CLIENT = web.AppKey("cloud_client", CloudClient)
+SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
+POLICY = web.AppKey("policy", SignerPolicy)
+DAEMON_SERVICE = web.AppKey("daemon_service", AgentService)
 
 
 def _warm_up(service: AgentService) -> None:
     """Pay the first-use costs (lazy imports, validators, tax table, first page reads) before
     READY, so the first invoice after a restart costs about what a warm one does. Seals nothing."""
-    from .journal import credential_status
-
     try:
         job = service.prepare({**SAMPLE, "request_id": "warm-up"})
         # The writer's first seal: signed and rolled back, so nothing stays and no number is used.
@@ -50,42 +65,33 @@ async def _warm_up_http(host: str, port: int) -> None:
         log.debug("HTTP warm-up skipped", exc_info=True)
 
 
-async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
-    started = time.monotonic()
-    service = AgentService.open(config)
-    service.breaker = Breaker(config.breaker_seconds)
+# ----------------------------------------------------------------------------- the parts
+async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[JOURNAL] = open_journal(app[CONFIG])
+    yield
+    app[JOURNAL].close()
+
+
+async def _cloud_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
     token = config.token_path.read_text("utf-8").strip() if config.token_path.exists() else None
-    client = CloudClient(config.cloud_url, token=token, timeout=config.cloud_timeout)
-    keeper = CredentialKeeper(service, client)
-    sync = SyncWorker(config.db_path, client, batch_size=config.sync_batch_size, interval=config.sync_interval,
-                      attempts=4, max_backoff=max(2.0, min(60.0, config.sync_interval * 10)))
-    service.sync = sync
-    if "cloud" in config.signer_policy and token:
-        from .cloud_signer import CloudSigner
-        service.cloud = CloudSigner(service.journal, config.cloud_url, token, service.identity.issuer_public_key,
-                                    isf=service.journal.isf, timeout=config.signer_cloud_timeout)
-    if config.device_url and "device" in config.signer_policy:
-        from .device.signer import from_config as device_signer
-        service.device = device_signer(config, service)
-        await service.device.start()  # start-up recovery runs first on the device's worker
-    _warm_up(service)
-    if config.sealing_process_enabled and "delegated" in config.signer_policy:
-        from .sealer import SealerProcess
-        # Started when delegated sales overlap, stopped after a quiet spell (see agent/sealer.py).
-        service.sealer = SealerProcess(config.data_dir, service.journal, idle_seconds=config.sealing_process_idle,
-                                       log_level=logging.getLevelName(logging.getLogger().level))
-    app = init_app(service)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    await _warm_up_http(config.host, config.port)
+    app[CLIENT] = CloudClient(config.cloud_url, token=token, timeout=config.cloud_timeout)
+    yield
+    await app[CLIENT].close()
 
-    scheduler = AsyncIOScheduler()
-    scheduler.add_job(keeper.check, "interval", seconds=config.check_interval, id="credential-renewal",
-                      max_instances=1, coalesce=True)
-    scheduler.start()
 
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[SCHEDULER] = AsyncIOScheduler()
+    yield
+    if app[SCHEDULER].running:
+        app[SCHEDULER].shutdown(wait=False)
+
+
+async def _signers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every signer the configured policy names and this outlet can run, behind one breaker each."""
+    config, journal, scheduler = app[CONFIG], app[JOURNAL], app[SCHEDULER]
+    wanted = set(config.signer_policy)
+    signers: dict = {}
     last_wake = [0.0]
 
     def renewal_wake() -> None:
@@ -97,71 +103,138 @@ async def serve(config: AgentConfig, *, ready_line: bool = True) -> None:
             if job is not None:
                 job.modify(next_run_time=datetime.now(timezone.utc))
 
-    service.renewal_wake = renewal_wake
-    asyncio.get_running_loop().create_task(keeper.check())  # first check right away, off the start path
-    sync_task = asyncio.get_running_loop().create_task(sync.run())
-    from .reports import run_scheduled_z
-    z_task = asyncio.get_running_loop().create_task(run_scheduled_z(service, config.reports_z_time))
+    sealer = None
+    if "delegated" in wanted:
+        if config.sealing_process_enabled:
+            from .sealer import SealerProcess
+            # Started when delegated sales overlap, stopped after a quiet spell (see agent/sealer.py).
+            sealer = SealerProcess(config.data_dir, journal, idle_seconds=config.sealing_process_idle,
+                                   log_level=logging.getLevelName(logging.getLogger().level))
+        signers["delegated"] = DelegatedSigner(journal, sealer=sealer, renew_below=config.renew_below_numbers,
+                                               on_low=renewal_wake)
+    if "queued" in wanted:
+        signers["queued"] = QueuedSigner(journal)
+    token = app[CLIENT].token
+    if "cloud" in wanted and token:
+        from .signers.cloud import CloudSigner
+        signers["cloud"] = CloudSigner(journal, config.cloud_url, token, journal.identity.issuer_public_key,
+                                       isf=journal.isf, timeout=config.signer_cloud_timeout)
+    device_breaker = None
+    if config.device_url and "device" in wanted:
+        from .device.signer import from_config as device_signer
+        from .signers import Breaker
+        device_breaker = Breaker(config.breaker_seconds)
+        signers["device"] = device_signer(config, journal, journal.identity, journal.tz,
+                                          on_available=device_breaker.reset)
+    policy = build_policy(config, signers, breakers={"device": device_breaker} if device_breaker else None)
+    app[POLICY] = policy
+    if "device" in signers:
+        await signers["device"].start()  # start-up recovery runs first on the device's worker
+    try:
+        yield
+    finally:
+        if "cloud" in signers:
+            await signers["cloud"].close()
+        if "device" in signers:
+            await signers["device"].close()
+        if sealer is not None:
+            await sealer.stop()
 
-    async def probe_cloud() -> None:
-        # One owner per source: re-close the cloud breaker as soon as the cloud answers again.
-        if service.cloud is not None and not service.breaker.allows("cloud"):
-            if await service.cloud.probe():
-                service.breaker.reset("cloud")
-                log.info("cloud signer back", extra={"event": "signer.recovered", "signer": "cloud"})
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, journal, client = app[CONFIG], app[JOURNAL], app[CLIENT]
+    sync = SyncWorker(config.db_path, client, batch_size=config.sync_batch_size, interval=config.sync_interval,
+                      attempts=4, max_backoff=max(2.0, min(60.0, config.sync_interval * 10)))
+    keeper = CredentialKeeper(journal, journal.identity, config, client)
+    delegated = app[POLICY].entry("delegated")
+    service = AgentService(config=config, journal=journal, policy=app[POLICY], sync=sync, keeper=keeper,
+                           sealer=delegated.signer.sealer if delegated is not None else None)
+    _warm_up(service)
+    attach(app, service)
+    app[DAEMON_SERVICE] = service
+    try:
+        yield
+    finally:
+        sync.close()
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Renewal, the outbox, the automatic Z, drafts, retention and the cloud probe."""
+    config, service, scheduler = app[CONFIG], app[DAEMON_SERVICE], app[SCHEDULER]
+    keeper = service.keeper
+    scheduler.add_job(keeper.check, "interval", seconds=config.check_interval, id="credential-renewal",
+                      max_instances=1, coalesce=True)
+    if "queued" in config.signer_policy:
+        scheduler.add_job(service.seal_drafts, "interval", seconds=max(1.0, config.sync_interval), id="drafts",
+                          max_instances=1, coalesce=True)
 
     async def retention() -> None:
         from .retention import discard_acknowledged
         await asyncio.wrap_future(service.journal.run_in_writer(
             lambda conn: discard_acknowledged(conn, config.retention_days)))
 
-    if "queued" in config.signer_policy:
-        scheduler.add_job(service.seal_drafts, "interval", seconds=max(1.0, config.sync_interval), id="drafts",
-                          max_instances=1, coalesce=True)
+    async def probe_signers() -> None:
+        # One owner per source: re-close a signer's breaker as soon as its link answers again.
+        for entry in service.policy.entries:
+            if not entry.breaker.allows() and isinstance(entry.signer, Probing) and await entry.signer.probe():
+                entry.breaker.reset()
+                log.info("signer back", extra={"event": "signer.recovered", "signer": entry.name})
+
     scheduler.add_job(retention, "interval", hours=1, id="retention", max_instances=1, coalesce=True)
-    scheduler.add_job(probe_cloud, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
-                      id="cloud-probe", max_instances=1, coalesce=True)
-
-    stop = asyncio.Event()
+    scheduler.add_job(probe_signers, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
+                      id="signer-probe", max_instances=1, coalesce=True)
+    scheduler.start()
+    from .reports import run_scheduled_z
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    log.info("agent ready", extra={"event": "agent.ready", "url": f"http://{config.host}:{config.port}",
-                                   "outlet": service.identity.outlet_id,
-                                   "startup_ms": round((time.monotonic() - started) * 1000, 1)})
-    systemd_notify.notify("READY=1\nSTATUS=sealing")
+    tasks = [loop.create_task(keeper.check()),  # first check right away, off the start path
+             loop.create_task(service.sync.run()),
+             loop.create_task(run_scheduled_z(service, config.reports_z_time))]
     interval = systemd_notify.watchdog_interval()
 
     async def watchdog() -> None:
         while True:
             await asyncio.sleep(interval)
             # Only ping while the journal writer is alive: a dead writer means a restart is due.
-            if service.journal._thread.is_alive():
+            if service.journal.writer_alive():
                 systemd_notify.notify("WATCHDOG=1")
 
-    wd = loop.create_task(watchdog()) if interval else None
+    if interval:
+        tasks.append(loop.create_task(watchdog()))
     try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def build_app(config: AgentConfig) -> web.Application:
+    app = init_app(config)
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([_journal_ctx, _cloud_client_ctx, _scheduler_ctx, _signers_ctx, _service_ctx,
+                            _background_ctx])
+    return app
+
+
+async def serve(config: AgentConfig) -> None:
+    started = time.monotonic()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()  # runs the cleanup contexts: every part is open from here
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        await _warm_up_http(config.host, config.port)
+        log.info("agent ready", extra={"event": "agent.ready", "url": f"http://{config.host}:{config.port}",
+                                       "outlet": app[JOURNAL].identity.outlet_id,
+                                       "startup_ms": round((time.monotonic() - started) * 1000, 1)})
+        systemd_notify.notify("READY=1\nSTATUS=sealing")
         await stop.wait()
     finally:
         log.info("agent stopping", extra={"event": "agent.stopping"})
         systemd_notify.notify("STOPPING=1")
-        if wd:
-            wd.cancel()
-        for task in (sync_task, z_task):
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        sync.close()
-        scheduler.shutdown(wait=False)
         await runner.cleanup()
-        await client.close()
-        if service.cloud is not None:
-            await service.cloud.close()
-        if service.device is not None:
-            await service.device.close()
-        if service.sealer is not None:
-            await service.sealer.stop()
-        service.close()

@@ -157,6 +157,14 @@ class Journal:
         self._wconn.close()
         self.reader.close()
 
+    @property
+    def tz(self):
+        """The outlet's zone: invoices are stamped in its local time."""
+        return self._tz
+
+    def writer_alive(self) -> bool:
+        return self._thread.is_alive()
+
     # ------------------------------------------------------------------ writing
     def submit(self, job: SealJob | WriterTask) -> Future:
         self._queue.put(job)

@@ -1,26 +1,39 @@
-"""The agent service: everything the HTTP layer needs, wired once at start-up."""
+"""The agent service: what the HTTP layer needs, composed once at start-up.
+
+It holds the parts the daemon built (journal, signer policy, sync worker, credential keeper)
+and answers the API's questions: prepare an invoice, seal it through the policy, read invoices,
+health. It decides nothing about which signer seals: that is agent/signers/policy.py.
+"""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Any
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .config import AgentConfig, zone
-from .errors import AgentError, InvalidInvoice, SealingBlocked
 from fiscal.canonical import Fragments, compose, sha256_hex
 from fiscal.models import InvoiceRequest
+from fiscal.runtime.problems import validation_errors
 from fiscal.signing import load_private_key
 from fiscal.tax import TaxError, compute
+
+from .config import AgentConfig, zone
+from .errors import AgentError, InvalidInvoice
 from .identity import OutletIdentity
 from .journal import Journal, SealJob, SealOutcome, credential_status
-from .signers import Breaker, SignerUnavailable
+from .signers import Breaker, PolicyEntry, SignerPolicy
+from .signers.delegated import DelegatedSigner
+from .signers.queued import QueuedSigner
 from .store.bodies import unpack
+
+if TYPE_CHECKING:
+    from .renewal import CredentialKeeper
+    from .sealer import SealerProcess
+    from .sync import SyncWorker
 
 log = logging.getLogger("stalela.agent")
 
@@ -29,42 +42,58 @@ class NotEnrolled(RuntimeError):
     pass
 
 
+def open_journal(config: AgentConfig) -> Journal:
+    """The enrolled outlet's journal, its writer started (NotEnrolled before `agent enroll`)."""
+    if not config.enrollment_path.exists():
+        raise NotEnrolled(f"{config.data_dir} is not enrolled yet: run `stalela agent enroll`")
+    identity = OutletIdentity.load(config.enrollment_path)
+    key = load_private_key(config.key_path)
+    tz = zone(config.time_zone or identity.time_zone)
+    journal = Journal(config.db_path, identity, key, tz, isf=config.isf, max_batch=config.max_batch)
+    journal.start()
+    return journal
+
+
+def local_policy(config: AgentConfig, journal: Journal, delegated: DelegatedSigner | None = None) -> SignerPolicy:
+    """The policy of the signers that need no link (delegated, queued), in the configured order;
+    the daemon adds the device and the cloud (agent/daemon.py)."""
+    return build_policy(config, {"delegated": delegated or DelegatedSigner(journal), "queued": QueuedSigner(journal)})
+
+
+def build_policy(config: AgentConfig, signers: dict[str, Any],
+                 breakers: dict[str, Breaker] | None = None) -> SignerPolicy:
+    """The configured order over the signers this outlet runs, each behind its own breaker (a
+    signer that closes its breaker itself, like the device's poll, brings its own)."""
+    breakers = breakers or {}
+    entries = [PolicyEntry(signers[name], breakers.get(name) or Breaker(config.breaker_seconds))
+               for name in config.signer_policy if name in signers]
+    missing = tuple(name for name in config.signer_policy if name not in signers)
+    return SignerPolicy(entries, not_configured=missing, order=tuple(config.signer_policy))
+
+
 @dataclass
 class AgentService:
     config: AgentConfig
-    identity: OutletIdentity
     journal: Journal
+    policy: SignerPolicy
+    sync: "SyncWorker | None" = None
+    keeper: "CredentialKeeper | None" = None
+    sealer: "SealerProcess | None" = None
     started_at: float = field(default_factory=time.monotonic)
-    last_renewal_error: str | None = None
-    cloud_offline: str | None = None  # set while the cloud cannot be reached for credential checks
-    sync: Any = None  # the SyncWorker, when the daemon runs one
-    # Optional signers, set by the daemon: `device` (agent.device.DeviceSigner) and `cloud`
-    # (agent.cloud_signer.CloudSigner). Each has `async seal(job) -> SealOutcome`, raising
-    # SignerUnavailable when it did not seal, and `health() -> dict`.
-    device: Any = None
-    cloud: Any = None
-    breaker: Breaker = field(default_factory=lambda: Breaker(30.0))
-    # Called when the active credential runs low, so renewal starts now rather than at the next
-    # interval (set by the daemon; it must be cheap and safe to call often).
-    renewal_wake: Any = None
-    # The sealing process (agent.sealer.SealerProcess) when the daemon runs one: delegated seals
-    # go there; the in-process writer takes over whenever it is not ready.
-    sealer: Any = None
 
     @classmethod
     def open(cls, config: AgentConfig) -> "AgentService":
-        if not config.enrollment_path.exists():
-            raise NotEnrolled(f"{config.data_dir} is not enrolled yet: run `stalela agent enroll`")
-        identity = OutletIdentity.load(config.enrollment_path)
-        key = load_private_key(config.key_path)
-        tz = zone(config.time_zone or identity.time_zone)
-        journal = Journal(config.db_path, identity, key, tz, isf=config.isf, max_batch=config.max_batch)
-        journal.start()
-        return cls(config=config, identity=identity, journal=journal)
+        """A service on the outlet's journal with the local signers only (tools, reports, tests)."""
+        journal = open_journal(config)
+        return cls(config=config, journal=journal, policy=local_policy(config, journal))
+
+    @property
+    def identity(self) -> OutletIdentity:
+        return self.journal.identity
 
     @property
     def tz(self):
-        return zone(self.config.time_zone or self.identity.time_zone)
+        return self.journal.tz
 
     def close(self) -> None:
         self.journal.close()
@@ -75,7 +104,6 @@ class AgentService:
         try:
             request = InvoiceRequest.model_validate(payload)
         except ValidationError as exc:
-            from fiscal.runtime.problems import validation_errors
             raise InvalidInvoice("the invoice does not follow the contract", errors=validation_errors(exc)) from None
         today = datetime.now(self.tz).date()
         try:
@@ -102,58 +130,13 @@ class AgentService:
         return row["request_hash"], self._with_sync(json.loads(unpack(row["body"])), row)
 
     def writer_answers_retries(self) -> bool:
-        """True when the first signer the policy would try is the journal's own (delegated):
-        the writer then answers a retried request_id itself, in the sealing transaction, and the
-        API need not look it up first."""
-        for name in self.config.signer_policy:
-            if name == "device" and self.device is None or name == "cloud" and self.cloud is None:
-                continue
-            return name == "delegated"
-        return False
+        """True when the first signer the policy would try answers a retried request_id itself,
+        in its sealing transaction (the journal's writer): the API need not look it up first."""
+        return self.policy.first_answers_retries()
 
     async def seal(self, job: SealJob, *, allow_queue: bool = True) -> SealOutcome:
-        """Seal with the first signer of the policy that can (see agent/signers.py)."""
-        unavailable: list[str] = []
-        policy = [p for p in self.config.signer_policy if allow_queue or p != "queued"]
-        for name in policy:
-            signer = {"device": self.device, "cloud": self.cloud}.get(name)
-            if name in ("device", "cloud"):
-                if signer is None:
-                    continue
-                if not self.breaker.allows(name):
-                    unavailable.append(f"{name}: {self.breaker.last_reason.get(name, 'unavailable')}")
-                    continue
-                try:
-                    outcome = await signer.seal(job)
-                except AgentError as exc:
-                    if exc.extra.get("reason", "").endswith("outcome_unknown"):
-                        # The link is bad: spare the next invoices the same wait.
-                        self.breaker.trip(name, exc.detail)
-                    raise
-                except SignerUnavailable as exc:
-                    self.breaker.trip(name, exc.reason)
-                    log.warning("signer unavailable", extra={"event": "signer.unavailable", "signer": name,
-                                                              "reason": exc.reason})
-                    unavailable.append(f"{name}: {exc.reason}")
-                    continue
-                return outcome
-            if name == "delegated":
-                try:
-                    outcome = await (self.sealer or self.journal).submit_async(job)
-                    left = self.journal.numbers_left
-                    if self.renewal_wake is not None and left is not None and left < self.config.renew_below_numbers:
-                        self.renewal_wake()
-                    return outcome
-                except SealingBlocked as exc:
-                    if "queued" not in policy:
-                        if unavailable:
-                            exc.detail += " (also unavailable: " + "; ".join(unavailable) + ")"
-                        raise
-                    unavailable.append(f"delegated: {exc.reason}")
-            if name == "queued":
-                return await asyncio.wrap_future(self.journal.run_in_writer(lambda c: self.journal.queue_draft(c, job)))
-        raise SealingBlocked("no signer of the policy can seal: " + ("; ".join(unavailable) or "none configured"),
-                             reason="no_signer")
+        """Seal with the first signer of the policy that can (see agent/signers/policy.py)."""
+        return await self.policy.seal(job, allow_drafts=allow_queue)
 
     async def seal_drafts(self, limit: int = 200) -> int:
         """Seal queued drafts, oldest first, as soon as a signer can (policy `queued`)."""
@@ -177,17 +160,8 @@ class AgentService:
 
     def next_mode(self) -> str | None:
         """The signer the next invoice would use, for health (without side effects)."""
-        for name in self.config.signer_policy:
-            if name in ("device", "cloud"):
-                signer = {"device": self.device, "cloud": self.cloud}[name]
-                if signer is not None and self.breaker.allows(name) and signer.health().get("available", True):
-                    return name
-            elif name == "delegated":
-                if credential_status(self.journal.reader)["remaining"] > 0:
-                    return name
-            elif name == "queued":
-                return name
-        return None
+        entry = self.policy.next_entry()
+        return entry.name if entry is not None else None
 
     # ---------------------------------------------------------------- reading
     @staticmethod
@@ -241,22 +215,24 @@ class AgentService:
         now = datetime.now(timezone.utc)
         cred = credential_status(self.journal.reader, now)
         sync = self.sync_status()
-        mode = self.next_mode()
+        entry = self.policy.next_entry()
+        mode = entry.name if entry is not None else None
         low = cred["remaining"] < self.config.renew_below_numbers and not cred["ready"]
-        online = mode in ("device", "cloud") or (self.cloud is not None and self.breaker.allows("cloud")
-                                                  and self.cloud.health().get("available", False))
-        if mode is None:
+        keeper = self.keeper
+        if entry is None:
             status, color = "blocked", "red"
-        elif mode == "queued" or (mode == "delegated" and low):
-            # Running low with no successor ready (a failed renewal shows in credential.last_renewal_error).
+        elif entry.signer.keeps_drafts or (isinstance(entry.signer, DelegatedSigner) and low):
+            # Drafts only, or the delegated block runs low with no successor ready (a failed
+            # renewal shows in credential.last_renewal_error).
             status, color = "degraded", "amber"
         else:
             status = "ok"
             # Any sign that the cloud is out of reach wins over "synchronising": blue promises the
             # cashier that the backlog is on its way, which an outage just begun does not keep
             # (the outbox may simply not have tried yet while the cloud signer already failed).
-            offline = bool(self.cloud_offline or sync["last_error"] or (self.cloud is not None and not online))
-            if mode == "delegated" and offline:
+            cloud_signer_down = self.policy.entry("cloud") is not None and not self.policy.reachable("cloud")
+            offline = bool((keeper and keeper.cloud_offline) or sync["last_error"] or cloud_signer_down)
+            if not entry.signer.online and offline:
                 color = "amber"
             elif sync["pending"] and sync["worker"] == "running" and not offline:
                 color = "blue"
@@ -266,14 +242,14 @@ class AgentService:
             "status": status,
             "state": color,
             "mode": mode,
-            "signers": {name: self._signer_state(name) for name in self.config.signer_policy},
-            "device": self.device.health() if self.device is not None else None,
+            "signers": self.policy.states(),
+            "device": self.policy.health_of("device"),
             "credential": {
                 "remaining_numbers": cred["remaining"],
                 "active": _public_cred(cred["active"]),
                 "ready": [_public_cred(c) for c in cred["ready"]],
-                "last_renewal_error": self.last_renewal_error,
-                "cloud_offline": self.cloud_offline,
+                "last_renewal_error": keeper.last_renewal_error if keeper else None,
+                "cloud_offline": keeper.cloud_offline if keeper else None,
             },
             "sync": {k: sync[k] for k in ("pending", "oldest_pending", "quarantined", "last_success", "last_error")},
             "clock_skew_seconds": self.journal.last_clock_skew,
@@ -285,18 +261,6 @@ class AgentService:
             body["reason"] = ("no signer can seal (no device or cloud, and the delegated credential's block "
                               "is used up or expired): sales must halt until a signer returns")
         return body
-
-    def _signer_state(self, name: str) -> str:
-        if name in ("device", "cloud"):
-            signer = {"device": self.device, "cloud": self.cloud}[name]
-            if signer is None:
-                return "not configured"
-            if not self.breaker.allows(name):
-                return "unavailable: " + self.breaker.last_reason.get(name, "")
-            return "available" if signer.health().get("available", True) else "unavailable"
-        if name == "delegated":
-            return "available" if credential_status(self.journal.reader)["remaining"] else "blocked"
-        return "available"
 
 
 def _public_cred(info: dict | None) -> dict | None:

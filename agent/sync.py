@@ -155,16 +155,6 @@ class SyncWorker:
         if progress:
             progress(len(rows))
 
-    async def upload_once(self, progress=None) -> int:
-        """Upload one batch (with retries); returns how many invoices were settled (0 = nothing to do)."""
-        rows = await asyncio.to_thread(self._pending)
-        if not rows:
-            return 0
-        answer = await self._upload(rows)
-        done, quarantined = await asyncio.to_thread(self._mark, rows, answer)
-        self._settled(rows, done, quarantined, progress)
-        return len(rows)
-
     async def drain(self, progress=None) -> int:
         """Upload every pending invoice, batch after batch, in sealing order.
 

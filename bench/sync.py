@@ -58,7 +58,7 @@ def _seal_backlog(workdir: Path, cloud: CloudProcess, count: int) -> tuple[Enrol
             async with CloudClient(config.cloud_url, token=agent.cloud_token, timeout=120) as client:
                 have = BLOCK  # enrollment fetched the first one
                 while have < count:
-                    await fetch_credential(service, client)
+                    await fetch_credential(service.journal, service.identity, service.config, client)
                     have += BLOCK
         asyncio.run(credentials())
         # Seal the backlog offline (in-process, group commit) while the cloud is idle.

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked
 from fiscal.models import MAX_ITEMS
+from ..config import AgentConfig
 from ..service import AgentService
 from . import keys
 from .openapi import openapi_document
@@ -231,12 +232,12 @@ async def not_found(request: web.Request) -> web.Response:
     return problem(404, "Not found", f"no route {request.method} {request.path}", "/problems/not-found")
 
 
-def init_app(service: AgentService) -> web.Application:
+def init_app(config: AgentConfig) -> web.Application:
+    """The POS API's routes and middlewares. The service is attached when the daemon has
+    composed it (see `attach` and agent/daemon.py)."""
     app = web.Application(middlewares=[problems_middleware, auth_middleware],
-                          client_max_size=service.config.max_body_bytes)
-    app[SERVICE] = service
+                          client_max_size=config.max_body_bytes)
     app[METRICS] = _metrics()
-    app[KEYS] = keys.KeyRing(service.journal.reader)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
@@ -248,3 +249,9 @@ def init_app(service: AgentService) -> web.Application:
     from . import documents
     documents.add_routes(app)
     return app
+
+
+def attach(app: web.Application, service: AgentService) -> None:
+    """Give the routes their service (and the API keys it stores)."""
+    app[SERVICE] = service
+    app[KEYS] = keys.KeyRing(service.journal.reader)

@@ -83,6 +83,9 @@ def _is_fn_refusal(exc: DeviceError) -> bool:
 
 class DeviceSigner:
     name = "device"
+    answers_retries = False
+    keeps_drafts = False
+    online = True
 
     def __init__(self, url: str, journal: Journal, *, nif: str, isf: str, tz: Any,
                  link_timeout: float = 0.5, retries: int = 3,
@@ -98,7 +101,7 @@ class DeviceSigner:
         self.on_available = on_available
         self.poll_seconds = poll_seconds
         self.probe_seconds = probe_seconds
-        self.state = DeviceHealth(url)
+        self.link = DeviceHealth(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcf-device")
         self._transport: Transport | None = None
         self._client: MCFClient | None = None
@@ -147,7 +150,7 @@ class DeviceSigner:
             # Wake often; poll every poll_seconds while the device answers, every probe_seconds
             # once it does not (so a replugged device is back within seconds).
             await asyncio.sleep(self.probe_seconds)
-            if self.state.reachable and time.monotonic() - last < self.poll_seconds:
+            if self.link.reachable and time.monotonic() - last < self.poll_seconds:
                 continue
             last = time.monotonic()
             try:
@@ -160,7 +163,7 @@ class DeviceSigner:
             self._notify(came_back)
 
     def _notify(self, came_back: bool) -> None:
-        if came_back and self.state.available and self.on_available is not None:
+        if came_back and self.link.available and self.on_available is not None:
             self.on_available()
 
     # ------------------------------------------------------------------ the API side
@@ -172,7 +175,10 @@ class DeviceSigner:
         return await asyncio.wrap_future(future)
 
     def health(self) -> dict[str, Any]:
-        return self.state.snapshot()
+        return self.link.snapshot()
+
+    def state(self) -> str:
+        return "available" if self.link.snapshot().get("available", True) else "unavailable"
 
     # ------------------------------------------------------------------ worker: link
     def _conn(self) -> sqlite3.Connection:
@@ -207,11 +213,11 @@ class DeviceSigner:
     def _link_failed(self, exc: Exception) -> None:
         self._drop_link()
         # PermissionDenied's message already names the fix (udev rule, group dialout).
-        self.state.failed(f"{type(exc).__name__}: {exc}")
+        self.link.failed(f"{type(exc).__name__}: {exc}")
 
     def _read_status(self, client: MCFClient):
         mcf = client.status()
-        came_back = self.state.reached(mcf, client.last_status)
+        came_back = self.link.reached(mcf, client.last_status)
         return mcf, came_back
 
     def _fresh_status(self):
@@ -231,14 +237,14 @@ class DeviceSigner:
         """Once per run: taxpayer info, and the tax rates against the table."""
         if self._identified:
             return
-        self.state.taxpayer = client.taxpayer()
+        self.link.taxpayer = client.taxpayer()
         from .firmware import firmware_strings
 
-        self.state.firmware = firmware_strings(self.url)
+        self.link.firmware = firmware_strings(self.url)
         from fiscal.tax.table import TaxTable
 
         today = datetime.now(self.tz).date()
-        self.state.rates_checked(TaxTable.load().check_device_rates(mcf.rates, today))
+        self.link.rates_checked(TaxTable.load().check_device_rates(mcf.rates, today))
         if mcf.nif != self.nif:
             log.error("the device belongs to another taxpayer", extra={
                 "event": "device.nif_mismatch", "device_nif": mcf.nif, "outlet_nif": self.nif})
@@ -246,12 +252,12 @@ class DeviceSigner:
 
     def _server_link(self, client: MCFClient) -> None:
         try:
-            self.state.server_link(client.server_link())
+            self.link.server_link(client.server_link())
         except DeviceError as exc:
             log.info("C2h refused", extra={"event": "device.c2h_refused", "error": exc.text})
 
     def _refresh_intents_count(self) -> None:
-        self.state.pending_intents = self._conn().execute("SELECT count(*) FROM device_intents").fetchone()[0]
+        self.link.pending_intents = self._conn().execute("SELECT count(*) FROM device_intents").fetchone()[0]
 
     # ------------------------------------------------------------------ worker: start-up, poll
     def _startup(self) -> bool:
@@ -274,8 +280,8 @@ class DeviceSigner:
             self._refresh_intents_count()
         if startup:
             log.info("device signer started", extra={"event": "device.started", "url": self.url,
-                                                     "available": self.state.available,
-                                                     "pending_intents": self.state.pending_intents})
+                                                     "available": self.link.available,
+                                                     "pending_intents": self.link.pending_intents})
         return came_back
 
     # ------------------------------------------------------------------ worker: sealing
@@ -343,7 +349,7 @@ class DeviceSigner:
             raise SignerUnavailable("device", f"device refused C1h: {exc.text}") from None
         if came_back and self.on_available is not None:
             self.on_available()
-        blocked = self.state.blocking_reason()
+        blocked = self.link.blocking_reason()
         if blocked:
             raise SignerUnavailable("device", blocked)
         if mcf.nif != self.nif:
@@ -467,8 +473,8 @@ def _kill_after_38h(transport: Transport) -> None:
     transport.write = write_then_die  # type: ignore[method-assign]
 
 
-def from_config(config, service) -> DeviceSigner:
-    """The daemon's constructor: url from [device], identity from the enrollment."""
-    return DeviceSigner(config.device_url, service.journal, nif=service.identity.merchant_nif,
-                        isf=service.journal.isf, tz=service.tz,
-                        on_available=lambda: service.breaker.reset("device"))
+def from_config(config, journal: Journal, identity, tz, on_available: Callable[[], None]) -> DeviceSigner:
+    """The daemon's constructor: url from [device], identity from the enrollment; `on_available`
+    closes the device's breaker as soon as the device answers again."""
+    return DeviceSigner(config.device_url, journal, nif=identity.merchant_nif, isf=journal.isf, tz=tz,
+                        on_available=on_available)

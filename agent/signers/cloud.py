@@ -15,10 +15,11 @@ from typing import Any
 
 import aiohttp
 
-from .errors import AgentError
 from fiscal.seal import verify_stalela_seal
-from .journal import Journal, SealJob, SealOutcome
-from .signers import SignerUnavailable
+
+from ..errors import AgentError, IdempotencyConflict
+from ..journal import Journal, SealJob, SealOutcome
+from .base import SignerUnavailable
 
 
 class CloudOutcomeUnknown(AgentError):
@@ -28,6 +29,11 @@ class CloudOutcomeUnknown(AgentError):
 
 
 class CloudSigner:
+    name = "cloud"
+    answers_retries = False
+    keeps_drafts = False
+    online = True
+
     def __init__(self, journal: Journal, base_url: str, token: str, issuer_public_key: str, *,
                  isf: str, timeout: float = 1.0) -> None:
         self.journal = journal
@@ -52,6 +58,9 @@ class CloudSigner:
 
     def health(self) -> dict[str, Any]:
         return {"available": self.last_error is None, "last_ok": self.last_ok, "last_error": self.last_error}
+
+    def state(self) -> str:
+        return "available" if self.last_error is None else "unavailable"
 
     async def probe(self) -> bool:
         """Used by the breaker's background probe: is the cloud answering?"""
@@ -101,10 +110,17 @@ class CloudSigner:
             return await asyncio.wrap_future(
                 self.journal.run_in_writer(lambda conn: self.journal.record_cloud_seal(conn, job, data)))
         detail = data.get("detail") if isinstance(data, dict) else None
-        if 400 <= status < 500 and status not in (408, 429):
-            # The cloud refused this invoice: it did not seal it.
+        if status == 409:
+            # The request_id was sealed before with another body: that is the POS's answer, not a
+            # failure of the cloud (its breaker stays closed, and no other signer may seal it).
             await self._forget(rid)
-            raise SignerUnavailable("cloud", f"cloud refused the invoice ({status}: {detail})")
+            raise IdempotencyConflict(detail or f"request_id {rid!r} was already used for a different invoice")
+        if 400 <= status < 500 and status not in (408, 429):
+            # The cloud refused this invoice: it did not seal it. Only a refusal of the agent itself
+            # (its token) says the link is unusable; a refused invoice leaves the breaker closed.
+            await self._forget(rid)
+            raise SignerUnavailable("cloud", f"cloud refused the invoice ({status}: {detail})",
+                                    link_failed=status in (401, 403))
         self.last_error = f"cloud error {status}"
         raise CloudOutcomeUnknown(f"the cloud answered {status}; retry the same request_id",
                                   reason="cloud_outcome_unknown")
