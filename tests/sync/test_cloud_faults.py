@@ -4,7 +4,9 @@ Each test asserts that nothing is lost and nothing is duplicated in the cloud le
 """
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import pytest
 
@@ -132,5 +134,33 @@ def test_lost_cloud_answer_never_seals_twice(tmp_path, cloud, proxy):
         rids = [e["invoice"]["request_id"] for e in ledger["entries"]] if "entries" in ledger else None
         if rids is not None:
             assert rids.count("L-1") == 1
+    finally:
+        agent.stop()
+
+
+def test_cloud_409_is_the_pos_answer_and_keeps_the_cloud_signer(tmp_path, cloud, proxy):
+    # A request_id the cloud already sealed with another body: the POS gets the 409, and the next
+    # sale still goes to the cloud (a 409 is not a signer failure: no breaker, no fallback).
+    agent = _agent(tmp_path, cloud, proxy, policy=("cloud", "delegated"), breaker_seconds=30)
+    try:
+        agent.start()
+        first = invoice("R409")
+        req = urllib.request.Request(cloud.url + "/v1/seal", method="POST",
+                                     data=json.dumps({"invoice": first, "isf": "ISF-1"}).encode(),
+                                     headers={"Authorization": f"Bearer {agent.cloud_token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:  # sealed by the cloud, unknown to the agent
+            assert resp.status == 201
+        other = invoice("R409", n_items=3)  # same request_id, another body
+        status, body, _ = agent.post("/v1/invoices", other)
+        assert status == 409 and body["type"] == "/problems/request-id-reused", body
+        health = agent.get("/v1/health", key=None)[1]
+        assert health["signers"]["cloud"] == "available" and health["mode"] == "cloud", health
+        status, body, _ = agent.post("/v1/invoices", invoice("AFTER-409"))
+        assert status == 201 and body["mode"] == "cloud", body
+        # Nothing was sealed for the refused request, by any signer.
+        conn = agent.db()
+        assert conn.execute("SELECT COUNT(*) FROM invoices WHERE request_id = 'R409'").fetchone()[0] == 0
+        conn.close()
     finally:
         agent.stop()
