@@ -6,9 +6,65 @@ process; the end-to-end tests start the real cloud.
 """
 from __future__ import annotations
 
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
 import pytest
+import time_machine
 
 from tests.support import AgentHarness
+
+# The hours at which a date changes somewhere it matters: 23:30 UTC is already tomorrow in
+# Kinshasa (UTC+1), 00:30 UTC is today in UTC but the day after a UTC "yesterday".
+CLOCK_EDGES = ("23:30", "00:30")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "clock_edges: run the test with the clock pinned at 23:30 and at 00:30 "
+                                       "UTC (this process by time-machine, its subprocesses by libfaketime)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("clock_edges"):
+        metafunc.parametrize("pinned_utc", CLOCK_EDGES, indirect=True)
+
+
+def _libfaketime() -> str:
+    for candidate in sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + \
+            [Path("/usr/local/lib/faketime/libfaketime.so.1")]:
+        if candidate.exists():
+            return str(candidate)
+    pytest.fail("tests marked clock_edges run their subprocesses under libfaketime: "
+                "apt-get install faketime (./dev test and .ci/run install it when they can)")
+
+
+@pytest.fixture(autouse=True)
+def pinned_utc(request):
+    """For a test marked `clock_edges`: today at the given UTC hour, ticking from there, for this
+    process (time-machine) and every process it starts (libfaketime preloaded through the
+    environment they inherit: a seam the tests own, nothing in our code knows of it). Autouse,
+    so it is set up before the test's other fixtures (a cloud's clock, an agent's credentials
+    are made at that hour)."""
+    if not hasattr(request, "param"):
+        yield None
+        return
+    hour, minute = map(int, request.param.split(":"))
+    real = datetime.now(timezone.utc)
+    target = real.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")}
+    os.environ.update(LD_PRELOAD=_libfaketime(), FAKETIME=f"{(target - real).total_seconds():+.0f}s",
+                      # Timeouts and intervals keep real time; only the calendar moves.
+                      FAKETIME_DONT_FAKE_MONOTONIC="1")
+    try:
+        with time_machine.travel(target, tick=True):
+            yield target
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -158,6 +158,7 @@ async def test_cloud_seal_refusals(cloud):
     assert (await _seal(cloud, agent, isf="ISF-7"))["isf"] == "ISF-7"
 
 
+@pytest.mark.clock_edges
 async def test_summary_counts_and_totals_per_group(cloud):
     await cloud.outlet()
     agent = await cloud.enroll()

@@ -76,6 +76,7 @@ def _reconciled_agent_and_cloud_agree(tmp_path, cloud, n: int) -> None:
     assert err.value.code in (400, 422)
 
 
+@pytest.mark.clock_edges
 def test_agent_and_cloud_reports_equal_on_1000_invoices(tmp_path, cloud):
     _reconciled_agent_and_cloud_agree(tmp_path, cloud, 1000)
 

@@ -1,6 +1,8 @@
 """X and Z reports after a day of mixed invoices: totals, reset, chain, CLI, verify, tampering."""
 from __future__ import annotations
 
+import pytest
+
 import json
 from collections import defaultdict
 from datetime import datetime
@@ -52,6 +54,7 @@ def _expected(invoices: list[dict]) -> dict:
     return exp
 
 
+@pytest.mark.clock_edges
 def test_z_after_a_day_of_mixed_invoices(harness):
     harness.add_credential(harness.credential(1, 1000))
     _record_device_invoices(harness.data_dir, 3)

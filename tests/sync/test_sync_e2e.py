@@ -116,6 +116,7 @@ def test_deleted_invoice_is_a_gap_flagged_by_the_cloud(agent, cloud):
     assert any(f.get("reason") == "gap" or "gap" in str(f) for f in flags), flags
 
 
+@pytest.mark.clock_edges
 def test_sync_cli(agent, cloud):
     agent.start()
     cloud.stop()
