@@ -47,10 +47,10 @@ def _warm_up(service: AgentService) -> None:
         job = service.prepare({**SAMPLE, "request_id": "warm-up"})
         # The writer's first seal: signed and rolled back, so nothing stays and no number is used.
         service.journal.rehearse(job)
+        service.stored_answer(job)
     except Exception:  # a warm-up must never stop the start
         log.debug("warm-up skipped", exc_info=True)
     credential_status(service.journal.reader)
-    service.existing("warm-up")
 
 
 async def _warm_up_http(host: str, port: int) -> None:

@@ -120,6 +120,17 @@ def _now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def stored_request(conn: sqlite3.Connection, request_id: str, fingerprint: str) -> sqlite3.Row | None:
+    """The one idempotency lookup, used by every path (the API, the writer, the device signer):
+    the stored row of this request_id (sealed, or a queued draft), or None. Raises
+    IdempotencyConflict when the request_id was used with another body."""
+    row = conn.execute("SELECT request_hash, body, status, sync_state, sync_reason FROM invoices"
+                       " WHERE request_id = ?", (request_id,)).fetchone()
+    if row is not None and row["request_hash"] != fingerprint:
+        raise IdempotencyConflict(f"request_id {request_id!r} was already used for a different invoice")
+    return row
+
+
 class Journal:
     def __init__(self, db_path: Path, identity: OutletIdentity, agent_key, tz, *,
                  isf: str = "", max_batch: int = 64, clock=_now_utc) -> None:
@@ -363,27 +374,19 @@ class Journal:
     def _answer_again(self, conn: sqlite3.Connection, job: SealJob, *, intent_table: str | None = None,
                       keep_draft: bool = False) -> SealOutcome | None:
         """Exactly-once per request: the stored answer for this request_id (409 if the body
-        differs), or None when it must be sealed now. A pending intent for it is settled too."""
+        differs), or None when it must be sealed now. A queued draft of this very request is
+        being sealed now: it is removed in this transaction (unless `keep_draft`). A pending
+        intent for it is settled too."""
         request_id = job.request["request_id"]
-        row = self._existing(conn, request_id, job, keep_draft=keep_draft)
+        row = stored_request(conn, request_id, job.fingerprint)
         if row is None:
+            return None
+        if row["status"] == "queued" and not keep_draft:
+            conn.execute("DELETE FROM invoices WHERE request_id = ? AND status = 'queued'", (request_id,))
             return None
         if intent_table is not None:
             conn.execute(f"DELETE FROM {intent_table} WHERE request_id = ?", (request_id,))
-        if row["request_hash"] != job.fingerprint:
-            raise IdempotencyConflict(f"request_id {request_id!r} was already used for a different invoice")
         return SealOutcome(json.loads(unpack(row["body"])), created=False)
-
-    @staticmethod
-    def _existing(conn: sqlite3.Connection, request_id: str, job: SealJob, *, keep_draft: bool = False):
-        """The stored row for this request_id, if any. A queued draft of the same request is
-        removed (it is being sealed now, in this transaction) unless `keep_draft`."""
-        row = conn.execute("SELECT request_hash, body, status FROM invoices WHERE request_id = ?",
-                           (request_id,)).fetchone()
-        if row is not None and row["status"] == "queued" and not keep_draft and row["request_hash"] == job.fingerprint:
-            conn.execute("DELETE FROM invoices WHERE request_id = ? AND status = 'queued'", (request_id,))
-            return None
-        return row
 
     @staticmethod
     def _check_discarded(conn: sqlite3.Connection, request_id: str) -> None:

@@ -24,7 +24,7 @@ from fiscal.tax import TaxError, compute
 from .config import AgentConfig, zone
 from .errors import AgentError, InvalidInvoice
 from .identity import OutletIdentity
-from .journal import Journal, SealJob, SealOutcome, credential_status
+from .journal import Journal, SealJob, SealOutcome, credential_status, stored_request
 from .signers import Breaker, PolicyEntry, SignerPolicy
 from .signers.delegated import DelegatedSigner
 from .signers.queued import QueuedSigner
@@ -121,13 +121,13 @@ class AgentService:
         fragments.add("totals", totals)
         return SealJob(request=as_json, fingerprint=fingerprint, lines=lines, totals=totals, fragments=fragments)
 
-    def existing(self, request_id: str) -> tuple[str, dict] | None:
-        row = self.journal.reader.execute(
-            "SELECT request_hash, body, sync_state, sync_reason FROM invoices WHERE request_id = ?",
-            (request_id,)).fetchone()
-        if row is None:
+    def stored_answer(self, job: SealJob) -> dict | None:
+        """The invoice already sealed for this request (with its sync state), None when it must
+        be sealed now (never seen, or waiting as a draft); 409 when the body differs."""
+        row = stored_request(self.journal.reader, job.request["request_id"], job.fingerprint)
+        if row is None or row["status"] == "queued":
             return None
-        return row["request_hash"], self._with_sync(json.loads(unpack(row["body"])), row)
+        return self._with_sync(json.loads(unpack(row["body"])), row)
 
     def writer_answers_retries(self) -> bool:
         """True when the first signer the policy would try answers a retried request_id itself,

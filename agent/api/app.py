@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked
+from ..errors import AgentError, InvalidInvoice, SealingBlocked
 from fiscal.models import MAX_ITEMS
 from ..config import AgentConfig
 from ..service import AgentService
@@ -152,13 +152,8 @@ async def post_invoice(request: web.Request) -> web.Response:
 
 def _stored_answer(service: AgentService, job) -> web.Response | None:
     """The stored answer to a retried request (409 if its body differs), or None."""
-    existing = service.existing(job.request["request_id"])
-    if existing is None or existing[1].get("status") == "queued":
-        return None
-    fingerprint, body = existing
-    if fingerprint != job.fingerprint:
-        raise IdempotencyConflict(f"request_id {job.request['request_id']!r} was already used for a different invoice")
-    return web.json_response(body, status=201)
+    body = service.stored_answer(job)
+    return web.json_response(body, status=201) if body is not None else None
 
 
 async def get_invoice(request: web.Request) -> web.Response:

@@ -45,7 +45,7 @@ from drivers.usb_fiscal_memory.protocol import Link
 from drivers.usb_fiscal_memory.transport import Transport, open_transport
 
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice
-from ..journal import Journal, SealJob, SealOutcome
+from ..journal import Journal, SealJob, SealOutcome, stored_request
 from ..signers import SignerUnavailable
 from ..store.bodies import unpack
 from ..store.db import connect
@@ -299,13 +299,10 @@ class DeviceSigner:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _existing(self, job: SealJob) -> SealOutcome | None:
-        row = self._conn().execute("SELECT request_hash, body FROM invoices WHERE request_id = ?",
-                                   (job.request["request_id"],)).fetchone()
-        if row is None:
+        """The stored answer when this request was sealed before; a queued draft of it is sealed now."""
+        row = stored_request(self._conn(), job.request["request_id"], job.fingerprint)
+        if row is None or row["status"] == "queued":
             return None
-        if row["request_hash"] != job.fingerprint:
-            raise IdempotencyConflict(
-                f"request_id {job.request['request_id']!r} was already used for a different invoice")
         return SealOutcome(json.loads(unpack(row["body"])), created=False)
 
     def _seal(self, job: SealJob) -> SealOutcome:
