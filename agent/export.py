@@ -22,6 +22,7 @@ from typing import Any, Callable
 from fiscal.protocol import GENESIS_HASH, chain_key
 from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import chain_hash, verify_stalela_seal
+from fiscal.signing import load_public_key, public_key_text
 from .verify import Fault, verify_z_chain
 from .store.bodies import unpack
 
@@ -160,6 +161,8 @@ class ExportReport:
     z_reports: int = 0
     chunks: int = 0
     faults: list[Fault] = field(default_factory=list)
+    manifest_issuer: str | None = None  # the issuer key the export names for itself
+    issuer_mismatch: bool = False  # a pinned issuer key was given and the export names another
 
     @property
     def ok(self) -> bool:
@@ -174,11 +177,60 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def issuer_key_from(value: str) -> str:
+    """The issuer public key an auditor pins, as base64url text, from what they were given.
+
+    `value` is a file (the key's text, a PEM public key, the agent's enrollment.json, or the
+    cloud's `GET /v1/issuer` or enrollment answer) or the key's base64url text itself.
+    Raises ExportError when it is none of these.
+    """
+    text = value.strip()
+    path = Path(value).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportError(f"cannot read the issuer key file {path}: {exc.__class__.__name__}") from None
+        origin = f"the file {path}"
+    else:
+        origin = repr(value)
+    candidate = _key_text_in(text)
+    try:
+        return public_key_text(load_public_key(candidate))
+    except (ValueError, TypeError):
+        raise ExportError(f"{origin} is neither a file holding an Ed25519 public key nor the key's "
+                          "base64url text (e.g. the issuer_public_key of the agent's enrollment.json)") from None
+
+
+def _key_text_in(text: str) -> str:
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(data, dict):
+            return str(data.get("issuer_public_key") or data.get("public_key") or "")
+    if text.startswith("-----BEGIN PUBLIC KEY-----"):
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            key = serialization.load_pem_public_key(text.encode("ascii"))
+            return public_key_text(key)  # type: ignore[arg-type]
+        except (ValueError, TypeError, UnicodeEncodeError):
+            return ""
+    return text
+
+
 def verify_export(out_dir: Path, *, issuer_public_key: str | None = None,
                   progress: Callable[[int], None] | None = None, max_faults: int = 50) -> ExportReport:
     """Check an export offline: file hashes against the manifest (naming a modified chunk),
     credentials against the issuer key, then every invoice's hash, chain link, signature, block
-    and numbering, then the Z chain. `issuer_public_key` defaults to the manifest's."""
+    and numbering, then the Z chain.
+
+    `issuer_public_key` pins the issuer: credentials and cloud seals must verify under it, and
+    a manifest naming another key is a fault. Without it the manifest's own key is used, which
+    proves the export consistent but not that the cloud issued its credentials: anyone can
+    re-sign an export under a key of their own and name that key in the manifest."""
     rep = ExportReport()
 
     def fault(where: str, problem: str) -> None:
@@ -193,9 +245,16 @@ def verify_export(out_dir: Path, *, issuer_public_key: str | None = None,
     if manifest.get("format") != FORMAT:
         fault("manifest.json", f"unknown format {manifest.get('format')!r}")
         return rep
-    issuer = issuer_public_key or manifest["issuer_public_key"]
-    if issuer_public_key and issuer_public_key != manifest["issuer_public_key"]:
-        fault("manifest.json", "the issuer key in the manifest is not the one given")
+    rep.manifest_issuer = manifest.get("issuer_public_key")
+    issuer = issuer_public_key or rep.manifest_issuer
+    if not issuer:
+        fault("manifest.json", "names no issuer key, and none was pinned")
+        return rep
+    if issuer_public_key and issuer_public_key != rep.manifest_issuer:
+        rep.issuer_mismatch = True
+        fault("manifest.json", f"names issuer key {rep.manifest_issuer}, not the pinned issuer key "
+                               f"{issuer_public_key}: the export was signed under another issuer "
+                               "(re-signed, or from another cloud)")
 
     # 1. files
     listed = {c["file"] for c in manifest["chunks"]} | {Z_FILE, "manifest.json"}
@@ -216,8 +275,9 @@ def verify_export(out_dir: Path, *, issuer_public_key: str | None = None,
         except ValueError:
             fault("manifest.json", "a credential is unreadable")
             continue
-        if not cred.verify(issuer):
-            fault(f"credential {cred.id}", "not signed by the issuer key")
+        if not _signed_by(cred, issuer):
+            fault(f"credential {cred.id}", "not signed by the pinned issuer key" if issuer_public_key
+                  else "not signed by the issuer key")
         if entry.get("closure"):
             closure = BlockClosure.model_validate(entry["closure"])
             if closure.credential_id != cred.id or not closure.verify(cred.agent_public_key):
@@ -246,7 +306,7 @@ def verify_export(out_dir: Path, *, issuer_public_key: str | None = None,
                 except (ValueError, KeyError, TypeError):
                     fault(where, "not a readable sealed invoice")
                     continue
-                _check_invoice(inv, key, state, manifest, creds, full, where, fault)
+                _check_invoice(inv, key, state, manifest, creds, issuer, full, where, fault)
     for key, info in manifest["chains"].items():
         st = state.get(key)
         if st is None or st["count"] != info["count"]:
@@ -279,7 +339,14 @@ def verify_export(out_dir: Path, *, issuer_public_key: str | None = None,
     return rep
 
 
-def _check_invoice(inv, key, state, manifest, creds, full, where, fault) -> None:
+def _signed_by(cred: DelegatedCredential, issuer: str) -> bool:
+    try:
+        return cred.verify(issuer)
+    except ValueError:  # an issuer key that does not load: nothing verifies under it
+        return False
+
+
+def _check_invoice(inv, key, state, manifest, creds, issuer, full, where, fault) -> None:
     sec = inv["security"]
     st = state.get(key)
     if st is None:
@@ -324,6 +391,14 @@ def _check_invoice(inv, key, state, manifest, creds, full, where, fault) -> None
                 kind = "repeated" if st["number"] is not None and number <= st["number"] else "skipped"
                 fault(where, f"numbering {kind}: expected {expected}, found {number}")
             st["cred"] = cred.id
+    elif inv["mode"] == "cloud":
+        # Sealed by the cloud itself, under the issuer key.
+        try:
+            problems = verify_stalela_seal(inv, issuer, check_chain=False)
+        except (ValueError, KeyError, TypeError) as exc:
+            problems = [f"security elements are malformed ({exc.__class__.__name__})"]
+        if problems:
+            fault(where, "; ".join(problems))
     elif inv["mode"] == "device":
         device_time = datetime.fromisoformat(sec["timestamp"]).strftime("%Y%m%d%H%M%S")
         expected_qr = f"RDCDEF01;{sec['authority_id']};{sec['code']};{inv['merchant_nif']};{device_time}"

@@ -14,7 +14,15 @@ import click
 
 from .device import DeviceOptions, FiscalDevice
 from .faults import HELP, NAMES, FaultSwitchboard, parse_assignment
-from .state import INVOICE_TYPES, FiscalState, FiscalStore, StateError, atomic_write
+from .state import (
+    DEFAULT_TIME_ZONE,
+    INVOICE_TYPES,
+    FiscalState,
+    FiscalStore,
+    StateError,
+    atomic_write,
+    device_zone,
+)
 
 CONTROL_POLL = 0.2  # how often `sim run` looks at its control file
 
@@ -27,6 +35,18 @@ def _state_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False, path_type=Path),
         help="Fiscal memory file of the simulated MCF (created on first `run`).",
     )(func)
+
+
+def _time_zone_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--time-zone", "time_zone", default=None, metavar="ZONE", help=help_text)
+
+
+def _check_zone(time_zone: str | None) -> None:
+    if time_zone is not None:
+        try:
+            device_zone(time_zone)
+        except StateError as exc:
+            raise click.BadParameter(str(exc), param_hint="--time-zone") from None
 
 
 def _fault_values(values: tuple[str, ...]) -> list[tuple[str, int | bool, int | None]]:
@@ -71,6 +91,8 @@ def sim() -> None:
 @click.option("--nif", default=None, help="Taxpayer NIF for a new device [A1234567B].")
 @click.option("--max-records", type=click.IntRange(min=1), default=None,
               help="Memory capacity of a new device, in invoices [100000].")
+@_time_zone_option(f"Zone whose local time the device's clock keeps, e.g. Africa/Lubumbashi "
+                   f"[{DEFAULT_TIME_ZONE} for a new device; an existing one keeps its own].")
 @click.option("--wire-timing", is_flag=True, help="Emulate 115200 baud 8N1 byte times.")
 @click.option("--answer-style", type=click.Choice(["table", "example"]), default="table",
               help="38h success as in the document's table (FN,SIG) or its example (SIG,FN).")
@@ -88,6 +110,7 @@ def run(
     mid: str | None,
     nif: str | None,
     max_records: int | None,
+    time_zone: str | None,
     wire_timing: bool,
     answer_style: str,
     c0h_fields: str,
@@ -103,6 +126,7 @@ def run(
       stalela sim run --state /tmp/mcf.json --pty --link /tmp/ttyMCF
       stalela sim run --state /tmp/mcf.json --tcp 127.0.0.1:4001 --fault syn_ms=300:1
       # then: serial.serial_for_url("socket://127.0.0.1:4001")
+      stalela sim run --state /tmp/mcf-lubumbashi.json --time-zone Africa/Lubumbashi
     """
     from .engine import MCFEngine
     from .pty_link import PtyLink
@@ -113,6 +137,8 @@ def run(
     for name, value, clear_after in _fault_values(faults):
         switchboard.set(name, value, clear_after)
     _check_identity(state_path, mid, nif)
+    _check_zone(time_zone)
+    _move_to_zone(state_path, time_zone)
     try:
         engine = MCFEngine(
             state_path,
@@ -122,7 +148,7 @@ def run(
                 wire_timing=wire_timing,
             ),
             faults=switchboard,
-            provision=_provision(state_path, mid, nif, max_records),
+            provision=_provision(state_path, mid, nif, max_records, time_zone),
         )
     except StateError as exc:
         raise click.ClickException(str(exc)) from None
@@ -136,7 +162,8 @@ def run(
     links: list[PtyLink | TcpLink] = []
     try:
         state = engine.state
-        click.echo(f"MCF {state.mid} NIF {state.nif}, fiscal memory {state_path}")
+        click.echo(f"MCF {state.mid} NIF {state.nif}, fiscal memory {state_path}, "
+                   f"clock {engine.device.now():%Y-%m-%d %H:%M:%S} ({state.time_zone})")
         if use_pty or link or not tcp:
             pty_link = PtyLink(engine, link)
             links.append(pty_link)
@@ -173,11 +200,13 @@ def _parse_hostport(text: str) -> tuple[str, int]:
 
 
 def _provision(
-    path: Path, mid: str | None, nif: str | None, max_records: int | None
+    path: Path, mid: str | None, nif: str | None, max_records: int | None, time_zone: str | None
 ) -> FiscalState | None:
     if FiscalStore(path).exists():
         return None
     kwargs: dict[str, Any] = {}
+    if time_zone:
+        kwargs["time_zone"] = time_zone
     if mid:
         kwargs["mid"] = mid
     if nif:
@@ -202,6 +231,19 @@ def _check_identity(path: Path, mid: str | None, nif: str | None) -> None:
     for label, wanted, actual in (("MID", mid, state.mid), ("NIF", nif, state.nif)):
         if wanted and wanted != actual:
             raise click.ClickException(f"{path} is device {label} {actual}, not {wanted}")
+
+
+def _move_to_zone(path: Path, time_zone: str | None) -> None:
+    """An existing device told to keep another zone's time: its clock follows (same offset)."""
+    store = FiscalStore(path)
+    if time_zone is None or not store.exists():
+        return
+    try:
+        state = store.load()
+        if state.time_zone != time_zone:
+            store.save(dataclasses.replace(state, time_zone=time_zone))
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 class _ControlFile:
@@ -256,7 +298,7 @@ def status(state_path: Path) -> None:
     last = s.last_invoice
     click.echo(f"MID {s.mid}   NIF {s.nif}")
     unset = "" if device.clock_is_set() else " (not set)"
-    click.echo(f"clock       {device.now():%Y-%m-%d %H:%M:%S}{unset}")
+    click.echo(f"clock       {device.now():%Y-%m-%d %H:%M:%S} ({s.time_zone}){unset}")
     per_type = "  ".join(f"{t} {s.counters[t]}" for t in INVOICE_TYPES)
     click.echo(f"counters    TC {s.tc}  FVC {s.fvc}  FRC {s.frc}  ({per_type})")
     if last is None:
@@ -275,27 +317,34 @@ def status(state_path: Path) -> None:
 @_state_option
 @click.option("--at", "when", metavar="'YYYY-MM-DD HH:MM:SS'", help="Device time to set [now].")
 @click.option("--unset", is_flag=True, help="Forget the time: the clock-not-set status bit.")
-def set_clock(state_path: Path, when: str | None, unset: bool) -> None:
+@_time_zone_option("Keep this zone's local time from now on [the device's own].")
+def set_clock(state_path: Path, when: str | None, unset: bool, time_zone: str | None) -> None:
     """Set (or unset) the clock of a stopped simulated MCF.
+
+    The time is local time in the device's zone (see `sim status`); without --at the clock
+    is set to the zone's current time.
 
     \b
     Example:
       stalela sim set-clock --state /tmp/mcf.json --at '2026-03-01 12:25:47'
+      stalela sim set-clock --state /tmp/mcf.json --time-zone Africa/Lubumbashi
       stalela sim set-clock --state /tmp/mcf.json --unset
     """
+    _check_zone(time_zone)
     device = _open_device(state_path)
     if unset:
-        device.state = dataclasses.replace(device.state, clock_offset=None)
+        zone = time_zone or device.state.time_zone
+        device.state = dataclasses.replace(device.state, clock_offset=None, time_zone=zone)
         device.store.save(device.state)
         click.echo("clock not set")
         return
     try:
-        moment = datetime.strptime(when, "%Y-%m-%d %H:%M:%S") if when else datetime.now()
+        moment = datetime.strptime(when, "%Y-%m-%d %H:%M:%S") if when else None
     except ValueError:
         message = f"{when!r} is not YYYY-MM-DD HH:MM:SS"
         raise click.BadParameter(message, param_hint="--at") from None
-    device.set_clock(moment)
-    click.echo(f"clock set to {device.now():%Y-%m-%d %H:%M:%S}")
+    device.set_clock(moment, time_zone=time_zone)
+    click.echo(f"clock set to {device.now():%Y-%m-%d %H:%M:%S} ({device.state.time_zone})")
 
 
 @sim.command("daily-report")

@@ -44,6 +44,7 @@ from .state import (
     FiscalStore,
     JournalEntry,
     LastInvoice,
+    local_now,
 )
 
 DT_FORMAT = "%Y%m%d%H%M%S"
@@ -156,14 +157,25 @@ class FiscalDevice:
         return self.state.clock_offset is not None and not self.faults.clock_not_set
 
     def now(self) -> datetime:
+        """The device's clock: local time where it is installed (``state.time_zone``), naive.
+
+        Everything the device dates (DT of 38h and C1h, the DGI link, the daily report) reads
+        this, never the host's clock, whose zone is the host's business (often UTC).
+        """
         if self.clock_is_set():
-            return datetime.now() + timedelta(seconds=self.state.clock_offset or 0.0)
+            offset = timedelta(seconds=self.state.clock_offset or 0.0)
+            return local_now(self.state.time_zone) + offset
         return UNSET_CLOCK_EPOCH + timedelta(seconds=time.monotonic() - self._booted)
 
-    def set_clock(self, when: datetime) -> None:
-        self.state = dataclasses.replace(
-            self.state, clock_offset=(when - datetime.now()).total_seconds()
-        )
+    def set_clock(self, when: datetime | None = None, *, time_zone: str | None = None) -> None:
+        """Set the clock to ``when`` (local time; None: the zone's current time), optionally
+        moving the device to another zone first, as a technician would on installation."""
+        state = self.state
+        if time_zone is not None:
+            state = dataclasses.replace(state, time_zone=time_zone)
+        reference = local_now(state.time_zone)
+        offset = 0.0 if when is None else (when - reference).total_seconds()
+        self.state = dataclasses.replace(state, clock_offset=offset)
         self.store.save(self.state)
 
     def records_left(self) -> int:

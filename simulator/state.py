@@ -23,6 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .amounts import GROUPS
 
@@ -52,10 +53,26 @@ DEFAULT_MID = "SIM0000001-1"
 DEFAULT_NIF = "A1234567B"
 DEFAULT_MAX_RECORDS = 100_000
 MID_PATTERN = re.compile(r"^[A-Z0-9]{2,20}-[0-9]{1,4}$")  # NID-ACNT
+# A real MCF keeps the outlet's local time (DT has no zone). The DRC has two zones, both
+# without daylight saving: Kinshasa (west, UTC+1) and Lubumbashi (east, UTC+2).
+DEFAULT_TIME_ZONE = "Africa/Kinshasa"
 
 
 class StateError(Exception):
     """The fiscal memory file is missing, unreadable or inconsistent."""
+
+
+def device_zone(name: str) -> ZoneInfo:
+    """The IANA zone the device's clock keeps; StateError if ``name`` is not one."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise StateError(f"time zone {name!r} is not an IANA zone (e.g. {DEFAULT_TIME_ZONE})") from exc
+
+
+def local_now(zone_name: str) -> datetime:
+    """Wall-clock time in ``zone_name``, naive, as the device's DT shows it."""
+    return datetime.now(device_zone(zone_name)).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -102,7 +119,8 @@ class FiscalState:
     rates: dict[str, str]
     counters: dict[str, int]
     max_records: int
-    clock_offset: float | None  # seconds added to the host clock; None: clock not set
+    # Seconds added to the wall-clock time in ``time_zone``; None: clock not set.
+    clock_offset: float | None
     last_invoice: LastInvoice | None = None
     dgi_sent: int = 0  # EC of C2h
     dgi_last_connection: str = ""  # DT of C2h
@@ -110,6 +128,7 @@ class FiscalState:
     last_report_at: str = ""
     journal_count: int = 0
     journal_bytes: int = 0
+    time_zone: str = DEFAULT_TIME_ZONE  # where the device is installed: its DT is local there
     format: int = FORMAT
 
     # -- derived counters (C1h) -------------------------------------------------------------
@@ -142,6 +161,7 @@ class FiscalState:
         rates: dict[str, str] | None = None,
         max_records: int = DEFAULT_MAX_RECORDS,
         clock_set: bool = True,
+        time_zone: str = DEFAULT_TIME_ZONE,
     ) -> "FiscalState":
         """A freshly provisioned device with a new random secret."""
         if not MID_PATTERN.match(mid):
@@ -150,6 +170,7 @@ class FiscalState:
             raise StateError(f"NIF {nif!r} is not valid")
         if max_records < 1:
             raise StateError("max_records must be at least 1")
+        device_zone(time_zone)
         merged_rates = dict(DEFAULT_RATES)
         merged_rates.update(rates or {})
         return cls(
@@ -162,7 +183,8 @@ class FiscalState:
             max_records=max_records,
             clock_offset=0.0 if clock_set else None,
             # The daily-report clock starts when the device is put into service.
-            last_report_at=datetime.now().strftime("%Y%m%d%H%M%S") if clock_set else "",
+            last_report_at=local_now(time_zone).strftime("%Y%m%d%H%M%S") if clock_set else "",
+            time_zone=time_zone,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -179,6 +201,7 @@ class FiscalState:
             raise StateError(f"fiscal memory has unexpected fields: {exc}") from exc
         if set(state.counters) != set(INVOICE_TYPES) or set(state.rates) != set(GROUPS):
             raise StateError("fiscal memory counters or rates are incomplete")
+        device_zone(state.time_zone)
         return state
 
 

@@ -38,11 +38,21 @@ _TRAILER = BCC_SIZE + 1
 def bcc(body: bytes) -> bytes:
     """Checksum of ``body`` (the bytes LEN..AMB inclusive): 16-bit sum as 4 nibbles + 30h.
 
-    Ambiguity 1: the document says "positions 2 to 6" for responses too, where AMB is at 8;
-    we sum LEN..AMB for both directions (Datecs-family behaviour) and accept nothing else.
+    Ambiguity 1: the response table says "positions 2 to 6" (LEN..BRK), where AMB is at 8.
+    We always *send* the LEN..AMB sum (Datecs-family behaviour, and what the command table
+    means by the same words); ``decode_response`` also *accepts* the literal LEN..BRK sum,
+    since a device built to the letter of the table is as likely as one built to its intent.
     """
     total = sum(body) & 0xFFFF
     return bytes(0x30 + ((total >> shift) & 0xF) for shift in (12, 8, 4, 0))
+
+
+def response_bcc_literal(body: bytes) -> bytes:
+    """The other reading of a response's BCC: positions 2 to 6 of the table, LEN..BRK.
+
+    ``body`` is the response's LEN..AMB; the literal span leaves out STA(6) and AMB.
+    """
+    return bcc(body[: -STATUS_SIZE - 1])
 
 
 def _check_range(name: str, value: int) -> None:
@@ -93,8 +103,12 @@ def encode_response(seq: int, cmd: int, data: bytes, status: bytes) -> bytes:
     return _wrap(bytes(data) + bytes((BRK,)) + bytes(status) + bytes((AMB,)), seq, cmd)
 
 
-def _unwrap(frame: bytes, overhead: int) -> tuple[int, int, bytes]:
-    """Check the envelope and BCC; return (seq, cmd, counted bytes between CMD and AMB)."""
+def _unwrap(frame: bytes, overhead: int, *, response: bool) -> tuple[int, int, bytes]:
+    """Check the envelope and BCC; return (seq, cmd, counted bytes between CMD and AMB).
+
+    A command's BCC must be the LEN..AMB sum (the command table is unambiguous); a response's
+    may be either reading of ambiguity 1, and nothing else.
+    """
     frame = bytes(frame)
     if len(frame) < 1 + overhead + _TRAILER:
         raise FramingError(f"frame too short ({len(frame)} bytes)")
@@ -110,7 +124,8 @@ def _unwrap(frame: bytes, overhead: int) -> tuple[int, int, bytes]:
     body = frame[1 : 1 + counted]
     if body[-1] != AMB:
         raise FramingError("AMB missing before BCC")
-    if frame[1 + counted : 1 + counted + BCC_SIZE] != bcc(body):
+    received = frame[1 + counted : 1 + counted + BCC_SIZE]
+    if received != bcc(body) and not (response and received == response_bcc_literal(body)):
         raise FramingError("BCC mismatch")
     seq, cmd = body[1], body[2]
     _check_range("SEQ", seq)
@@ -119,12 +134,12 @@ def _unwrap(frame: bytes, overhead: int) -> tuple[int, int, bytes]:
 
 
 def decode_command(frame: bytes) -> CommandFrame:
-    seq, cmd, inner = _unwrap(frame, _COMMAND_OVERHEAD)
+    seq, cmd, inner = _unwrap(frame, _COMMAND_OVERHEAD, response=False)
     return CommandFrame(seq, cmd, inner)
 
 
 def decode_response(frame: bytes) -> ResponseFrame:
-    seq, cmd, inner = _unwrap(frame, _RESPONSE_OVERHEAD)
+    seq, cmd, inner = _unwrap(frame, _RESPONSE_OVERHEAD, response=True)
     # inner = DATA BRK STA(6); BRK's place is fixed by LEN, so DATA may itself contain 04h.
     if inner[-STATUS_SIZE - 1] != BRK:
         raise FramingError("BRK missing before STA")

@@ -22,13 +22,14 @@ class SimDevice:
     """MCFEngine + PtyLink, in the test process; the agent opens the pty's symlink."""
 
     def __init__(self, folder: Path, *, nif: str = NIF, mid: str = MID, rates: dict | None = None,
-                 wire_timing: bool = False) -> None:
+                 wire_timing: bool = False, time_zone: str = "Africa/Kinshasa") -> None:
         from simulator.device import DeviceOptions
 
         folder.mkdir(parents=True, exist_ok=True)
         self.state_path = folder / "state.json"
         self.engine = MCFEngine(self.state_path, options=DeviceOptions(wire_timing=wire_timing),
-                                provision=FiscalState.new(mid=mid, nif=nif, taxpayer=TAXPAYER, rates=rates))
+                                provision=FiscalState.new(mid=mid, nif=nif, taxpayer=TAXPAYER, rates=rates,
+                                                          time_zone=time_zone))
         self.link_path = folder / "ttyMCF"
         self.pty = PtyLink(self.engine, self.link_path)
         self.pty.start()

@@ -67,13 +67,50 @@ def test_response_frame_bcc_covers_len_to_amb_including_sta():
     assert decode_response(frame) == ResponseFrame(0x21, 0x35, b"R0", status)
 
 
-def test_response_with_bcc_over_positions_2_to_6_only_is_rejected():
-    status = IDLE
-    good = encode_response(0x21, 0x35, b"R0", status)
-    body_2_to_6 = good[1:6]  # LEN..DATA: the literal reading of the table
-    wrong = good[:-5] + bcc(body_2_to_6) + bytes([ETX])
-    with pytest.raises(FramingError, match="BCC"):
-        decode_response(wrong)
+# Ambiguity 1, byte for byte: SEQ 21h, CMD 35h, DATA "R0", STA 80h x6. LEN = 20h + 13.
+#   LEN..BRK (positions 2 to 6, the table's letter): 2Dh+21h+35h+52h+30h+04h      = 0109h
+#   LEN..AMB (what we send; the table's intent):     0109h + 6 x 80h + 05h         = 040Eh
+_R0_BODY = bytes([0x2D, 0x21, 0x35, 0x52, 0x30, BRK] + [0x80] * 6 + [AMB])
+R0_WITH_LEN_TO_AMB_BCC = bytes([SOH]) + _R0_BODY + bytes([0x30, 0x34, 0x30, 0x3E, ETX])
+R0_WITH_LEN_TO_BRK_BCC = bytes([SOH]) + _R0_BODY + bytes([0x30, 0x31, 0x30, 0x39, ETX])
+R0 = ResponseFrame(0x21, 0x35, b"R0", IDLE)
+
+
+def test_response_bcc_ambiguity_we_send_len_to_amb():
+    assert encode_response(0x21, 0x35, b"R0", IDLE) == R0_WITH_LEN_TO_AMB_BCC
+
+
+def test_response_bcc_ambiguity_len_to_amb_reading_accepted():
+    assert decode_response(R0_WITH_LEN_TO_AMB_BCC) == R0
+
+
+def test_response_bcc_ambiguity_positions_2_to_6_reading_accepted():
+    # A device that sums only LEN..BRK, as the response table literally says, is understood.
+    assert decode_response(R0_WITH_LEN_TO_BRK_BCC) == R0
+
+
+@pytest.mark.parametrize(
+    "digits",
+    [
+        bytes([0x30, 0x31, 0x30, 0x35]),  # LEN..DATA (0105h): neither reading
+        bytes([0x30, 0x34, 0x30, 0x3F]),  # LEN..AMB + 1
+        bytes([0x30, 0x31, 0x30, 0x3A]),  # LEN..BRK + 1
+        bytes([0x30, 0x30, 0x30, 0x30]),
+    ],
+)
+def test_response_bcc_ambiguity_bcc_matching_neither_reading_rejected(digits):
+    frame = bytes([SOH]) + _R0_BODY + digits + bytes([ETX])
+    with pytest.raises(FramingError, match="BCC mismatch"):
+        decode_response(frame)
+
+
+def test_command_bcc_has_one_reading_only():
+    # The command table's "positions 2 to 6" is LEN..AMB exactly: no second reading there.
+    frame = encode_command(0x21, 0x35, b"R0")
+    body = frame[1:-5]
+    short = bytes([SOH]) + body + bcc(body[:-1]) + bytes([ETX])  # LEN..DATA
+    with pytest.raises(FramingError, match="BCC mismatch"):
+        decode_command(short)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from drivers.usb_fiscal_memory.errors import LinkTimeout, TooManyRetries
 from drivers.usb_fiscal_memory.framing import (
     NAK,
     SYN,
+    bcc,
     decode_command,
     encode_command,
     encode_response,
@@ -133,3 +134,14 @@ def test_on_traffic_sees_both_directions():
 def test_timeout_below_document_minimum_refused():
     with pytest.raises(ValueError):
         Link(DummyTransport(), timeout=0.1)
+
+
+def test_response_bcc_ambiguity_positions_2_to_6_answer_taken_without_resend():
+    # Ambiguity 1: an MCF summing LEN..BRK (the response table's letter) is understood at once.
+    good = answer(0x20, 0x33, b"4100.00")
+    body = good[1:-5]
+    literal = good[:1] + body + bcc(body[: -6 - 1]) + good[-1:]
+    assert literal != good
+    dummy, link = make([literal])
+    assert link.transact(0x33).data == b"4100.00"
+    assert len(dummy.written) == 1

@@ -33,6 +33,18 @@ def test_bad_bcc_gets_nak(engine: MCFEngine) -> None:
     assert engine.frames_executed == 0
 
 
+def test_response_bcc_ambiguity_simulator_sends_len_to_amb(engine: MCFEngine) -> None:
+    # The driver accepts two readings of a response's BCC; the simulator keeps sending one,
+    # the LEN..AMB sum, checked here by hand rather than through the shared helper.
+    out = engine.receive(_c1h())
+    body = out[1:-5]
+    assert body[-1] == 0x05 and body[-8] == 0x04  # ... BRK STA(6) AMB
+    total = sum(body) & 0xFFFF
+    assert out[-5:-1] == bytes(0x30 + (total >> s & 0xF) for s in (12, 8, 4, 0))
+    literal = sum(body[:-7]) & 0xFFFF  # LEN..BRK, the other reading
+    assert out[-5:-1] != bytes(0x30 + (literal >> s & 0xF) for s in (12, 8, 4, 0))
+
+
 def test_line_noise_between_frames_is_ignored(engine: MCFEngine) -> None:
     out = engine.receive(b"\x00\xff\x02garbage" + _c1h() + b"\x7f")
     assert decode_response(out).cmd == 0xC1

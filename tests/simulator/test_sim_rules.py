@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from simulator.device import DeviceOptions
@@ -304,7 +304,7 @@ def test_daily_report_required_after_configured_hours(tmp_path: Path) -> None:
     engine = MCFEngine(tmp_path / "m.json", options=DeviceOptions(daily_report_every_hours=24))
     host = Host(engine)
     assert not host.send(0xC1).status.daily_report_required
-    yesterday = (datetime.now() - timedelta(hours=25)).strftime("%Y%m%d%H%M%S")
+    yesterday = (engine.device.now() - timedelta(hours=25)).strftime("%Y%m%d%H%M%S")
     engine.device.state = dataclasses.replace(engine.state, last_report_at=yesterday)
     assert host.send(0xC1).status.daily_report_required
 
