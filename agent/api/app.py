@@ -26,6 +26,7 @@ log = logging.getLogger("stalela.api")
 SERVICE = web.AppKey("service", AgentService)
 METRICS = web.AppKey("metrics", dict)
 KEYS = web.AppKey("keys", keys.KeyRing)
+API_KEY_NAME = web.RequestKey("api_key_name", str)  # the name of the key the request came with
 
 PUBLIC_PATHS = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
@@ -75,7 +76,7 @@ async def auth_middleware(request: web.Request, handler):
     name = request.app[KEYS].lookup(token) if token.isascii() and token.isprintable() else None
     if name is None:
         return problem(401, "Unauthorized", "the API key is not valid for this agent", "/problems/unauthorized")
-    request["api_key_name"] = name
+    request[API_KEY_NAME] = name
     return await handler(request)
 
 
