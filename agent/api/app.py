@@ -56,6 +56,8 @@ async def problems_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 404:  # the router's answer to an unknown path
+            return problem(404, "Not found", f"no route {request.method} {request.path}", "/problems/not-found")
         return problem(exc.status, exc.reason, exc.text or exc.reason)
     except Exception:  # never a stack trace to the POS
         log.exception("unhandled error", extra={"event": "api.error", "path": request.path})

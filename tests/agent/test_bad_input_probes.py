@@ -85,6 +85,12 @@ def test_authorization_header_that_is_not_utf8_is_401(agent, value):
     assert agent.numbers() == before
 
 
+def test_unknown_route_is_the_documented_404(agent):
+    status, body, headers = agent.get("/v1/nothing-here")
+    _assert_problem(status, body, headers, 404)
+    assert body["type"] == "/problems/not-found" and "/v1/nothing-here" in body["detail"]
+
+
 @pytest.mark.parametrize("query", [
     "cursor=99999999999999999999999",
     "cursor=9223372036854775808",           # SQLite's largest INTEGER + 1
