@@ -29,9 +29,10 @@ from fiscal.runtime.problems import problem
 
 
 # Rendering (receipts and reports, text, PDF or ESC/POS) runs in these threads, not on the event
-# loop: a 500-item receipt is milliseconds of CPU, and a dozen at once held every seal waiting
-# behind them (one seal went from 16 ms to 730 ms). Two threads: the work is Python under the
-# GIL, so more would only queue for the interpreter beside the loop, not finish sooner.
+# loop: a 500-item receipt is milliseconds of CPU, and with a dozen rendered on the loop at once
+# every seal waited behind them (issue 10 measured one seal going from 16 ms to 730 ms). Two
+# threads: the work is Python under the GIL, so more would only queue for the interpreter beside
+# the loop, not finish sooner.
 RENDERER = web.AppKey("renderer", ThreadPoolExecutor)
 RENDER_THREADS = 2
 
