@@ -122,3 +122,20 @@ async def test_cloud_seal_refuses_what_the_agent_refuses(cloud, path, value):
     assert_problem(resp.status, resp.headers, data, 422)
     assert any(e["field"] == f"invoice.{path}" for e in data["errors"]), data
     assert count(cloud, "ledger") == 0
+
+
+@pytest.mark.parametrize("query", ["from=0001-01-01&to=9999-12-31", "to=9999-12-31", "from=0001-01-01",
+                                   "from=0001-01-01T00:00:00%2B05:00", "to=9999-12-31T23:00:00-05:00"])
+@pytest.mark.parametrize("path", ["summary", "reports/a", "reports/x"])
+async def test_period_beyond_the_calendar_is_422(cloud, path, query):
+    await cloud.outlet()
+    resp = await cloud.client.get(f"/v1/outlets/KIN-01/{path}?{query}", headers=cloud.admin)
+    data = await resp.json(content_type=None)
+    assert_problem(resp.status, resp.headers, data, 422)
+    assert data["type"].endswith("/bad_period")
+
+
+async def test_widest_period_is_answered(cloud):
+    await cloud.outlet()
+    data = await cloud.get("/v1/outlets/KIN-01/summary?from=1970-01-01&to=9998-12-31", cloud.admin)
+    assert data["count"] == 0
