@@ -90,11 +90,16 @@ _REFUSED_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\
                            "\u2060\u2066-\u2069\ufeff]")
 
 
+# The same rule for the OpenAPI document (ECMA-262 syntax); the check itself is `_REFUSED_CHAR`.
+_REQUEST_TEXT_PATTERN = ("^[^\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2028\\u2029"
+                         "\\u2060\\u2066-\\u2069\\ufeff]*$")
+
+
 def request_text(max_length: int, min_length: int = 1):
     """A free-text field of a request: as `text`, and none of the characters of `_REFUSED_CHAR`."""
     return Annotated[
         str,
-        Field(min_length=min_length, max_length=max_length),
+        Field(min_length=min_length, max_length=max_length, json_schema_extra={"pattern": _REQUEST_TEXT_PATTERN}),
         BeforeValidator(_request_text_value),
     ]
 

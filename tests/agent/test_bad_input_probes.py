@@ -219,3 +219,16 @@ def test_ordinary_non_ascii_text_is_still_sealed(agent):
     status, answer, _ = agent.post("/v1/invoices", body)
     assert status == 201, answer
     assert answer["items"][1]["name"] == "Ṅgàndà ÉÈ ñ ß €"
+
+
+def test_openapi_states_the_text_rule(agent):
+    import re
+
+    status, doc, _ = agent.get("/v1/openapi.json")
+    assert status == 200
+    pattern = doc["components"]["schemas"]["RequestOperator"]["properties"]["name"]["pattern"]
+    rule = re.compile(pattern)  # ECMA-262's \uXXXX escapes read the same in Python
+    for char in [*SPOOFING.values(), "\x00", "\n", "\x7f", "\x80"]:
+        assert rule.fullmatch(f"A{char}B") is None, repr(char)
+    for text in ["Jan", "Café crème – 1 L", "Ṅgàndà €", "محمد", "A, <B> & C"]:
+        assert rule.fullmatch(text), text
