@@ -45,19 +45,9 @@ Rate = Annotated[
 ]
 
 
+# Control characters have no business on a printed receipt and some are framing bytes on the
+# device link (SOH, ETX, AMB...). \r and \n are not allowed in one-line fields either.
 _CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]")
-
-
-def _no_control_chars(value: str) -> str:
-    # Control characters have no business on a printed receipt and some are framing bytes on the
-    # device link (SOH, ETX, AMB...). \r and \n are not allowed in one-line fields either.
-    found = _CONTROL_CHAR.search(value)
-    if found is not None:
-        raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
-    return value
-
-
-Text = Annotated[str, BeforeValidator(lambda v: v), Field(min_length=1)]
 
 
 def text(max_length: int, min_length: int = 1):
@@ -69,7 +59,7 @@ def text(max_length: int, min_length: int = 1):
 
 
 def _text_value(value: object) -> object:
-    """A string without control characters (as `_no_control_chars`), else "must be a string"."""
+    """A string without control characters (`_CONTROL_CHAR`), else "must be a string"."""
     if isinstance(value, str):
         found = _CONTROL_CHAR.search(value)
         if found is not None:
