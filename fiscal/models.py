@@ -51,6 +51,7 @@ _CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]")
 
 
 def text(max_length: int, min_length: int = 1):
+    """A free-text field as a sealed invoice holds it. Requests use `request_text`, stricter."""
     return Annotated[
         str,
         Field(min_length=min_length, max_length=max_length),
