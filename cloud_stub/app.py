@@ -78,9 +78,14 @@ async def _body(request: web.Request, model: type[B]) -> B:
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("unauthorized", "send `Authorization: Bearer <token>`")
-    return token.strip()
+    # Tokens are printable ASCII. aiohttp passes header bytes that are not UTF-8 on as surrogate
+    # escapes, which neither the comparison nor the hash can encode: such a token is unknown.
+    if not (token.isascii() and token.isprintable()):
+        raise Unauthorized("unauthorized", "unknown or retired token")
+    return token
 
 
 async def _caller(request: web.Request) -> dict:
@@ -122,7 +127,9 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     text = request.query.get(name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or not lo <= int(text) <= hi:
+    # ASCII digits only: isdigit() alone takes "²" (which int() refuses) and other scripts' digits;
+    # more than 20 digits is out of any range here (and int() refuses beyond 4300).
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or not lo <= int(text) <= hi:
         raise Invalid("bad_parameter", f"`{name}` must be an integer between {lo} and {hi}")
     return int(text)
 
@@ -290,7 +297,10 @@ async def admin_create_token(request: web.Request) -> web.Response:
     await _admin(request)
     body = await _body(request, TokenBody)
     service = request.app[SERVICE]
-    ttl = parse_duration(body.ttl) if body.ttl else None
+    try:
+        ttl = parse_duration(body.ttl) if body.ttl else None
+    except ValueError as exc:  # the model checked the form; parse_duration also refuses zero ("0s")
+        raise Invalid("bad_ttl", f"{exc}; the token lifetime must be positive") from None
     return _json(await service.call(service.create_token, request.match_info["outlet_id"], ttl), 201)
 
 

@@ -81,7 +81,8 @@ class OutletBody(Body):
 
 
 class TokenBody(Body):
-    ttl: Annotated[str, Field(pattern=r"^\d{1,6}[smhd]$")] | None = None
+    # [0-9], not \d: the pattern is a Rust regex, whose \d also takes other scripts' digits.
+    ttl: Annotated[str, Field(pattern=r"^[0-9]{1,6}[smhd]$")] | None = None
 
 
 class RevokeBody(Body):

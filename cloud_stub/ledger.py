@@ -133,6 +133,13 @@ def page(tx: Tx, outlet_id: str, after: int, limit: int) -> dict:
             "next_after": entries[-1]["seq"] if len(entries) == limit else None}
 
 
+# The widest period asked for: beyond it, the day after `to` or the conversion to UTC would
+# overflow datetime (0001-01-01, 9999-12-31).
+_EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+_OUTSIDE = "a period lies between 1900-01-01 and 9999-01-01 (UTC)"
+
+
 def period_bounds(start: str | None, end: str | None, time_zone: str) -> tuple[datetime, datetime]:
     """`from`/`to` as dates (whole days in the outlet's zone, `to` inclusive) or ISO datetimes."""
     zone = ZoneInfo(time_zone)
@@ -149,10 +156,14 @@ def period_bounds(start: str | None, end: str | None, time_zone: str) -> tuple[d
         except ValueError:
             raise Invalid("bad_period", f"{text!r} is neither a date (YYYY-MM-DD) nor an ISO "
                           "datetime") from None
+        except OverflowError:  # the day after 9999-12-31
+            raise Invalid("bad_period", _OUTSIDE) from None
         return moment
 
     lo = parse(start, False) if start else datetime(1970, 1, 1, tzinfo=timezone.utc)
-    hi = parse(end, True) if end else datetime(9999, 1, 1, tzinfo=timezone.utc)
+    hi = parse(end, True) if end else _LATEST
+    if lo < _EARLIEST or hi > _LATEST:
+        raise Invalid("bad_period", _OUTSIDE)
     if hi <= lo:
         raise Invalid("bad_period", "`to` must be after `from`")
     return lo, hi

@@ -14,9 +14,10 @@ from .errors import Conflict, Invalid, NotFound, Unauthorized
 from .issuer import iso, parse_iso
 from .repository import Tx
 
-OUTLET_ID = re.compile(r"^[A-Z0-9-]{1,40}$")
-NIF = re.compile(r"^[A-Za-z0-9-]{1,32}$")
-MID = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+# Matched with fullmatch: `$` would also match before a trailing "\n" ("KIN-01\n").
+OUTLET_ID = re.compile(r"[A-Z0-9-]{1,40}")
+NIF = re.compile(r"[A-Za-z0-9-]{1,32}")
+MID = re.compile(r"[A-Za-z0-9-]{1,32}")
 DEVICE_STATUSES = ("active", "suspended", "retired")
 
 
@@ -26,7 +27,7 @@ def secret_hash(secret: str) -> str:
 
 
 def add_merchant(tx: Tx, nif: str, name: str, taxpayer: dict, now: datetime) -> dict:
-    if not NIF.match(nif):
+    if not NIF.fullmatch(nif):
         raise Invalid("bad_nif", "a NIF is 1-32 letters, digits or '-'")
     if tx.merchant(nif) is not None:
         raise Conflict("merchant_exists", f"merchant {nif} already exists")
@@ -41,7 +42,7 @@ def merchant_view(row: dict) -> dict:
 
 def add_outlet(tx: Tx, outlet_id: str, merchant_nif: str, name: str, time_zone: str,
                isf: str | None, now: datetime) -> dict:
-    if not OUTLET_ID.match(outlet_id):
+    if not OUTLET_ID.fullmatch(outlet_id):
         raise Invalid("bad_outlet_id", "an outlet id is 1-40 characters among A-Z, 0-9 and '-'")
     if time_zone not in TIME_ZONES:
         raise Invalid("bad_time_zone", f"time zone must be one of {', '.join(TIME_ZONES)}")
@@ -120,7 +121,7 @@ def authenticate(tx: Tx, api_token: str) -> dict | None:
 def provision_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, firmware: dict,
                      now: datetime) -> tuple[dict, bool]:
     """Register (or refresh) an MCF for an outlet. Refuses a device of another taxpayer."""
-    if not MID.match(mid):
+    if not MID.fullmatch(mid):
         raise Invalid("bad_mid", "a MID is 1-32 letters, digits or '-'")
     if status not in DEVICE_STATUSES:
         raise Invalid("bad_status", f"status must be one of {', '.join(DEVICE_STATUSES)}")

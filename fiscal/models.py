@@ -8,6 +8,7 @@ chained.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -28,38 +29,29 @@ Money = Annotated[
     Decimal,
     BeforeValidator(parse_amount),
     PlainSerializer(fmt2, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^-?\d{1,15}(\.\d{1,2})?$", "examples": ["930.00"]}),
+    Field(json_schema_extra={"type": "string", "pattern": r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$", "examples": ["930.00"]}),
 ]
 Quantity = Annotated[
     Decimal,
     BeforeValidator(parse_quantity),
     PlainSerializer(fmt_qty, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^\d{1,9}(\.\d{1,3})?$", "examples": ["2", "2.5"]}),
+    Field(json_schema_extra={"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,3})?$", "examples": ["2", "2.5"]}),
 ]
 Rate = Annotated[
     Decimal,
     BeforeValidator(parse_rate),
     PlainSerializer(lambda d: format(d.normalize(), "f") if d == d.to_integral() else format(d, "f"), return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^\d{1,3}(\.\d{1,4})?$", "examples": ["10"]}),
+    Field(json_schema_extra={"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,4})?$", "examples": ["10"]}),
 ]
 
 
+# Control characters have no business on a printed receipt and some are framing bytes on the
+# device link (SOH, ETX, AMB...). \r and \n are not allowed in one-line fields either.
 _CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]")
 
 
-def _no_control_chars(value: str) -> str:
-    # Control characters have no business on a printed receipt and some are framing bytes on the
-    # device link (SOH, ETX, AMB...). \r and \n are not allowed in one-line fields either.
-    found = _CONTROL_CHAR.search(value)
-    if found is not None:
-        raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
-    return value
-
-
-Text = Annotated[str, BeforeValidator(lambda v: v), Field(min_length=1)]
-
-
 def text(max_length: int, min_length: int = 1):
+    """A free-text field as a sealed invoice holds it. Requests use `request_text`, stricter."""
     return Annotated[
         str,
         Field(min_length=min_length, max_length=max_length),
@@ -68,13 +60,71 @@ def text(max_length: int, min_length: int = 1):
 
 
 def _text_value(value: object) -> object:
-    """A string without control characters (as `_no_control_chars`), else "must be a string"."""
+    """A string without control characters (`_CONTROL_CHAR`), else "must be a string"."""
     if isinstance(value, str):
         found = _CONTROL_CHAR.search(value)
         if found is not None:
             raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
         return value
     raise ValueError("must be a string")
+
+
+# What a POS may not send in free text (see docs/api.md, "Text fields"), beyond the control
+# characters above: the other control characters (C1, U+0080-U+009F, NEL among them), the
+# line and paragraph separators (U+2028, U+2029), the bidirectional formatting characters
+# (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) and the zero-width ones (U+200B-U+200D,
+# U+2060, U+FEFF). They print as nothing, as a line break, or reorder what prints around them: a
+# receipt could then read differently from the data that was sealed ("TOTAL 100" shown as
+# "TOTAL 001"; two names that look the same but are not). Only requests are checked: a sealed
+# invoice stays readable whatever an older agent accepted.
+_REFUSED_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2028\u2029"
+                           "\u2060\u2066-\u2069\ufeff]")
+
+
+# The same rule for the OpenAPI document (ECMA-262 syntax); the check itself is `_REFUSED_CHAR`.
+_REQUEST_TEXT_PATTERN = ("^[^\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2028\\u2029"
+                         "\\u2060\\u2066-\\u2069\\ufeff]*$")
+
+
+def request_text(max_length: int, min_length: int = 1):
+    """A free-text field of a request: as `text`, and none of the characters of `_REFUSED_CHAR`."""
+    return Annotated[
+        str,
+        Field(min_length=min_length, max_length=max_length, json_schema_extra={"pattern": _REQUEST_TEXT_PATTERN}),
+        BeforeValidator(_request_text_value),
+    ]
+
+
+def _request_text_value(value: object) -> object:
+    if isinstance(value, str):
+        found = _REFUSED_CHAR.search(value)
+        if found is not None:
+            char = found.group()
+            if char <= "\x1f" or "\x7f" <= char <= "\x9f":
+                raise ValueError(f"control character U+{ord(char):04X} is not allowed")
+            raise ValueError(f"U+{ord(char):04X} ({unicodedata.name(char, 'FORMAT CHARACTER')}) is not allowed: "
+                             "an invisible, line-breaking or bidirectional formatting character")
+        return value
+    raise ValueError("must be a string")
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_date(value: object) -> object:
+    """A date written YYYY-MM-DD. Pydantic's lax mode would also take 0 or 1700000000 (seconds
+    since 1970) and turn them into dates; a date object passes (callers in Python)."""
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a calendar date") from None
+    if type(value) is date:
+        return value
+    raise ValueError("must be a date written YYYY-MM-DD, as a string")
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 
 InvoiceType = Literal["FV", "FT", "EV", "ET", "FA", "EA"]
@@ -107,6 +157,20 @@ class Client(Strict):
     rccm: text(64) | None = None
 
 
+class RequestOperator(Operator):
+    id: request_text(16)
+    name: request_text(32)
+
+
+class RequestClient(Client):
+    nif: request_text(32) | None = None
+    name: request_text(128) | None = None
+    address: request_text(128) | None = None
+    phone: request_text(32) | None = None
+    email: request_text(128) | None = None
+    rccm: request_text(64) | None = None
+
+
 class SpecificTax(Strict):
     """A specific tax (T.S.) that enters the VAT base: an amount per unit or a percentage."""
 
@@ -123,6 +187,10 @@ class SpecificTax(Strict):
         if self.percent is not None and not (0 < self.percent <= 100):
             raise ValueError("percent must be in (0, 100]")
         return self
+
+
+class RequestSpecificTax(SpecificTax):
+    description: request_text(16) | None = None
 
 
 class Item(Strict):
@@ -159,6 +227,15 @@ class Item(Strict):
         return self
 
 
+class RequestItem(Item):
+    """An item as a POS sends it: the sealed form (`Item`), with free text checked as requests are."""
+
+    name: request_text(64)
+    code: request_text(24) | None = None
+    specific_tax: RequestSpecificTax | None = None
+    price_change: request_text(24) | None = None
+
+
 class Payment(Strict):
     method: PaymentMethod
     amount: Money | None = None
@@ -188,7 +265,7 @@ class Reference(Strict):
 class UsdRate(Strict):
     rate: Annotated[Decimal, BeforeValidator(parse_amount), PlainSerializer(fmt2, return_type=str),
                     Field(json_schema_extra={"type": "string", "examples": ["2850.00"]})]
-    date: date
+    date: IsoDate
 
     @field_validator("rate")
     @classmethod
@@ -209,14 +286,14 @@ class InvoiceRequest(Strict):
     request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7E]+$")]
     type: InvoiceType
     price_mode: Literal["TTC", "HT"] = "TTC"
-    invoice_number: text(64)
-    pos_terminal_id: text(32)
-    operator: Operator
-    client: Client | None = None
+    invoice_number: request_text(64)
+    pos_terminal_id: request_text(32)
+    operator: RequestOperator
+    client: RequestClient | None = None
     # max_length is enforced in the API layer too, so 501 items get a precise 422.
-    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS)]
+    items: Annotated[list[RequestItem], Field(min_length=1, max_length=MAX_ITEMS)]
     payments: Annotated[list[Payment], Field(max_length=16)] = []
-    comments: dict[CommentLine, text(255)] = {}
+    comments: dict[CommentLine, request_text(255)] = {}
     reference: Reference | None = None
     usd_rate: UsdRate | None = None
 

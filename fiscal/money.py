@@ -13,9 +13,11 @@ MILLI = Decimal("0.001")
 # 15 integer digits is far beyond any invoice (10^15 CDF) and keeps totals clear of overflow.
 MAX_AMOUNT = Decimal("999999999999999.99")
 
-_MONEY_RE = re.compile(r"^-?\d{1,15}(\.\d{1,2})?$")
-_QTY_RE = re.compile(r"^\d{1,9}(\.\d{1,3})?$")
-_RATE_RE = re.compile(r"^\d{1,3}(\.\d{1,4})?$")
+# Matched with fullmatch and [0-9]: `$` also matches before a trailing "\n" ("720.00\n"), and
+# \d takes any script's digits ("٧٢٠.٠٠"), which Decimal() would then read as 720.00.
+_MONEY_RE = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,2})?")
+_QTY_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,3})?")
+_RATE_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
 
 
 def q2(value: Decimal) -> Decimal:
@@ -58,7 +60,7 @@ def _parse(value: object, pattern: re.Pattern[str], what: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str):
         # Floats are refused on purpose: 0.1 + 0.2 has no place on a fiscal document.
         raise ValueError(f"{what} must be a decimal string such as \"930.00\", not {type(value).__name__}")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not a valid decimal string ({_HINT[what]})")
     try:
         return Decimal(value)
@@ -75,19 +77,19 @@ _HINT = {
 
 # The common case (a str that matches) first; anything else goes through `_parse`, which gives
 # the same result and every refusal with its message.
-def parse_amount(value: object, _match=_MONEY_RE.match, _str=str, _dec=Decimal) -> Decimal:
+def parse_amount(value: object, _match=_MONEY_RE.fullmatch, _str=str, _dec=Decimal) -> Decimal:
     if value.__class__ is _str and _match(value):
         return _dec(value)
     return _parse(value, _MONEY_RE, "amount")
 
 
-def parse_quantity(value: object, _match=_QTY_RE.match, _str=str, _dec=Decimal) -> Decimal:
+def parse_quantity(value: object, _match=_QTY_RE.fullmatch, _str=str, _dec=Decimal) -> Decimal:
     if value.__class__ is _str and _match(value):
         return _dec(value)
     return _parse(value, _QTY_RE, "quantity")
 
 
-def parse_rate(value: object, _match=_RATE_RE.match, _str=str, _dec=Decimal) -> Decimal:
+def parse_rate(value: object, _match=_RATE_RE.fullmatch, _str=str, _dec=Decimal) -> Decimal:
     if value.__class__ is _str and _match(value):
         return _dec(value)
     return _parse(value, _RATE_RE, "rate")

@@ -27,6 +27,7 @@ log = logging.getLogger("stalela.api")
 SERVICE = web.AppKey("service", AgentService)
 METRICS = web.AppKey("metrics", dict)
 KEYS = web.AppKey("keys", keys.KeyRing)
+API_KEY_NAME = web.RequestKey("api_key_name", str)  # the name of the key the request came with
 
 PUBLIC_PATHS = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
@@ -56,6 +57,8 @@ async def problems_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 404:  # the router's answer to an unknown path
+            return problem(404, "Not found", f"no route {request.method} {request.path}", "/problems/not-found")
         return problem(exc.status, exc.reason, exc.text or exc.reason)
     except Exception:  # never a stack trace to the POS
         log.exception("unhandled error", extra={"event": "api.error", "path": request.path})
@@ -70,10 +73,13 @@ async def auth_middleware(request: web.Request, handler):
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return problem(401, "Unauthorized", "send Authorization: Bearer <api key>", "/problems/unauthorized")
-    name = request.app[KEYS].lookup(token.strip())
+    token = token.strip()
+    # Keys are printable ASCII ("stk_" + base64url). aiohttp hands header bytes that are not
+    # UTF-8 over as surrogate escapes, which no hash can encode: such a header is just a wrong key.
+    name = request.app[KEYS].lookup(token) if token.isascii() and token.isprintable() else None
     if name is None:
         return problem(401, "Unauthorized", "the API key is not valid for this agent", "/problems/unauthorized")
-    request["api_key_name"] = name
+    request[API_KEY_NAME] = name
     return await handler(request)
 
 
@@ -84,23 +90,24 @@ async def _json_body(request: web.Request) -> Any:
     except UnicodeDecodeError:
         raise InvalidInvoice("the body is not valid UTF-8") from None
     try:
-        return json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
+        return json.loads(text, parse_float=_reject_number, parse_constant=_reject_number)
     except _FloatRejected as exc:
         raise InvalidInvoice(f"amounts and quantities are decimal strings, not JSON numbers ({exc})",
                              errors=[{"field": "body", "message": "floats are not allowed; send \"930.00\""}]) from None
     except json.JSONDecodeError as exc:
         raise InvalidInvoice(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise InvalidInvoice("the body is not valid JSON: it holds a number too long to read") from None
+    except RecursionError:  # e.g. 100,000 `[`: the parser's recursion limit, not a crash
+        raise InvalidInvoice("the body is not valid JSON: it is nested too deeply") from None
 
 
 class _FloatRejected(ValueError):
     pass
 
 
-def _reject_float(text: str):
-    raise _FloatRejected(text)
-
-
-def _reject_constant(text: str):
+def _reject_number(text: str):
+    """parse_float and parse_constant: a JSON float, NaN or Infinity is never an amount."""
     raise _FloatRejected(text)
 
 
@@ -163,15 +170,28 @@ async def get_invoice(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+# A cursor is a journal sequence number: SQLite's largest INTEGER bounds it (a larger one
+# would overflow the query parameter).
+MAX_CURSOR = 2**63 - 1
+
+
+def query_int(text: str) -> int | None:
+    """A non-negative integer query parameter in ASCII digits, or None. int() alone would also
+    take "-1", " 7", "1_000" and other scripts' digits; 20 digits exceed any bound we check."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        return None
+    return int(text)
+
+
 async def list_invoices(request: web.Request) -> web.Response:
     q = request.query
-    try:
-        limit = int(q.get("limit", "50"))
-        cursor = int(q["cursor"]) if q.get("cursor") else None
-    except ValueError:
-        return problem(400, "Bad query", "limit and cursor are integers", "/problems/bad-query")
-    if not 1 <= limit <= 500:
-        return problem(400, "Bad query", "limit must be between 1 and 500", "/problems/bad-query")
+    limit = query_int(q.get("limit", "50"))
+    if limit is None or not 1 <= limit <= 500:
+        return problem(400, "Bad query", "limit is an integer between 1 and 500", "/problems/bad-query")
+    cursor = query_int(q["cursor"]) if q.get("cursor") else None
+    if q.get("cursor") and (cursor is None or cursor > MAX_CURSOR):
+        return problem(400, "Bad query", f"cursor is a next_cursor this API returned: an integer up to {MAX_CURSOR}",
+                       "/problems/bad-query")
     status = q.get("status")
     if status not in (None, "sealed", "queued"):
         return problem(400, "Bad query", "status is sealed or queued", "/problems/bad-query")
@@ -221,10 +241,6 @@ async def metrics(request: web.Request) -> web.Response:
     m["remaining"].set(h["credential"]["remaining_numbers"])
     m["pending"].set(h["sync"]["pending"])
     return web.Response(body=generate_latest(m["registry"]), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def not_found(request: web.Request) -> web.Response:
-    return problem(404, "Not found", f"no route {request.method} {request.path}", "/problems/not-found")
 
 
 def init_app(config: AgentConfig) -> web.Application:

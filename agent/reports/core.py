@@ -197,6 +197,13 @@ class BadPeriod(ValueError):
     pass
 
 
+# The dates a period may name. The bounds keep the arithmetic on them (the day after `to`, a day
+# of margin either side, the zone's offset) inside what `datetime` can represent: 0001-01-01 or
+# 9999-12-31 would overflow it. No invoice predates 1970 and none will be sealed after 9998.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+
+
 def period_bounds(start: str | None, end: str | None, tz) -> tuple[datetime, datetime]:
     """`from`/`to` dates (YYYY-MM-DD) in the outlet's zone, both inclusive; default: today."""
     try:
@@ -207,6 +214,8 @@ def period_bounds(start: str | None, end: str | None, tz) -> tuple[datetime, dat
         raise BadPeriod("from and to are dates: YYYY-MM-DD") from None
     if hi_day < lo_day:
         raise BadPeriod("`to` is before `from`")
+    if lo_day < FIRST_DAY or hi_day > LAST_DAY:
+        raise BadPeriod(f"from and to are dates between {FIRST_DAY} and {LAST_DAY}")
     return datetime.combine(lo_day, time(), tz), datetime.combine(hi_day + timedelta(days=1), time(), tz)
 
 
