@@ -382,7 +382,8 @@ def provision(data_dir: Path, port: str, timeout: float) -> None:
     Errors name their fix: no permission -> systemd/60-stalela-mcf.rules and group dialout;
     port busy -> stop the agent that holds it; no device -> `stalela device scan`.
     """
-    from agent.config import ConfigError, load_config
+    from agent.cli.common import permission_text
+    from agent.config import ConfigError, load_config, read_secret
     from agent.identity import OutletIdentity
 
     try:
@@ -394,7 +395,10 @@ def provision(data_dir: Path, port: str, timeout: float) -> None:
     identity = OutletIdentity.load(config.enrollment_path)
     if not config.token_path.exists():
         raise click.ClickException(f"no cloud token in {config.token_path}: enroll the agent first")
-    token = config.token_path.read_text("utf-8").strip()
+    try:
+        token = read_secret(config.token_path)
+    except PermissionError as exc:
+        raise click.ClickException(permission_text(exc)) from None
 
     transport = None
     try:
