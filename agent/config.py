@@ -405,6 +405,42 @@ def write_default_config(data_dir: Path, **overrides: object) -> Path:
     return path
 
 
+def set_value(data_dir: Path, section: str, key: str, value: object) -> Path:
+    """Set one key in config.toml, keeping the rest of the file (comments, other edits) as it is.
+
+    The result is validated before it replaces the file: an invalid value raises ConfigError and
+    the file is unchanged.
+    """
+    if (section, key) not in ATTRIBUTES:
+        raise ValueError(f"unknown config key {section}.{key}")
+    path = Path(data_dir) / "config.toml"
+    lines = path.read_text("utf-8").splitlines() if path.exists() else []
+    new_line, current, done, header = f"{key} = {_render(value)}", "", False, None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1].strip()
+            if current == section:
+                header = i
+        elif current == section and not stripped.startswith("#") and stripped.split("=")[0].strip() == key:
+            lines[i], done = new_line, True
+            break
+    if not done:
+        if header is None:
+            lines += ["", f"[{section}]", new_line]
+        else:
+            lines.insert(header + 1, new_line)
+    text = "\n".join(lines) + "\n"
+    try:
+        tree = tomllib.loads(text)
+        _FileOnly(**tree)
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        detail = _error_text(str(path), exc) if isinstance(exc, ValidationError) else f"{path}: {exc}"
+        raise ConfigError(detail) from None
+    write_private(path, text, durable=False)
+    return path
+
+
 def _render(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
