@@ -28,7 +28,8 @@ SERVICE_USER = "stalela"
 
 def data_option(func):
     return click.option(
-        "--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+        # readable=False: an unreadable folder is ours to explain (run as its owner), not click's.
+        "--data", "data_dir", type=click.Path(file_okay=False, readable=False, path_type=Path),
         default=Path("stalela-data"), envvar="STALELA_DATA", show_default=True, show_envvar=True,
         help="The agent's data folder.")(func)
 
