@@ -91,3 +91,17 @@ def test_device_selftest_json(tmp_path):
     assert res.returncode == 0, res.stderr
     failed = as_json("device", "selftest", "--port", f"sim://{state}", code=1)
     assert failed["ok"] is False and any(c["level"] == "FAIL" and "clock" in c["check"] for c in failed["checks"])
+
+
+def test_sim_status_json(tmp_path):
+    from simulator.state import FiscalState, FiscalStore
+
+    state = tmp_path / "mcf.json"
+    FiscalStore(state).create(FiscalState.new(mid="SIM0000008-1", nif="A1234567B", taxpayer={}))
+    body = as_json("sim", "status", "--state", str(state))
+    assert set(body) == {"mid", "nif", "clock", "clock_set", "counters", "last_invoice", "memory", "dgi", "rates",
+                         "status_bits"}
+    assert body["mid"] == "SIM0000008-1" and body["last_invoice"] is None and body["counters"]["tc"] == 0
+    assert set(body["memory"]) == {"records", "max_records", "left"} and body["clock_set"] is True
+    stalela("sim", "set-clock", "--state", str(state), "--unset")
+    assert as_json("sim", "status", "--state", str(state))["clock_set"] is False
