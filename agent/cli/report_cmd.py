@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import data_option, require_enrolled
+from .common import data_option, permission_text, require_enrolled
 
 
 def _open(data_dir: Path):
@@ -87,6 +87,8 @@ def report_z(data_dir, fmt):
     try:
         try:
             key = load_private_key(config.key_path)
+        except PermissionError as exc:
+            raise click.ClickException(permission_text(exc)) from None
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot read the agent key {config.key_path}: {exc}") from None
         try:

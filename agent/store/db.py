@@ -205,6 +205,8 @@ def _tighten(path: Path) -> None:
                 os.chmod(p, 0o600)
         except FileNotFoundError:
             pass
+        except PermissionError:
+            pass  # not ours to change (another user's journal we may read): leave it as it is
 
 
 def migrate(path: Path) -> list[str]:

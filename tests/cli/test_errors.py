@@ -103,3 +103,14 @@ def test_a_cloud_token_readable_by_others_is_refused(harness):
     assert "readable by others" in line and f"chmod 600 {token}" in line
     line = one_clean_line(stalela("sync", "now", "--data", str(harness.data_dir)))
     assert "readable by others" in line
+
+
+def test_an_unreadable_key_hints_at_sudo(owned_folder):
+    # The folder and journal open for this user; only the key (0600, the service user's) does not.
+    os.chmod(owned_folder, 0o777)
+    for path in owned_folder.glob("agent.db*"):
+        os.chmod(path, 0o666)
+    os.chmod(owned_folder / "config.toml", 0o644)
+    os.chmod(owned_folder / "keys", 0o755)
+    line = one_clean_line(stalela("report", "z", "--data", str(owned_folder), user=OTHER_UID))
+    assert "permission denied" in line and "agent.key" in line and "sudo -u daemon" in line
