@@ -20,9 +20,6 @@ EXIT_ERROR = 1     # a clean one-line error (bad input, no enrolled agent, inval
 EXIT_USAGE = 2     # click's usage errors (unknown option, bad value)
 EXIT_BLOCKED = 3   # the command worked, and what it found means the outlet cannot seal
 
-EXIT_CODES_HELP = ("Exit codes: 0 the outlet can seal; 1 error (no enrolled agent, invalid "
-                   "configuration…); 2 usage error; 3 the outlet cannot seal.")
-
 SERVICE_USER = "stalela"
 
 
