@@ -9,7 +9,10 @@ from .common import data_option, emit_json, json_option
 
 @click.group()
 def config() -> None:
-    """The agent's configuration: config.toml, STALELA_<SECTION>__<KEY> overrides, defaults.
+    """Check the agent's configuration and where each value comes from.
+
+    Sources, strongest first: STALELA_<SECTION>__<KEY> environment variables, config.toml, the
+    defaults.
 
     \b
     Example:
