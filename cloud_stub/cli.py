@@ -1,8 +1,10 @@
 """`stalela cloud ...`: run the bundled cloud ledger and administer it directly on its database."""
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import socket
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,7 +59,7 @@ def _service(data_dir: Path, *, create: bool = False):
     return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0))
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cloud() -> None:
     """The bundled Stalela cloud ledger: registry, credentials, online sealing, reconciliation.
 
@@ -99,9 +101,38 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     from . import logs
     from .server import run
 
+    _check_port_free(host, port)
     logs.configure()
-    run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
-                    credential_validity=validity, gap_grace=gap_grace, verify_workers=workers))
+    try:
+        run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
+                        credential_validity=validity, gap_grace=gap_grace, verify_workers=workers))
+    except OSError as exc:
+        # Lost the race for the port after the check, or another network error at start.
+        raise click.ClickException(_listen_error(host, port, exc)) from None
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use (another `stalela cloud serve` or `stalela up`?): "
+                "stop it, or choose another with --port")
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a busy port before the data folder is touched (a clean line, not a traceback)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise click.ClickException(_listen_error(host, port, exc)) from None
 
 
 @cloud.group()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import sys
 import threading
@@ -282,7 +283,8 @@ class _ControlFile:
 
 @sim.command()
 @_state_option
-def status(state_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (fields: docs/cli.md).")
+def status(state_path: Path, as_json: bool) -> None:
     """Show a simulated MCF's identity, counters, last invoice and status bits.
 
     Reads the fiscal memory file; an open invoice of a running simulator lives in its RAM
@@ -291,11 +293,25 @@ def status(state_path: Path) -> None:
     \b
     Example:
       stalela sim status --state /tmp/mcf.json
+      stalela sim status --state /tmp/mcf.json --json
     """
     device = _open_device(state_path)
     s = device.state
     flags = device.status().active
     last = s.last_invoice
+    if as_json:
+        click.echo(json.dumps({
+            "mid": s.mid, "nif": s.nif, "clock": device.now().isoformat(timespec="seconds"),
+            "clock_set": device.clock_is_set(),
+            "counters": {"tc": s.tc, "fvc": s.fvc, "frc": s.frc, "per_type": {t: s.counters[t] for t in INVOICE_TYPES}},
+            "last_invoice": None if last is None else {"type": last.ft, "number": last.fn, "total": str(last.mv),
+                                                       "datetime": last.dt, "sig": last.sig},
+            "memory": {"records": s.journal_count, "max_records": s.max_records, "left": device.records_left()},
+            "dgi": {"sent": s.dgi_sent, "last_connection": s.dgi_last_connection or None},
+            "rates": {g: str(v) for g, v in s.rates.items()},
+            "status_bits": list(flags),
+        }, indent=2, sort_keys=True))
+        return
     click.echo(f"MID {s.mid}   NIF {s.nif}")
     unset = "" if device.clock_is_set() else " (not set)"
     click.echo(f"clock       {device.now():%Y-%m-%d %H:%M:%S} ({s.time_zone}){unset}")

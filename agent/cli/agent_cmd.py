@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 
 import click
 
 from .. import logs
 from ..cloud_client import CloudClient
-from ..config import DRC_ZONES, write_default_config, write_secret
+from ..config import ConfigError, DRC_ZONES, Settings, ensure_data_dir, write_default_config, write_secret
 from fiscal.signing import generate_private_key, public_key_text, save_private_key
 from ..identity import OutletIdentity
 from ..store.db import connect, migrate
-from .common import data_option, domain_errors, load, run_async
+from .common import (data_option, domain_errors, emit_json, json_option, load,
+                     require_enrolled, run_async)
+
+_DEFAULTS = Settings.model_construct()  # the model's defaults, without the environment
 
 
 @click.group()
@@ -22,30 +26,61 @@ def agent() -> None:
 
 @agent.command()
 @data_option
-@click.option("--cloud", "cloud_url", default="http://127.0.0.1:8710", show_default=True, help="Cloud base URL.")
-@click.option("--port", default=8720, show_default=True, help="Port of the POS API on 127.0.0.1.")
+@click.option("--cloud", "cloud_url", default=_DEFAULTS.cloud.url, show_default=True, help="Cloud base URL.")
+@click.option("--port", type=int, default=_DEFAULTS.agent.port, show_default=True,
+              help="Port of the POS API on 127.0.0.1.")
 @click.option("--tz", "time_zone", type=click.Choice(DRC_ZONES), default=None,
               help="Outlet time zone (default: the one recorded for the outlet at enrollment).")
-def init(data_dir, cloud_url, port, time_zone):
-    """Create a data folder with a default config.toml and an empty journal.
+@click.option("--allow-insecure-http", is_flag=True,
+              help="Accept a plain http:// cloud URL that is not this machine (a test bench only).")
+def init(data_dir, cloud_url, port, time_zone, allow_insecure_http):
+    """Create a data folder (0700) with a default config.toml and an empty journal.
 
+    \b
     Example:
-
-        stalela agent init --data /var/lib/stalela --cloud https://cloud.example.cd
+      stalela agent init --data /var/lib/stalela --cloud https://cloud.example.cd
     """
     if (data_dir / "config.toml").exists():
         raise click.ClickException(f"{data_dir} already has a config.toml; edit it instead")
     overrides = {"cloud__url": cloud_url, "agent__port": port}
+    if allow_insecure_http:
+        overrides["cloud__allow_insecure_http"] = True
     if time_zone:
         overrides["agent__time_zone"] = time_zone
-    write_default_config(data_dir, **overrides)
+    try:
+        write_default_config(data_dir, **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     migrate(data_dir / "agent.db")
     click.echo(f"initialised {data_dir} (config: {data_dir / 'config.toml'})")
 
 
+def _read_token(token: str) -> str:
+    """The enrollment token: given as is, `-` for standard input, or @FILE for a file's first line.
+
+    Why not only argv: a token on the command line is visible to every user in `ps` and stays in
+    the shell's history.
+    """
+    if token == "-":
+        text = click.get_text_stream("stdin").readline()
+    elif token.startswith("@"):
+        try:
+            text = open(token[1:], encoding="utf-8").readline()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read the token file {token[1:]}: {exc.strerror}") from None
+    else:
+        text = token
+    text = text.strip()
+    if not text:
+        raise click.ClickException("the enrollment token is empty")
+    return text
+
+
 @agent.command()
 @data_option
-@click.option("--token", required=True, help="One-time enrollment token from the cloud operator.")
+@click.option("--token", required=True, metavar="TOKEN|-|@FILE",
+              help="One-time enrollment token from the cloud operator; `-` reads it from standard input, "
+                   "@FILE from a file (neither shows it in `ps`).")
 @click.option("--label", default=None, help="A name for this box (default: the host name).")
 @domain_errors
 def enroll(data_dir, token, label):
@@ -53,11 +88,17 @@ def enroll(data_dir, token, label):
 
     The private key is written to keys/agent.key, readable by its owner only (0600).
 
+    \b
     Example:
-
-        stalela agent enroll --data /var/lib/stalela --token 7Q2X-…
+      stalela agent enroll --data /var/lib/stalela --token -  < token.txt
+      stalela agent enroll --data /var/lib/stalela --token @/root/enrollment-token
     """
+    token = _read_token(token)
+    if not (data_dir / "config.toml").is_file():
+        raise click.ClickException(f"no agent data folder at {data_dir} (no config.toml): run `stalela agent init "
+                                   f"--data {data_dir}` first, or pass --data naming the agent's folder")
     config = load(data_dir)
+    ensure_data_dir(config.data_dir)
     if config.enrollment_path.exists():
         raise click.ClickException(f"{data_dir} is already enrolled (outlet in {config.enrollment_path})")
     migrate(config.db_path)
@@ -97,14 +138,14 @@ def run(data_dir, log_level):
 
     Logs are JSON lines on stderr, one per event. Stops cleanly on SIGTERM / Ctrl-C.
 
+    \b
     Example:
-
-        stalela agent run --data /var/lib/stalela
+      stalela agent run --data /var/lib/stalela
     """
     from ..daemon import serve
     from ..service import NotEnrolled
 
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     migrate(config.db_path)
     logs.setup(log_level)
     try:
@@ -112,8 +153,10 @@ def run(data_dir, log_level):
     except NotEnrolled as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        if exc.errno == 98:
+        if exc.errno == errno.EADDRINUSE:
             raise click.ClickException(f"port {config.port} on {config.host} is already in use") from None
+        if exc.errno in (errno.EACCES, errno.EADDRNOTAVAIL):
+            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
         raise
 
 
@@ -125,16 +168,17 @@ def keys() -> None:
 @keys.command("create")
 @data_option
 @click.argument("name")
+@domain_errors
 def keys_create(data_dir, name):
     """Create an API key for a POS terminal and print it once.
 
+    \b
     Example:
-
-        stalela agent keys create POS-01
+      stalela agent keys create --data /var/lib/stalela POS-01
     """
     from ..api.keys import create_key
 
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     migrate(config.db_path)
     conn = connect(config.db_path)
     try:
@@ -148,22 +192,32 @@ def keys_create(data_dir, name):
 
 @keys.command("list")
 @data_option
-def keys_list(data_dir):
+@json_option
+@domain_errors
+def keys_list(data_dir, as_json):
     """List API keys (names and dates; the keys themselves are not stored).
 
+    \b
     Example:
-
-        stalela agent keys list
+      stalela agent keys list --data /var/lib/stalela
+      stalela agent keys list --data /var/lib/stalela --json
     """
     from ..api.keys import list_keys
 
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     migrate(config.db_path)
     conn = connect(config.db_path)
     try:
         rows = list_keys(conn)
     finally:
         conn.close()
+    if as_json:
+        emit_json({"data_dir": str(config.data_dir),
+                   "keys": [{"name": r["name"], "created_at": r["created_at"], "revoked_at": r["revoked_at"],
+                             "active": r["revoked_at"] is None} for r in rows]})
+        return
+    if not rows:
+        click.echo("no API keys (create one: stalela agent keys create --data DATA POS-01)")
     for r in rows:
         state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
         click.echo(f"{r['name']}\tcreated {r['created_at']}\t{state}")
@@ -172,16 +226,17 @@ def keys_list(data_dir):
 @keys.command("revoke")
 @data_option
 @click.argument("name")
+@domain_errors
 def keys_revoke(data_dir, name):
     """Revoke a terminal's API key (takes effect at once).
 
+    \b
     Example:
-
-        stalela agent keys revoke POS-01
+      stalela agent keys revoke --data /var/lib/stalela POS-01
     """
     from ..api.keys import revoke_key
 
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     conn = connect(config.db_path)
     try:
         if not revoke_key(conn, name):

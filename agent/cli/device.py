@@ -107,6 +107,16 @@ def device() -> None:
     """Find, identify and check the DGI fiscal device (MCF)."""
 
 
+LIBUSB_HINT = ("libusb-1.0 is not installed, so USB devices cannot be listed: install it "
+               "(sudo apt-get install libusb-1.0-0 on Debian/Ubuntu) and scan again; serial ports are listed anyway")
+
+
+def _libusb_missing() -> bool:
+    import usb.backend.libusb1
+
+    return usb.backend.libusb1.get_backend() is None
+
+
 @device.command()
 @click.option(
     "--vid-pid",
@@ -115,13 +125,18 @@ def device() -> None:
     metavar="VID:PID",
     help="USB ids to look for (hex, repeatable). Default: 1209:0001.",
 )
-def scan(vid_pids: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (fields: docs/cli.md).")
+def scan(vid_pids: tuple[str, ...], as_json: bool) -> None:
     """List candidate MCFs on USB and every serial port.
+
+    USB needs libusb-1.0 (sudo apt-get install libusb-1.0-0); without it the scan says so and
+    still lists the serial ports. The udev rule (systemd/60-stalela-mcf.rules) gives the MCF the
+    stable name /dev/stalela-mcf.
 
     \b
     Example:
       stalela device scan
-      stalela device scan --vid-pid 1209:0001 --vid-pid 0403:6001
+      stalela device scan --vid-pid 1209:0001 --vid-pid 0403:6001 --json
     """
     try:
         pairs = [tuple(int(x, 16) for x in v.split(":", 1)) for v in vid_pids] or list(
@@ -130,12 +145,29 @@ def scan(vid_pids: tuple[str, ...]) -> None:
     except ValueError as exc:
         raise click.BadParameter("use hexadecimal VID:PID, e.g. 1209:0001") from exc
     wanted = {(v, p) for v, p in pairs}
-    click.echo("USB candidates:")
+    usb_error = None
     try:
         candidates = discover(pairs)  # type: ignore[arg-type]
     except MCFLinkError as exc:
-        click.echo(f"  (USB scan unavailable: {exc})")
+        usb_error = LIBUSB_HINT if _libusb_missing() else str(exc)
         candidates = []
+    from serial.tools import list_ports
+
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    if as_json:
+        click.echo(json.dumps({
+            "usb": {"available": usb_error is None, "error": usb_error,
+                    "candidates": [{"vid": f"{c.vid:04x}", "pid": f"{c.pid:04x}", "bus": c.bus, "address": c.address,
+                                    "manufacturer": c.manufacturer, "product": c.product, "serial": c.serial,
+                                    "tty": c.tty, "port": c.url} for c in candidates]},
+            "serial_ports": [{"device": p.device, "vid": f"{p.vid:04x}" if p.vid is not None else None,
+                              "pid": f"{p.pid:04x}" if p.pid is not None else None, "description": p.description,
+                              "mcf_id": (p.vid, p.pid) in wanted} for p in ports],
+        }, indent=2, sort_keys=True))
+        return
+    click.echo("USB candidates:")
+    if usb_error:
+        click.echo(f"  (USB scan unavailable: {usb_error})")
     if not candidates:
         click.echo("  none")
     for c in candidates:
@@ -145,9 +177,6 @@ def scan(vid_pids: tuple[str, ...]) -> None:
             f"  -> --port {c.url}"
         )
     click.echo("Serial ports:")
-    from serial.tools import list_ports
-
-    ports = sorted(list_ports.comports(), key=lambda p: p.device)
     if not ports:
         click.echo("  none")
     for port in ports:
@@ -276,20 +305,25 @@ def _framing_self_check() -> list[str]:
 
 @device.command()
 @port_options
-def selftest(port: str, timeout: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (fields: docs/cli.md).")
+def selftest(port: str, timeout: float, as_json: bool) -> None:
     """Check framing, a C1h round trip, the clock and the fiscal memory.
+
+    Exit codes: 0 every check passed (warnings allowed); 1 a check failed or the device could
+    not be reached.
 
     \b
     Example:
-      stalela device selftest --port /dev/ttyACM0
+      stalela device selftest --port /dev/stalela-mcf
+      stalela device selftest --port /dev/ttyACM0 --json
     """
-    failures: list[str] = []
+    checks: list[dict[str, str]] = []
 
     def report(level: str, text: str) -> None:
-        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[level]
-        click.echo(click.style(f"{level:<5}", fg=colour) + f"{text}")
-        if level == "FAIL":
-            failures.append(text)
+        checks.append({"level": level, "check": text})
+        if not as_json:
+            colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[level]
+            click.echo(click.style(f"{level:<5}", fg=colour) + f"{text}")
 
     problems = _framing_self_check()
     report("FAIL" if problems else "PASS", "framing self-check" + (f": {problems}" if problems else ""))
@@ -321,6 +355,13 @@ def selftest(port: str, timeout: float) -> None:
                 report(level, text)
         if not (sta.memory_full or sta.memory_write_error or sta.invalid_record or sta.memory_low):
             report("PASS", "fiscal memory")
+    failures = [c["check"] for c in checks if c["level"] == "FAIL"]
+    if as_json:
+        click.echo(json.dumps({"ok": not failures, "port": port, "mid": mcf.mid, "nif": mcf.nif,
+                               "checks": checks}, indent=2, sort_keys=True))
+        if failures:
+            raise SystemExit(1)
+        return
     if failures:
         raise click.ClickException(f"self-test failed: {'; '.join(failures)}")
     click.echo("self-test passed")
@@ -341,6 +382,23 @@ def _link_error_text(port: str, exc: Exception) -> str:
     if isinstance(exc, DeviceNotFound):
         return f"no MCF at {port}: check the cable and the port name (`stalela device scan` lists candidates)"
     return f"the MCF at {port} does not answer properly: {type(exc).__name__}: {exc}"
+
+
+def absolute_port(port: str) -> str:
+    """The port as the agent must be told it: a device path made absolute (the agent runs from
+    another directory than the technician's shell), sim:// paths too; URLs as they are.
+
+    Symlinks are kept (os.path.abspath, not resolve): /dev/stalela-mcf must stay the udev link,
+    not the ttyACM number it points to today.
+    """
+    import os
+
+    if port.startswith("sim://"):
+        path, mark, query = port[len("sim://"):].partition("?")
+        return "sim://" + os.path.abspath(path) + mark + query
+    if "://" in port or port.startswith("usb:"):
+        return port
+    return os.path.abspath(port)
 
 
 def _cloud_post(url: str, token: str, path: str, body: dict, timeout: float = 10.0) -> tuple[int, Any]:
@@ -366,23 +424,27 @@ def _cloud_post(url: str, token: str, path: str, body: dict, timeout: float = 10
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The agent's data folder (enrolled: enrollment.json, keys/cloud.token, config.toml).")
 @port_options
-def provision(data_dir: Path, port: str, timeout: float) -> None:
+@click.option("--write-config", is_flag=True,
+              help="Also set [device] url in the agent's config.toml to this port (a path made absolute).")
+def provision(data_dir: Path, port: str, timeout: float, write_config: bool) -> None:
     """Bind this MCF to the agent's outlet in the cloud (POST /v1/devices).
 
     Reads the device's identity (C1h: MID, NIF; 2Bh: taxpayer I0-I4; C2h: DGI link) and the
     USB strings, refuses a device whose NIF is not the outlet merchant's, then registers the MID
     for this outlet with the agent's cloud token. Safe to run again (it refreshes the record).
-    Afterwards set `[device] url` in the agent's config.toml to the same port.
+    With --write-config it also sets `[device] url` in the agent's config.toml (restart the
+    agent afterwards); without, set it yourself to the same port.
 
     \b
     Example:
-      stalela device provision --data /var/lib/stalela --port /dev/ttyACM0
+      stalela device provision --data /var/lib/stalela --port /dev/stalela-mcf --write-config
       stalela device provision --data ./demo-data/agent --port usb:1209:0001
     \b
     Errors name their fix: no permission -> systemd/60-stalela-mcf.rules and group dialout;
     port busy -> stop the agent that holds it; no device -> `stalela device scan`.
     """
-    from agent.config import ConfigError, load_config
+    from agent.cli.common import permission_text
+    from agent.config import ConfigError, load_config, read_secret
     from agent.identity import OutletIdentity
 
     try:
@@ -394,7 +456,10 @@ def provision(data_dir: Path, port: str, timeout: float) -> None:
     identity = OutletIdentity.load(config.enrollment_path)
     if not config.token_path.exists():
         raise click.ClickException(f"no cloud token in {config.token_path}: enroll the agent first")
-    token = config.token_path.read_text("utf-8").strip()
+    try:
+        token = read_secret(config.token_path)
+    except PermissionError as exc:
+        raise click.ClickException(permission_text(exc)) from None
 
     transport = None
     try:
@@ -430,8 +495,19 @@ def provision(data_dir: Path, port: str, timeout: float) -> None:
     if status in (200, 201):
         verb = "provisioned" if status == 201 else "already provisioned; record refreshed"
         click.echo(f"device {mcf.mid} {verb} for outlet {identity.outlet_id} in the cloud ({config.cloud_url}).")
-        if config.device_url != port:
-            click.echo(f"Next: set [device] url = \"{port}\" in {config.config_path} and restart the agent.")
+        url = absolute_port(port)
+        if write_config and config.device_url != url:
+            from agent.config import set_value
+
+            try:
+                set_value(config.data_dir, "device", "url", url)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            click.echo(f"[device] url = \"{url}\" written to {config.config_path}; restart the agent "
+                       "(sudo systemctl restart stalela-agent).")
+        elif config.device_url != url:
+            click.echo(f"Next: set [device] url = \"{url}\" in {config.config_path} and restart the agent "
+                       "(or run this again with --write-config).")
         return
     detail = body.get("detail") if isinstance(body, dict) else None
     raise click.ClickException(f"the cloud refused the device ({status}): {detail or body}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import data_option, load
+from .common import data_option, require_enrolled
 
 
 @click.command()
@@ -22,9 +22,9 @@ def export(data_dir, out_dir, start, end, chunk_size):
 
     Check it anywhere, offline, with `stalela verify --export OUTDIR`.
 
+    \b
     Example:
-
-        stalela export --data /var/lib/stalela --out /media/usb/audit-2026-11 --from 2026-11-01 --to 2026-11-30
+      stalela export --data /var/lib/stalela --out /media/usb/audit-2026-11 --from 2026-11-01 --to 2026-11-30
     """
     from ..config import zone
     from ..export import ExportError, export_journal
@@ -32,9 +32,9 @@ def export(data_dir, out_dir, start, end, chunk_size):
     from ..reports import BadPeriod
     from ..store.db import connect
 
-    config = load(data_dir)
-    if not config.db_path.exists() or not config.enrollment_path.exists():
-        raise click.ClickException(f"{data_dir} holds no enrolled agent journal")
+    config = require_enrolled(data_dir)
+    if not config.db_path.exists():
+        raise click.ClickException(f"{data_dir} holds no journal (agent.db) beside its enrollment")
     identity = OutletIdentity.load(config.enrollment_path)
     tz = zone(config.time_zone or identity.time_zone)
     conn = connect(config.db_path, readonly=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import data_option, load
+from .common import data_option, permission_text, require_enrolled
 
 
 def _open(data_dir: Path):
@@ -14,9 +14,9 @@ def _open(data_dir: Path):
     from ..identity import OutletIdentity
     from ..store.db import connect, migrate
 
-    config = load(data_dir)
-    if not config.db_path.exists() or not config.enrollment_path.exists():
-        raise click.ClickException(f"{data_dir} holds no enrolled agent journal")
+    config = require_enrolled(data_dir)
+    if not config.db_path.exists():
+        raise click.ClickException(f"{data_dir} holds no journal (agent.db) beside its enrollment")
     migrate(config.db_path)
     identity = OutletIdentity.load(config.enrollment_path)
     tz = zone(config.time_zone or identity.time_zone)
@@ -40,9 +40,9 @@ _format = click.option("--format", "fmt", type=click.Choice(["text", "json"]), d
 def report() -> None:
     """X, Z and A reports of this outlet, from the journal.
 
+    \b
     Example:
-
-        stalela report x --data /var/lib/stalela
+      stalela report x --data /var/lib/stalela
     """
 
 
@@ -52,9 +52,9 @@ def report() -> None:
 def report_x(data_dir, fmt):
     """Running totals since the last Z (changes nothing).
 
+    \b
     Example:
-
-        stalela report x --data /var/lib/stalela --format json
+      stalela report x --data /var/lib/stalela --format json
     """
     from ..reports import offline_health, x_report
 
@@ -74,9 +74,9 @@ def report_z(data_dir, fmt):
     Safe while the daemon runs: the Z is computed and stored in one BEGIN IMMEDIATE transaction,
     which SQLite serializes with sealing.
 
+    \b
     Example:
-
-        stalela report z --data /var/lib/stalela
+      stalela report z --data /var/lib/stalela
     """
     import sqlite3
 
@@ -87,6 +87,8 @@ def report_z(data_dir, fmt):
     try:
         try:
             key = load_private_key(config.key_path)
+        except PermissionError as exc:
+            raise click.ClickException(permission_text(exc)) from None
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot read the agent key {config.key_path}: {exc}") from None
         try:
@@ -113,9 +115,9 @@ def report_z(data_dir, fmt):
 def report_a(data_dir, start, end, fmt):
     """Article-level lines of the invoices sealed in a period.
 
+    \b
     Example:
-
-        stalela report a --data /var/lib/stalela --from 2026-11-01 --to 2026-11-30
+      stalela report a --data /var/lib/stalela --from 2026-11-01 --to 2026-11-30
     """
     from ..reports import BadPeriod, a_report_for
 

@@ -6,9 +6,10 @@ import asyncio
 import click
 
 from ..cloud_client import CloudClient
+from ..config import read_secret
 from ..store.db import connect, migrate
 from ..sync import SyncWorker, outbox_status, retry_quarantined
-from .common import data_option, domain_errors, load
+from .common import data_option, domain_errors, emit_json, json_option, require_enrolled
 
 
 @click.group()
@@ -18,20 +19,34 @@ def sync() -> None:
 
 @sync.command()
 @data_option
-def status(data_dir):
+@json_option
+@domain_errors
+def status(data_dir, as_json):
     """Show what is waiting, what was synced and what the cloud rejected (quarantine).
 
-    Example:
+    Exit codes: 0 shown; 1 error (e.g. no enrolled agent in --data).
 
-        stalela sync status --data /var/lib/stalela
+    \b
+    Example:
+      stalela sync status --data /var/lib/stalela
+      stalela sync status --data /var/lib/stalela --json
     """
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     migrate(config.db_path)
     conn = connect(config.db_path)
     try:
         st = outbox_status(conn)
     finally:
         conn.close()
+    if as_json:
+        # Named field by field: the documented shape does not follow outbox_status's internals.
+        emit_json({"data_dir": str(config.data_dir), "pending": st["pending"],
+                   "oldest_pending": st["oldest_pending"], "synced": st["synced"],
+                   "quarantined": st["quarantined"],
+                   "quarantine": [{"id": q["id"], "fiscal_number": q["fiscal_number"],
+                                   "authority_id": q["authority_id"], "reason": q["reason"]}
+                                  for q in st["quarantine"]]})
+        return
     click.echo(f"pending: {st['pending']}" + (f" (oldest sealed {st['oldest_pending']})" if st["pending"] else ""))
     click.echo(f"synced: {st['synced']}")
     click.echo(f"quarantined: {st['quarantined']}")
@@ -45,13 +60,13 @@ def status(data_dir):
 def now(data_dir):
     """Upload the whole outbox now, with progress (the daemon does this by itself too).
 
+    \b
     Example:
-
-        stalela sync now --data /var/lib/stalela
+      stalela sync now --data /var/lib/stalela
     """
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     migrate(config.db_path)
-    token = config.token_path.read_text("utf-8").strip()
+    token = read_secret(config.token_path)
     conn = connect(config.db_path)
     total = outbox_status(conn)["pending"]
     conn.close()
@@ -77,14 +92,15 @@ def now(data_dir):
 
 @sync.command("retry-quarantined")
 @data_option
+@domain_errors
 def retry(data_dir):
     """Put the invoices the cloud rejected back in the queue (after the cause was fixed).
 
+    \b
     Example:
-
-        stalela sync retry-quarantined --data /var/lib/stalela
+      stalela sync retry-quarantined --data /var/lib/stalela
     """
-    config = load(data_dir)
+    config = require_enrolled(data_dir)
     conn = connect(config.db_path)
     try:
         n = retry_quarantined(conn)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,8 +16,11 @@ from pathlib import Path
 import click
 
 from .. import logs
-from ..config import load_config, write_default_config, write_secret
+from cloud_stub.config import DEFAULT_PORT as DEFAULT_CLOUD_PORT
+
+from ..config import Settings, write_default_config, write_secret
 from ..store.db import connect, migrate
+from .common import load
 from fiscal.examples import SAMPLE
 
 
@@ -36,7 +42,11 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -
 
 
 def _run(args: list[str]) -> str:
-    res = subprocess.run(args, capture_output=True, text=True)
+    return _run_with_stdin(args, None)
+
+
+def _run_with_stdin(args: list[str], stdin: str | None) -> str:
+    res = subprocess.run(args, capture_output=True, text=True, input=stdin)
     if res.returncode != 0:
         raise click.ClickException(f"{' '.join(args[2:])} failed: {res.stderr.strip() or res.stdout.strip()}")
     return res.stdout.strip()
@@ -78,28 +88,108 @@ def curl_command(url: str, key: str) -> str:
             f"-H 'Content-Type: application/json' -d '{body}'")
 
 
+DEMO_KEY_NAME = "POS-01"
+
+
+def _take_lock(data_dir: Path):
+    """Hold DATA/up.lock for this run's lifetime, or refuse: another `up` serves this folder.
+
+    Why: a second `up` on the same folder used to start a second simulator (which replaced the
+    first one's ttyMCF link), print the banner and die with a traceback. flock is released by the
+    kernel when the process ends, so a crash never leaves a stale lock behind.
+    """
+    lock_path = data_dir / "up.lock"
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise click.ClickException(
+            f"a demo is already running from {data_dir} (pid {holder}): use it, or stop it (Ctrl-C in its "
+            f"terminal, or kill {holder}) before starting another; a second demo needs its own --data and "
+            "ports") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    return fd
+
+
+def _check_ports(ports: dict[str, int]) -> None:
+    """Refuse busy ports before anything starts (each one named with who usually holds it)."""
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                raise click.ClickException(
+                    f"port {port} ({what}) on 127.0.0.1 is already in use (another `stalela up`, cloud or agent?): "
+                    f"stop it, or choose other ports with --cloud-port/--port") from None
+
+
+def _demo_key(agent_dir: Path, key_file: Path) -> tuple[str, str]:
+    """The demo's POS API key and the name `stalela agent keys list` shows for it."""
+    from ..api.keys import create_key, lookup
+
+    migrate(agent_dir / "agent.db")
+    conn = connect(agent_dir / "agent.db")
+    try:
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            return key, lookup(conn, key) or "revoked"
+        taken = {r[0] for r in conn.execute("SELECT name FROM api_keys")}
+        name = DEMO_KEY_NAME
+        n = 1
+        while name in taken:  # a key file lost after its key was made: a new name, never a reuse
+            n += 1
+            name = f"{DEMO_KEY_NAME}-{n}"
+        key = create_key(conn, name)
+        write_secret(key_file, key)
+        return key, name
+    finally:
+        conn.close()
+
+
 @click.command()
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo-data"), show_default=True, help="Where the demo keeps its files.")
-@click.option("--cloud-port", default=8710, show_default=True)
-@click.option("--port", default=8720, show_default=True, help="Agent POS API port.")
-def up(data_dir: Path, cloud_port: int, port: int) -> None:
+@click.option("--cloud-port", default=DEFAULT_CLOUD_PORT, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the bundled cloud.")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help=f"Agent POS API port [default: {Settings.model_construct().agent.port}; later runs: the one "
+                   "in DATA/agent/config.toml].")
+def up(data_dir: Path, cloud_port: int, port: int | None) -> None:
     """Quick start: run the bundled cloud, a simulated MCF and an enrolled agent on 127.0.0.1.
 
     On first use it creates a demo merchant and outlet in the cloud, enrolls the agent, fetches
-    a delegated credential and makes a POS API key; it starts the simulated fiscal device (MCF) on a
-    pseudo-terminal (DATA/sim/ttyMCF), provisions it for the outlet and seals in device mode (cloud,
-    then delegated, as fallbacks); later runs reuse the same data. It prints the
-    agent URL, the API key and a curl line that seals an invoice, then serves until Ctrl-C.
+    a delegated credential and makes a POS API key (named POS-01); it starts the simulated fiscal
+    device (MCF) on a pseudo-terminal (DATA/sim/ttyMCF), provisions it for the outlet and seals in
+    device mode (cloud, then delegated, as fallbacks); later runs reuse the same data. It prints
+    the agent URL, the API key and a curl line that seals an invoice, then serves until Ctrl-C.
+    A second `up` while one runs on the same folder or ports is refused and changes nothing.
 
+    \b
     Example:
-
-        stalela up --data ./demo-data
+      stalela up --data ./demo-data
+      stalela up --data /tmp/demo2 --cloud-port 8711 --port 8721
     """
     data_dir = data_dir.resolve()
     cloud_dir, agent_dir = data_dir / "cloud", data_dir / "agent"
     cloud_url = f"http://127.0.0.1:{cloud_port}"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    existing = load(agent_dir) if (agent_dir / "config.toml").exists() else None
+    if port is None:
+        port = existing.port if existing else Settings.model_construct().agent.port
+    ports = {"cloud": cloud_port, "agent": existing.port if existing else port}
+    # Nothing is created or changed before both checks pass. The folder's lock comes first when
+    # the folder exists (it names the running demo); a new folder is made only once the ports are free.
+    if data_dir.exists():
+        lock = _take_lock(data_dir)
+        _check_ports(ports)
+    else:
+        _check_ports(ports)
+        lock = _take_lock(data_dir)
     cloud_log = open(data_dir / "cloud.log", "ab")
     cloud = subprocess.Popen(_stalela("cloud", "serve", "--data", str(cloud_dir), "--port", str(cloud_port)),
                              stdout=cloud_log, stderr=cloud_log, start_new_session=True)
@@ -119,18 +209,9 @@ def up(data_dir: Path, cloud_port: int, port: int) -> None:
                 # Device mode by default (the simulated MCF); cloud, then delegated, as fallbacks.
                 write_default_config(agent_dir, cloud__url=cloud_url, agent__port=port, credential__check_interval=5,
                                      device__url=str(sim_link), signer__policy=["device", "cloud", "delegated"])
-            _run(_stalela("agent", "enroll", "--data", str(agent_dir), "--token", token.split()[0]))
-        if not key_file.exists():
-            migrate(agent_dir / "agent.db")
-            conn = connect(agent_dir / "agent.db")
-            try:
-                from ..api.keys import create_key
-                name = f"quickstart-{int(time.time())}"
-                write_secret(key_file, create_key(conn, name))
-            finally:
-                conn.close()
-        key = key_file.read_text().strip()
-        config = load_config(agent_dir)
+            _run_with_stdin(_stalela("agent", "enroll", "--data", str(agent_dir), "--token", "-"), token.split()[0])
+        key, key_name = _demo_key(agent_dir, key_file)
+        config = load(agent_dir)
         if config.device_url:
             # Bind the MCF to the outlet in the cloud (refreshes the record on later runs).
             _run(_stalela("device", "provision", "--data", str(agent_dir), "--port", config.device_url))
@@ -141,7 +222,7 @@ def up(data_dir: Path, cloud_port: int, port: int) -> None:
         click.echo(f"  agent  {url}   (data: {agent_dir})")
         if config.device_url:
             click.echo(f"  device simulated MCF on {config.device_url}   (log: {data_dir / 'sim.log'})")
-        click.echo(f"  API key (POS-01): {key}")
+        click.echo(f"  API key ({key_name}): {key}")
         click.echo("Seal an invoice:")
         click.echo("  " + curl_command(url, key))
         click.echo("Health:  curl -s " + url + "/v1/health")
@@ -149,7 +230,13 @@ def up(data_dir: Path, cloud_port: int, port: int) -> None:
         sys.stdout.flush()
         from ..daemon import serve
         logs.setup(os.environ.get("STALELA_LOG_LEVEL", "INFO"))
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise click.ClickException(f"port {config.port} on {config.host} was taken meanwhile; "
+                                       "the demo stops") from None
     finally:
         if sim is not None:
             sim.terminate()
@@ -164,3 +251,4 @@ def up(data_dir: Path, cloud_port: int, port: int) -> None:
         except subprocess.TimeoutExpired:
             cloud.kill()
         cloud_log.close()
+        os.close(lock)

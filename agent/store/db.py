@@ -5,7 +5,9 @@ only after the WAL is fsync'ed, so an invoice is on disk before the POS hears it
 """
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import sqlite_utils
@@ -172,6 +174,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                isolation_level=None)
     else:
+        _create_private(Path(path))
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -181,10 +184,36 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _create_private(path: Path) -> None:
+    """Create the journal file 0600 whatever the umask, before SQLite does (SQLite would use
+    0644 minus the umask, and gives its -wal and -shm files the database file's mode)."""
+    if path.exists():
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """A journal left readable by others (made before this rule, or by hand) is made 0600."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if stat.S_IMODE(p.stat().st_mode) & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            pass  # not ours to change (another user's journal we may read): leave it as it is
+
+
 def migrate(path: Path) -> list[str]:
     """Apply pending migrations; returns the names applied now."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     conn = connect(path)
+    _tighten(path)
     try:
         db = sqlite_utils.Database(conn)
         if "_migrations" not in db.table_names():

@@ -101,7 +101,7 @@ def _resign_as_a_forger(out) -> str:
     re-seal and re-chain every invoice, and rewrite the manifest to match. Returns that key."""
     import hashlib
 
-    from fiscal.canonical import GENESIS_HASH
+    from fiscal.protocol import GENESIS_HASH
     from fiscal.credential import BlockClosure, DelegatedCredential
     from fiscal.seal import apply_signature
     from fiscal.signing import generate_private_key, key_id, public_key_text
@@ -226,7 +226,7 @@ def _rewrite_chain(out, seal) -> None:
     """Re-seal every invoice of a one-chain export with `seal(inv)`, re-chain, fix the manifest."""
     import hashlib
 
-    from fiscal.canonical import GENESIS_HASH
+    from fiscal.protocol import GENESIS_HASH
 
     manifest = json.loads((out / "manifest.json").read_text("utf-8"))
     [info] = manifest["chains"].values()
