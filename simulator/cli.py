@@ -71,7 +71,7 @@ def _open_device(state_path: Path) -> FiscalDevice:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group(name="sim")
+@click.group(name="sim", context_settings={"help_option_names": ["-h", "--help"]})
 def sim() -> None:
     """The simulated MCF (DGI fiscal device): a software device any SFE can talk to.
 

@@ -102,7 +102,8 @@ def _flags_line(sta: Status | None) -> str:
 
 
 # ------------------------------------------------------------------------------ the group
-@click.group()
+# Its own -h too: the group must not depend on how it was reached (the root sets it as well).
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def device() -> None:
     """Find, identify and check the DGI fiscal device (MCF)."""
 

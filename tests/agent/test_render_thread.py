@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import documents
-from agent.api.app import init_app
+from agent.api.app import attach, init_app
 from agent.config import load_config
 from agent.service import AgentService
 from tests.support import AgentHarness, invoice
@@ -28,7 +28,9 @@ async def agent(tmp_path):
     harness = AgentHarness(tmp_path / "agent")
     harness.add_credential(harness.credential(1, 100))
     service = AgentService.open(load_config(harness.data_dir))
-    client = TestClient(TestServer(init_app(service), host="127.0.0.1"))
+    app = init_app(service.config)
+    attach(app, service)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     client.headers = {"Authorization": f"Bearer {harness.api_key}"}
     try:
