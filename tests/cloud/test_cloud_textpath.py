@@ -75,7 +75,9 @@ def test_the_agents_invoices_are_recognised_and_give_the_same_records(sealed):
     payload = ("[" + ",".join(texts) + "]").encode()
     records = checks.check_text(payload, keys, {})
     assert records == general(payload, keys)  # ...and changes nothing
-    assert all(r[5] is None and r[-1] == [] for r in records)  # well-formed, signatures verify
+    checked = [checks.Checked(*r) for r in records]
+    assert all(c.invalid is None and c.problems == [] for c in checked)  # well-formed, signatures verify
+    assert all(c.arith is None for c in checked), [c.arith_detail for c in checked]  # and they add up
 
 
 MUTATIONS = [
