@@ -80,6 +80,29 @@ def test_the_agents_invoices_are_recognised_and_give_the_same_records(sealed):
     assert all(c.arith is None for c in checked), [c.arith_detail for c in checked]  # and they add up
 
 
+def test_amounts_and_credit_references_are_read_from_the_text_as_from_the_value():
+    """The tax engine's verdict and a credit note's reference, on the text path: the same records."""
+    key = generate_private_key()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    cred = DelegatedCredential.issue(generate_private_key(), "kid", id="DC-0123456789AB", outlet_id="KIN-01",
+                                     merchant_nif="A1234567B", agent_public_key=public_key_text(key), block_start=1,
+                                     block_end=10, not_before=now - timedelta(hours=1), not_after=now + timedelta(hours=1))
+    agent = Agent(id="AG", token="t", outlet={"id": "KIN-01", "merchant_nif": "A1234567B",
+                                               "time_zone": "Africa/Kinshasa"}, key=key)
+    credit = agent.seal(cred, 1, request=invoice_request("10.00", "FA", reference="ABCDEFGHJKMNPQRSTVWXYZ23"))
+    lying = agent.seal(cred, 2, tamper=lambda inv: inv["totals"]["by_group"]["B"].update(vat="0.00"))
+    texts = [agent_text(credit), agent_text(lying)]
+    assert all(textpath.INVOICE.fullmatch(t) for t in texts)
+    payload = ("[" + ",".join(texts) + "]").encode()
+    keys = {cred.id: public_key_text(key)}
+    records = checks.check_text(payload, keys, {})
+    assert records == general(payload, keys)
+    first, second = (checks.Checked(*r) for r in records)
+    assert (first.reference_code, first.total, first.arith) == ("ABCDEFGHJKMNPQRSTVWXYZ23", "10.00", None)
+    assert first.code == credit["security"]["code"]
+    assert (second.reference_code, second.arith) == (None, "groups_mismatch")
+
+
 MUTATIONS = [
     # character level, anywhere
     lambda t, r: _at(t, r, lambda c: r.choice('0123456789abcAZ"\\{}[],: .-é\x7f\x01')),
