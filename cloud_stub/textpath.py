@@ -167,8 +167,27 @@ def check(match: re.Match, keys: Mapping[str, str], loaded: dict[str, Any]) -> t
             *_arithmetic(match, moment))
 
 
+_ITEM_AMOUNTS = re.compile(r'"quantity":"([0-9.]+)","specific_tax":null,"tax_group":"([A-P])",'
+                           r'"type":"(BIE|SER|TAX)","unit_price":"([0-9.]+)"').findall
+_PAYMENTS = re.compile(r'"payments":\[([^\]]*)\]').search
+_PAYMENT_AMOUNTS = re.compile(r'\{"amount":"(-?[0-9.]+)","method":"([EVCMDA])"\}').findall
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}").fullmatch  # InvoiceRequest.request_id
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]").search
+
+
 def _arithmetic(match: re.Match, moment: datetime) -> tuple[str | None, str | None]:
-    """`checks.arithmetic_verdict`, reading only the members the tax engine needs."""
+    """`checks.arithmetic_verdict`, reading only the members the tax engine needs: first the
+    quick form (plain items from the text, canonical texts compared); anything it is not sure of
+    is parsed and judged the general way."""
+    text = match.group
+    request_id, number, terminal = text("request_id")[1:-1], text("invoice_number")[1:-1], text("pos_terminal_id")[1:-1]
+    if (_REQUEST_ID(request_id) and 1 <= len(number) <= 64 and 1 <= len(terminal) <= 32
+            and _CONTROL(number) is None and _CONTROL(terminal) is None):
+        totals = text("totals")
+        if arithmetic.adds_up_plain(text("type")[1:-1], text("price_mode")[1:-1], _ITEM_AMOUNTS(text("items")),
+                                    _PAYMENT_AMOUNTS(_PAYMENTS(totals).group(1)), text("reference") != "null",
+                                    moment.date(), text("lines"), totals):
+            return None, None
     request = json.loads("{" + _join(match, list(arithmetic.REQUEST_FIELDS)) + "}")
     totals = json.loads(match.group("totals"))
     request["payments"] = totals["payments"]

@@ -103,6 +103,29 @@ def test_amounts_and_credit_references_are_read_from_the_text_as_from_the_value(
     assert (second.reference_code, second.arith) == (None, "groups_mismatch")
 
 
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace('"request_id":"', '"request_id":"A B', 1),  # the request model refuses it
+    lambda t: t.replace('"request_id":"', '"request_id":"' + "R" * 64, 1),
+    lambda t: t.replace('"invoice_number":"', '"invoice_number":"' + "N" * 64, 1),
+    lambda t: t.replace('"pos_terminal_id":"', '"pos_terminal_id":"\x7f', 1),
+    lambda t: t.replace('"type":"FV"', '"type":"FA"', 1),  # a credit note without its reference
+    lambda t: t.replace('"reference":null', '"reference":{"code":"ABCDEFGHJKMNPQRSTVWXYZ23","nature":"COR"}', 1),
+    lambda t: t.replace('"method":"E"', '"method":"C"', 1),
+    lambda t: t.replace('"price_mode":"TTC"', '"price_mode":"HT"', 1),
+    lambda t: t.replace('"tax_group":"B"', '"tax_group":"O"', 1),
+    lambda t: t.replace('"usd_equivalent":null', '"usd_equivalent":"1.00"', 1),
+], ids=["request-id", "request-id-long", "number-long", "terminal-del", "fa", "fv-reference", "card", "ht",
+        "group", "usd"])
+def test_the_quick_verdict_is_the_models(sealed, edit):
+    """Every doubt of the text path's quick arithmetic goes to the model: the same verdict."""
+    texts, keys = sealed
+    for base in texts[:12]:
+        text = edit(base)
+        assert textpath.INVOICE.fullmatch(text), text[:80]
+        payload = f"[{text}]".encode()
+        assert checks.check_text(payload, keys, {}) == general(payload, keys)
+
+
 MUTATIONS = [
     # character level, anywhere
     lambda t, r: _at(t, r, lambda c: r.choice('0123456789abcAZ"\\{}[],: .-é\x7f\x01')),
