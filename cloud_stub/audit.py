@@ -7,6 +7,9 @@ the block's closure, and either
   * the credential is settled (closed, expired or revoked) since longer than the grace period.
 Gaps are flagged once (a flag lists number ranges); a flag whose numbers all arrive later or are
 voided by a late closure is marked resolved, never deleted.
+
+`flag_numbers` raises the other flags: invoices refused for the tax rules under a valid seal, and
+invoices of a device the operator has not bound to the outlet.
 """
 from __future__ import annotations
 

@@ -283,3 +283,9 @@ def warm_up() -> None:
                             "signature": "AA", "code": "", "qr_payload": ""}}
     fastpath.verify_seal(invoice, load_verifying_key(key), b"\0" * 32)
     fastpath.forms(invoice)
+    # The tax engine (its table, the request model's validators) and both verdict paths.
+    request = {"request_id": "WARM", "type": "FV", "invoice_number": "W", "pos_terminal_id": "W",
+               "operator": {"id": "1", "name": "W"}, "items": [{"name": "W", "type": "BIE", "tax_group": "B",
+                                                                "unit_price": "1.00"}], "payments": []}
+    arithmetic.problem(request, datetime.now().date(), [], {})
+    arithmetic.adds_up_plain("FV", "TTC", [("1", "B", "BIE", "1.00")], [], False, datetime.now().date(), "[]", "{}")
