@@ -313,3 +313,50 @@ async def test_a_ledger_of_the_previous_schema_opens_and_goes_on(legacy, config)
     assert [s[:2] for s in statuses(answer)] == [("duplicate", None), ("accepted", None),
                                                  ("rejected", "credit_exceeds_original")]
     assert (await cloud.get("/v1/outlets/KIN-01/ledger/verify", agent.headers))["valid"]
+
+
+# -- a real agent sealing with a (simulated) MCF -----------------------------------------------------
+
+
+def test_a_real_agents_device_invoices_add_up_and_are_device_attested(tmp_path):
+    """Agent, cloud and MCF simulator as real processes/ptys: the device's invoices, recomputed by
+    the cloud, add up; bound by the operator they are device-attested and count in the totals."""
+    from agent.config import write_default_config
+    from tests.device.device_support import MID as SIM_MID, SimDevice
+    from tests.support import NIF, CloudProcess, EnrolledAgent, invoice
+
+    cloud = CloudProcess(tmp_path / "cloud")
+    token = cloud.add_outlet()
+    cloud.start()
+    sim = SimDevice(tmp_path / "sim")
+    agent = None
+    try:
+        agent = EnrolledAgent(tmp_path / "agent", cloud, token, policy=("device", "delegated"))
+        write_default_config(agent.data_dir, agent__port=agent.port, cloud__url=cloud.url, sync__interval=0.5,
+                             credential__check_interval=1, signer__policy=["device", "delegated"],
+                             device__url=str(sim.link_path))
+        cloud.cli("devices", "bind", "--outlet", agent.outlet, "--mid", SIM_MID, "--nif", NIF)
+        agent.start()
+        bodies = [invoice("DEV-1", 3), invoice("DEV-2", 5, price_mode="HT"),
+                  invoice("DEV-3", 2, payments=[{"method": "C", "amount": "100.00"}, {"method": "E", "amount": "900.00"}])]
+        sealed = []
+        for body in bodies:
+            status, answer, _ = agent.post("/v1/invoices", body)
+            assert status == 201 and answer["mode"] == "device", answer
+            sealed.append(answer)
+        # A credit note of the first: its original reaches the cloud before it (sealing order).
+        credit = invoice("DEV-4", 1, type="FA", reference={"nature": "COR", "code": sealed[0]["security"]["code"]})
+        status, answer, _ = agent.post("/v1/invoices", credit)
+        assert status == 201 and answer["mode"] == "device", answer
+        sealed.append(answer)
+        assert agent.wait_synced() == {"accepted": 4}
+        entries = cloud.get(f"/v1/outlets/{agent.outlet}/ledger", cloud.admin_token())["entries"]
+        assert [(e["mode"], e["state"]) for e in entries] == [("device", "device-attested")] * 4
+        assert [e["invoice"]["totals"] for e in entries] == [s["totals"] for s in sealed]
+        summary = cloud.get(f"/v1/outlets/{agent.outlet}/summary", cloud.admin_token())
+        assert summary["count"] == 4 and summary["excluded"] == {} and summary["by_type"]["FA"]["count"] == 1
+    finally:
+        if agent is not None:
+            agent.stop()
+        sim.stop()
+        cloud.stop()
