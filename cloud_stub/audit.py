@@ -88,7 +88,8 @@ def flag_numbers(tx: Tx, outlet_id: str, reason: str, authority_id: str, numbers
                  now: datetime, credential_id: str | None = None) -> int | None:
     """Flag invoices the cloud refused or holds apart (`reason`: the rejection's, or
     `unregistered_device`): the id of the new flag, or None when every number is already in an
-    open flag of the same reason and authority (an agent resending a batch raises no new flag).
+    open flag of the same reason and authority (an agent resending a batch raises no new flag), or
+    when they were added to the open flag of an unregistered device.
     With no numbers (an online seal refused before it took one) the detail tells attempts apart."""
     open_flags = tx.open_flags_of(outlet_id, reason, authority_id)
     if not numbers:
@@ -99,7 +100,16 @@ def flag_numbers(tx: Tx, outlet_id: str, reason: str, authority_id: str, numbers
     new = sorted(set(numbers) - seen)
     if not new:
         return None
+    if reason in MERGED_REASONS and open_flags:
+        # One open flag per device: its numbers grow with every batch instead of a flag per batch.
+        flag = open_flags[0]
+        tx.set_flag_numbers(flag["id"], ranges(sorted(expand(json.loads(flag["numbers"])) | set(new))))
+        return None
     return tx.insert_flag(outlet_id, reason, credential_id, ranges(new), detail, iso(now), authority_id)
+
+
+# Reasons with one open flag per authority (a device stored apart), not one per event.
+MERGED_REASONS = frozenset({"unregistered_device"})
 
 
 def flag_view(row: dict) -> dict:

@@ -554,6 +554,9 @@ class Tx:
             sql += " AND resolved_at IS NULL"
         return self._all(sql + " ORDER BY id", *args)
 
+    def set_flag_numbers(self, flag_id: int, numbers: list) -> None:
+        self._run("UPDATE flags SET numbers = ? WHERE id = ? AND resolved_at IS NULL", json.dumps(numbers), flag_id)
+
     def resolve_flag(self, flag_id: int, now: str, resolution: str) -> None:
         self._run("UPDATE flags SET resolved_at = ?, resolution = ? WHERE id = ? AND resolved_at IS NULL",
                   now, resolution, flag_id)

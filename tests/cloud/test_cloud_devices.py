@@ -173,6 +173,11 @@ async def test_unregistered_device_invoices_are_out_of_the_totals(cloud):
     assert flags == [("unregistered_device", "ZZ09999999", [[7, 8]])]
     assert statuses(await cloud.reconcile(agent, [a, b])) == [("duplicate", None, None)] * 2
     assert len(await cloud.flags("KIN-01")) == 1
+    # Its next batch adds its numbers to the same open flag.
+    c = device_invoice(agent.outlet, "ZZ09999999", 9, b["chain"]["hash"], cloud.clock.now, "500.00")
+    assert statuses(await cloud.reconcile(agent, [c])) == [("accepted", None, "unregistered_device")]
+    flags = [(f["reason"], f["authority_id"], f["numbers"]) for f in await cloud.flags("KIN-01")]
+    assert flags == [("unregistered_device", "ZZ09999999", [[7, 9]])]
     assert (await cloud.get("/v1/outlets/KIN-01/ledger/verify", agent.headers))["valid"]
 
 
