@@ -139,11 +139,23 @@ def bind_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, firmwar
         raise Conflict("device_bound_elsewhere", f"device {mid} is bound to outlet {elsewhere} of the same "
                        "merchant: unbind it there first")
     existing = tx.device(outlet_id, mid)
+    _settle_review(tx, outlet_id, mid, now, "confirmed by the operator")
     if existing is not None and existing["unbound_at"] is None:
         tx.update_device(outlet_id, mid, status, firmware, iso(now))
+        if existing["bound_by"] == LEGACY_BINDER:
+            tx.confirm_device(outlet_id, mid, bound_by)
         return device_view(tx.device(outlet_id, mid)), False
     tx.bind_device(outlet_id, mid, nif, status, firmware, iso(now), bound_by)
     return device_view(tx.device(outlet_id, mid)), True
+
+
+LEGACY_BINDER = "agent"  # `bound_by` of the bindings agents made before schema version 2
+
+
+def _settle_review(tx: Tx, outlet_id: str, mid: str, now: datetime, resolution: str) -> None:
+    """Resolve the review flag of a binding an agent made before version 2: the operator acted."""
+    for flag in tx.open_flags_of(outlet_id, "device_review", mid):
+        tx.resolve_flag(flag["id"], iso(now), resolution)
 
 
 def unbind_device(tx: Tx, outlet_id: str, mid: str, now: datetime) -> dict:
@@ -152,6 +164,7 @@ def unbind_device(tx: Tx, outlet_id: str, mid: str, now: datetime) -> dict:
     get_outlet(tx, outlet_id)
     if not tx.unbind_device(outlet_id, mid, iso(now)):
         raise NotFound("device_not_found", f"no device {mid} bound to outlet {outlet_id}")
+    _settle_review(tx, outlet_id, mid, now, "unbound by the operator")
     return device_view(tx.device(outlet_id, mid))
 
 

@@ -199,6 +199,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE ledger ADD COLUMN state TEXT;
     -- What a flag is about besides gaps: the credential, MID or cloud signer of the invoice.
     ALTER TABLE flags ADD COLUMN authority_id TEXT;
+    -- Each binding an agent made is for the operator to confirm (bind) or refuse (unbind).
+    INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at, authority_id)
+        SELECT outlet_id, 'device_review', NULL, '[]',
+               'device ' || mid || ' was bound by the outlet''s agent before the operator bound devices: '
+               || 'confirm it (stalela cloud devices bind) or unbind it',
+               strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'), mid
+        FROM devices ORDER BY outlet_id, mid;
     """,
 ]
 
@@ -323,6 +330,10 @@ class Tx:
                   "nif = excluded.nif, status = excluded.status, firmware = excluded.firmware, "
                   "provisioned_at = excluded.provisioned_at, bound_by = excluded.bound_by, unbound_at = NULL",
                   outlet_id, mid, nif, status, json.dumps(firmware, ensure_ascii=False), now, now, bound_by)
+
+    def confirm_device(self, outlet_id: str, mid: str, bound_by: str) -> None:
+        """The operator takes over a binding an agent made before version 2."""
+        self._run("UPDATE devices SET bound_by = ? WHERE outlet_id = ? AND mid = ?", bound_by, outlet_id, mid)
 
     def update_device(self, outlet_id: str, mid: str, status: str, firmware: dict, now: str) -> None:
         self._run("UPDATE devices SET status = ?, firmware = ?, last_seen = ? WHERE outlet_id = ? AND mid = ?",

@@ -300,9 +300,15 @@ async def test_a_ledger_of_the_previous_schema_opens_and_goes_on(legacy, config)
     assert (await cloud.get("/v1/outlets/KIN-01/ledger/verify", agent.headers))["valid"]
     entries = await cloud.ledger("KIN-01")
     assert [(e["mode"], e["state"]) for e in entries] == [("delegated", "verified"), ("device", "device-attested")]
-    # The binding an agent made then is kept, marked for the operator's review.
+    # The binding an agent made then is kept, flagged for the operator's review.
     devices = (await cloud.get("/v1/outlets/KIN-01/devices", cloud.admin))["devices"]
     assert [(d["mid"], d["bound"], d["bound_by"]) for d in devices] == [(MID, True, "agent")]
+    flags = (await cloud.get("/v1/outlets/KIN-01/flags?open=1", cloud.admin))["flags"]
+    assert [(f["reason"], f["authority_id"]) for f in flags] == [("device_review", MID)]
+    confirmed = await cloud.post("/v1/admin/outlets/KIN-01/devices", {"mid": MID, "nif": "A1234567B"},
+                                 cloud.admin, 200)
+    assert confirmed["bound_by"] == "admin"  # the operator confirmed it
+    assert (await cloud.get("/v1/outlets/KIN-01/flags?open=1", cloud.admin))["flags"] == []
     # The old device chain goes on; its invoices are still known (duplicates, not chain breaks).
     following = device_invoice(agent.outlet, MID, 71, device["chain"]["hash"], cloud.clock.now)
     answer = await cloud.reconcile(agent, [device, following])
