@@ -15,7 +15,7 @@ The first difference found is the answer, as (reason, detail):
 """
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,12 +51,32 @@ def request_of(invoice: dict) -> dict[str, Any]:
 
 
 def problem(request: dict[str, Any], day: date, lines: Any, totals: Any) -> tuple[str, str] | None:
-    """None when `lines` and `totals` are the engine's for `request` on `day`, else (reason, detail)."""
+    """None when `lines` and `totals` are the engine's for `request` on `day`, else (reason, detail).
+
+    On the first day of a new tax table, the previous day's table is accepted too: a sealer computes
+    the amounts a moment before it stamps the invoice, and that moment may fall before midnight.
+    """
     try:
         model = InvoiceRequest.model_validate(request)
     except ValidationError as exc:
         first = validation_errors(exc)[0]
         return "invoice_refused", f"{first['field']}: {first['message']}"
+    found = _verdict(model, day, lines, totals)
+    if found is not None and _table_changed_on(day):
+        if _verdict(model, day - timedelta(days=1), lines, totals) is None:
+            return None
+    return found
+
+
+def _table_changed_on(day: date) -> bool:
+    table = _tax_table()
+    try:
+        return table.period_on(day) is not table.period_on(day - timedelta(days=1))
+    except TaxError:  # no table on one of the days: nothing to fall back on
+        return False
+
+
+def _verdict(model: InvoiceRequest, day: date, lines: Any, totals: Any) -> tuple[str, str] | None:
     try:
         result = compute(model, day, _tax_table())
     except TaxError as exc:

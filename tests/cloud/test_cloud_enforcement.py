@@ -163,6 +163,27 @@ async def test_the_table_in_force_on_the_invoices_date(cloud):
         ("lines_mismatch", "AB01000001", None), ("invoice_refused", "AB01000001", None)]
 
 
+async def test_the_day_a_table_changes_the_eves_table_is_accepted(cloud):
+    """Amounts computed just before midnight, stamped just after, on the day the table changes."""
+    await cloud.outlet()
+    agent = await cloud.enroll()
+    await cloud.post("/v1/admin/outlets/KIN-01/devices", {"mid": "AB01000001", "nif": "A1234567B"}, cloud.admin, 201)
+    zone = ZoneInfo("Africa/Kinshasa")
+    eve = datetime(2025, 12, 31, 23, 59, 59, tzinfo=zone)
+    prev = GENESIS_HASH
+    batch = []
+    for number, stamped in ((1, datetime(2026, 1, 1, 0, 0, 1, tzinfo=zone)),
+                            (2, datetime(2026, 1, 2, 0, 0, 1, tzinfo=zone))):
+        invoice = device_invoice(agent.outlet, "AB01000001", number, prev, eve, invoice_request("1080.00", group="C"))
+        invoice["security"]["timestamp"] = stamped.isoformat()
+        invoice["chain"]["hash"] = chain_hash(invoice)
+        batch.append(invoice)
+        prev = invoice["chain"]["hash"]
+    answer = await cloud.reconcile(agent, batch)
+    # The next day, the old table is no excuse.
+    assert statuses(answer) == [("accepted", None), ("rejected", "lines_mismatch")]
+
+
 def device_invoice(outlet: dict, mid: str, number: int, prev_hash: str, when, request=None) -> dict:
     invoice = unsigned_invoice(mode="device", outlet=outlet, authority_id=mid, number=number,
                                timestamp=when, prev_hash=prev_hash, request=request)
