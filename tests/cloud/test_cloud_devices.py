@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timezone
+from datetime import timezone
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
