@@ -19,6 +19,7 @@ from fiscal.credential import BlockClosure
 from .config import CloudConfig, parse_duration
 from .errors import PROBLEM_BASE, CloudError, Forbidden, Invalid, NotFound, Unauthorized
 from .logs import event, log
+from .registry import PROVISIONING_PREFIX
 from . import reports
 from .service import CloudService
 
@@ -68,6 +69,7 @@ async def problems_and_log(request: web.Request, handler) -> web.StreamResponse:
 # -- request helpers ------------------------------------------------------------------------
 
 ADMIN: dict = {"id": "admin"}
+PROVISIONER: dict = {"id": "provisioning-token"}  # for the request log: never the token itself
 
 
 async def _body(request: web.Request, model: type[B]) -> B:
@@ -252,18 +254,24 @@ async def outlet_devices(request: web.Request) -> web.Response:
 
 
 async def provision_device(request: web.Request) -> web.Response:
-    caller = await _caller(request)
-    body = await _body(request, DeviceBody)
-    if caller is ADMIN:
-        if body.outlet_id is None:
-            raise Invalid("outlet_required", "the admin names the device's `outlet_id`")
-        outlet_id = body.outlet_id
-    else:
-        if body.outlet_id is not None and body.outlet_id != caller["outlet_id"]:
-            raise NotFound("outlet_not_found", f"no outlet {body.outlet_id}")
-        outlet_id = caller["outlet_id"]
+    """Bind an MCF: the operator (admin token, names `outlet_id`) or a technician holding a
+    provisioning token the operator issued for one outlet. An agent's own token cannot."""
+    token = _bearer(request)
     service = request.app[SERVICE]
-    device, created = await service.call(service.provision_device, outlet_id, body.mid, body.nif,
+    if token.startswith(PROVISIONING_PREFIX) and not hmac.compare_digest(token.encode(), service.admin_token.encode()):
+        request[CALLER] = PROVISIONER
+        body = await _body(request, DeviceBody)
+        device, created = await service.call(service.provision_with_token, token, body.mid, body.nif,
+                                             body.status, dict(body.firmware), body.outlet_id)
+        return _json(device, 201 if created else 200)
+    caller = await _caller(request)
+    if caller is not ADMIN:
+        raise Forbidden("operator_only", "devices are bound by the operator: the admin API, `stalela cloud "
+                        "devices bind`, or a provisioning token issued for the outlet")
+    body = await _body(request, DeviceBody)
+    if body.outlet_id is None:
+        raise Invalid("outlet_required", "the admin names the device's `outlet_id`")
+    device, created = await service.call(service.bind_device, body.outlet_id, body.mid, body.nif,
                                          body.status, dict(body.firmware))
     return _json(device, 201 if created else 200)
 
@@ -302,6 +310,33 @@ async def admin_create_token(request: web.Request) -> web.Response:
     except ValueError as exc:  # the model checked the form; parse_duration also refuses zero ("0s")
         raise Invalid("bad_ttl", f"{exc}; the token lifetime must be positive") from None
     return _json(await service.call(service.create_token, request.match_info["outlet_id"], ttl), 201)
+
+
+async def admin_bind_device(request: web.Request) -> web.Response:
+    await _admin(request)
+    body = await _body(request, DeviceBody)
+    outlet_id = request.match_info["outlet_id"]
+    if body.outlet_id is not None and body.outlet_id != outlet_id:
+        raise Invalid("bad_parameter", "`outlet_id` in the body differs from the URL's")
+    service = request.app[SERVICE]
+    device, created = await service.call(service.bind_device, outlet_id, body.mid, body.nif, body.status,
+                                         dict(body.firmware))
+    return _json(device, 201 if created else 200)
+
+
+async def admin_unbind_device(request: web.Request) -> web.Response:
+    await _admin(request)
+    service = request.app[SERVICE]
+    return _json(await service.call(service.unbind_device, request.match_info["outlet_id"],
+                                    request.match_info["mid"]))
+
+
+async def admin_provisioning_token(request: web.Request) -> web.Response:
+    await _admin(request)
+    body = await _body(request, TokenBody)
+    service = request.app[SERVICE]
+    ttl = parse_duration(body.ttl) if body.ttl else None
+    return _json(await service.call(service.create_provisioning_token, request.match_info["outlet_id"], ttl), 201)
 
 
 async def admin_revoke(request: web.Request) -> web.Response:
@@ -401,6 +436,9 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_get("/v1/admin/outlets", admin_outlets)
     r.add_post("/v1/admin/outlets", admin_add_outlet)
     r.add_post("/v1/admin/outlets/{outlet_id}/tokens", admin_create_token)
+    r.add_post("/v1/admin/outlets/{outlet_id}/provisioning-tokens", admin_provisioning_token)
+    r.add_post("/v1/admin/outlets/{outlet_id}/devices", admin_bind_device)
+    r.add_delete("/v1/admin/outlets/{outlet_id}/devices/{mid}", admin_unbind_device)
     r.add_post("/v1/admin/credentials/{credential_id}/revoke", admin_revoke)
     r.add_get("/v1/admin/flags", admin_flags)
     r.add_post("/v1/admin/audit", admin_audit)

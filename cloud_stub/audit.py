@@ -7,6 +7,9 @@ the block's closure, and either
   * the credential is settled (closed, expired or revoked) since longer than the grace period.
 Gaps are flagged once (a flag lists number ranges); a flag whose numbers all arrive later or are
 voided by a late closure is marked resolved, never deleted.
+
+`flag_numbers` raises the other flags: invoices refused for the tax rules under a valid seal, and
+invoices of a device the operator has not bound to the outlet.
 """
 from __future__ import annotations
 
@@ -81,8 +84,37 @@ def _resolve_healed(tx: Tx, open_gaps: list[dict], now: datetime) -> None:
             tx.resolve_flag(flag["id"], iso(now), "numbers reconciled later or voided by a closure")
 
 
+def flag_numbers(tx: Tx, outlet_id: str, reason: str, authority_id: str, numbers: list[int], detail: str,
+                 now: datetime, credential_id: str | None = None) -> int | None:
+    """Flag invoices the cloud refused or holds apart (`reason`: the rejection's, or
+    `unregistered_device`): the id of the new flag, or None when every number is already in an
+    open flag of the same reason and authority (an agent resending a batch raises no new flag), or
+    when they were added to the open flag of an unregistered device.
+    With no numbers (an online seal refused before it took one) the detail tells attempts apart."""
+    open_flags = tx.open_flags_of(outlet_id, reason, authority_id)
+    if not numbers:
+        if any(f["detail"] == detail for f in open_flags):
+            return None
+        return tx.insert_flag(outlet_id, reason, credential_id, [], detail, iso(now), authority_id)
+    seen = set().union(*(expand(json.loads(f["numbers"])) for f in open_flags)) if open_flags else set()
+    new = sorted(set(numbers) - seen)
+    if not new:
+        return None
+    if reason in MERGED_REASONS and open_flags:
+        # One open flag per device: its numbers grow with every batch instead of a flag per batch.
+        flag = open_flags[0]
+        tx.set_flag_numbers(flag["id"], ranges(sorted(expand(json.loads(flag["numbers"])) | set(new))))
+        return None
+    return tx.insert_flag(outlet_id, reason, credential_id, ranges(new), detail, iso(now), authority_id)
+
+
+# Reasons with one open flag per authority (a device stored apart), not one per event.
+MERGED_REASONS = frozenset({"unregistered_device"})
+
+
 def flag_view(row: dict) -> dict:
     return {"id": row["id"], "outlet_id": row["outlet_id"], "reason": row["reason"],
-            "credential_id": row["credential_id"], "numbers": json.loads(row["numbers"]),
+            "credential_id": row["credential_id"], "authority_id": row.get("authority_id"),
+            "numbers": json.loads(row["numbers"]),
             "detail": row["detail"], "created_at": row["created_at"],
             "resolved_at": row["resolved_at"], "resolution": row["resolution"]}

@@ -54,7 +54,7 @@ class DeviceBody(Body):
     nif: Annotated[str, Field(min_length=1, max_length=32)]
     status: Literal["active", "suspended", "retired"] = "active"
     firmware: dict[Short, Short] = {}
-    outlet_id: Short | None = None  # admin only; an agent provisions for its own outlet
+    outlet_id: Short | None = None  # the admin names it; a provisioning token implies its own outlet
 
 
 class Taxpayer(Body):

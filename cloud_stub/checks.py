@@ -26,7 +26,7 @@ from fiscal.models import SealedInvoice
 from fiscal.seal import chain_hash, verify_stalela_seal
 from fiscal.signing import load_verifying_key
 
-from . import fastpath, textpath
+from . import arithmetic, fastpath, textpath
 from .issuer import iso
 from .ledger import stored_text
 
@@ -70,6 +70,15 @@ class Checked(NamedTuple):
     # The seal's problems against `keys[authority_id]` (empty: it verifies); None when not
     # checked (not delegated, no key given, or the check failed: the caller runs it itself).
     problems: list[str] | None = None
+    # What credit notes need from the ledger: the invoice's code and total, and the code of the
+    # original it credits (None when it has no reference).
+    code: str | None = None
+    total: str | None = None
+    reference_code: str | None = None
+    # The tax engine's verdict on the invoice's amounts (arithmetic.py): None when they are the
+    # engine's, else the rejection reason and its detail.
+    arith: str | None = None
+    arith_detail: str | None = None
 
 
 def check(raw: Any, keys: Mapping[str, str], loaded: dict[str, Any]) -> tuple:
@@ -92,10 +101,29 @@ def check(raw: Any, keys: Mapping[str, str], loaded: dict[str, Any]) -> tuple:
             except Exception:  # e.g. a key that does not load: the caller meets the error itself
                 problems = None
     stored = forms.stored if forms is not None else stored_text(invoice)
+    moment = datetime.fromisoformat(sec["timestamp"])
     return (*trace, None, invoice["outlet_id"], invoice["merchant_nif"], mode, invoice["type"],
             sec["authority_id"], sec["fiscal_number"], sec["timestamp"],
-            iso(datetime.fromisoformat(sec["timestamp"])), sec["qr_payload"], chain["prev_hash"],
-            chain["hash"], content_hash, stored, forms is not None, problems)
+            iso(moment), sec["qr_payload"], chain["prev_hash"],
+            chain["hash"], content_hash, stored, forms is not None, problems,
+            *credit_fields(invoice), *arithmetic_verdict(invoice, moment))
+
+
+def credit_fields(invoice: dict) -> tuple[str, str, str | None]:
+    """(code, total, reference code) of a well-formed invoice."""
+    ref = invoice.get("reference")
+    return (invoice["security"]["code"], invoice["totals"]["total"],
+            ref["code"] if isinstance(ref, dict) else None)
+
+
+def arithmetic_verdict(invoice: dict, moment: datetime) -> tuple[str | None, str | None]:
+    """(reason, detail) of the tax engine's disagreement with the invoice, or (None, None)."""
+    try:
+        found = arithmetic.problem(arithmetic.request_of(invoice), moment.date(), invoice["lines"],
+                                   invoice["totals"])
+    except Exception as exc:  # never seen; still an answer for this invoice, never a failed batch
+        found = ("invoice_refused", f"the amounts cannot be recomputed: {type(exc).__name__}")
+    return found if found is not None else (None, None)
 
 
 def check_text(payload: bytes, keys: Mapping[str, str], loaded: dict[str, Any]) -> list[tuple] | None:
@@ -255,3 +283,9 @@ def warm_up() -> None:
                             "signature": "AA", "code": "", "qr_payload": ""}}
     fastpath.verify_seal(invoice, load_verifying_key(key), b"\0" * 32)
     fastpath.forms(invoice)
+    # The tax engine (its table, the request model's validators) and both verdict paths.
+    request = {"request_id": "WARM", "type": "FV", "invoice_number": "W", "pos_terminal_id": "W",
+               "operator": {"id": "1", "name": "W"}, "items": [{"name": "W", "type": "BIE", "tax_group": "B",
+                                                                "unit_price": "1.00"}], "payments": []}
+    arithmetic.problem(request, datetime.now().date(), [], {})
+    arithmetic.adds_up_plain("FV", "TTC", [("1", "B", "BIE", "1.00")], [], False, datetime.now().date(), "[]", "{}")

@@ -303,6 +303,110 @@ def credential_revoke(data_dir: Path, credential_id: str, reason: str, effective
     click.echo(f"credential {credential_id} revoked from {status['revoked_at']}")
 
 
+@cloud.group()
+def devices() -> None:
+    """MCF devices bound to outlets: only the operator binds them (agents cannot).
+
+    \b
+    Example:
+      stalela cloud devices bind   --data ./cloud-data --outlet KIN-01 --mid AB01000001 --nif A1234567B
+      stalela cloud devices list   --data ./cloud-data --outlet KIN-01
+      stalela cloud devices unbind --data ./cloud-data --outlet KIN-01 --mid AB01000001
+      stalela cloud devices token  --data ./cloud-data --outlet KIN-01   # for `stalela device provision`
+    """
+
+
+@devices.command("bind")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet the MCF seals for.")
+@click.option("--mid", required=True, help="The MCF's machine id (MID).")
+@click.option("--nif", required=True, help="The NIF the MCF reports (must be the outlet's merchant's).")
+@domain_errors
+def devices_bind(data_dir: Path, outlet_id: str, mid: str, nif: str) -> None:
+    """Bind an MCF to an outlet: its invoices then count in the outlet's totals.
+
+    \b
+    Example:
+      stalela cloud devices bind --data ./cloud-data --outlet KIN-01 --mid AB01000001 --nif A1234567B
+    """
+    service = _service(data_dir)
+    try:
+        device, created = service.bind_device(outlet_id, mid, nif)
+    finally:
+        service.close()
+    click.echo(f"device {mid} {'bound to' if created else 'already bound to'} outlet {device['outlet_id']}")
+
+
+@devices.command("unbind")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet the MCF is bound to.")
+@click.option("--mid", required=True, help="The MCF's machine id (MID).")
+@domain_errors
+def devices_unbind(data_dir: Path, outlet_id: str, mid: str) -> None:
+    """Unbind an MCF: its later invoices are flagged `unregistered_device` and left out of totals.
+
+    \b
+    Example:
+      stalela cloud devices unbind --data ./cloud-data --outlet KIN-01 --mid AB01000001
+    """
+    service = _service(data_dir)
+    try:
+        service.unbind_device(outlet_id, mid)
+    finally:
+        service.close()
+    click.echo(f"device {mid} unbound from outlet {outlet_id}")
+
+
+@devices.command("list")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet.")
+@json_option
+@domain_errors
+def devices_list(data_dir: Path, outlet_id: str, as_json: bool) -> None:
+    """List an outlet's MCF devices, bound or unbound, and who bound them.
+
+    \b
+    Example:
+      stalela cloud devices list --data ./cloud-data --outlet KIN-01
+    """
+    service = _service(data_dir)
+    try:
+        rows = service.devices(outlet_id)
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no devices")
+    for d in rows:
+        state = "bound" if d["bound"] else f"unbound {d['unbound_at']}"
+        click.echo(f"{d['mid']}  nif={d['nif']}  {state}  by={d['bound_by']}  status={d['status']}  "
+                   f"last_seen={d['last_seen'] or '-'}")
+
+
+@devices.command("token")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet the MCF will be bound to.")
+@click.option("--ttl", default="24h", show_default=True, callback=_duration,
+              help="How long the token can be used (e.g. 30m, 24h, 7d).")
+@domain_errors
+def devices_token(data_dir: Path, outlet_id: str, ttl) -> None:
+    """Issue a provisioning token: it lets `stalela device provision` bind one MCF to this outlet.
+
+    \b
+    Example:
+      stalela cloud devices token --data ./cloud-data --outlet KIN-01 --ttl 2h
+    """
+    service = _service(data_dir)
+    try:
+        result = service.create_provisioning_token(outlet_id, ttl)
+    finally:
+        service.close()
+    click.echo(result["token"])
+    click.echo(f"(binds one MCF to outlet {outlet_id}, expires {result['expires_at']})", err=True)
+
+
 @cloud.command("flags")
 @data_option
 @click.option("--outlet", "outlet_id", help="Only this outlet.")
@@ -310,7 +414,7 @@ def credential_revoke(data_dir: Path, credential_id: str, reason: str, effective
 @json_option
 @domain_errors
 def flags(data_dir: Path, outlet_id: str | None, open_only: bool, as_json: bool) -> None:
-    """List audit flags (gaps in number blocks).
+    """List audit flags (gaps in number blocks, invoices refused for the tax rules, unregistered devices).
 
     \b
     Example:

@@ -57,9 +57,17 @@ def number_key(outlet_id: str, invoice: dict) -> str:
 
 
 def number_key_of(outlet_id: str, mode: str, authority_id: str, fiscal_number: int) -> str:
+    # A device's numbers are unique per outlet and MID: a MID some other tenant uses (rightly or
+    # not) neither blocks this outlet's invoices nor tells it that the other's exist.
     if mode == "device":
-        return f"device:{authority_id}:{fiscal_number}"
+        return f"device:{outlet_id}:{authority_id}:{fiscal_number}"
     return f"stalela:{outlet_id}:{fiscal_number}"
+
+
+def legacy_device_number_key(mid: str, fiscal_number: int) -> str:
+    """How a device number was keyed before version 2 (by MID alone): such entries still count,
+    for their own outlet only."""
+    return f"device:{mid}:{fiscal_number}"
 
 
 def chain_key(outlet_id: str, invoice: dict) -> str:
@@ -67,7 +75,36 @@ def chain_key(outlet_id: str, invoice: dict) -> str:
 
 
 def chain_key_of(outlet_id: str, mode: str, authority_id: str) -> str:
-    return protocol_chain_key(mode, outlet_id=outlet_id, authority_id=authority_id)
+    """The ledger's chains: the Stalela signers' as everywhere (fiscal.protocol.chain_key); a
+    device's chain is kept per outlet, so one MID bound by two tenants never shares a chain."""
+    if mode == "device":
+        return f"device:{outlet_id}:{authority_id}"
+    return protocol_chain_key(mode, outlet_id=outlet_id)
+
+
+def legacy_device_chain_key(mid: str) -> str:
+    """A device chain's key before version 2 (see `legacy_device_number_key`)."""
+    return f"device:{mid}"
+
+
+# How the cloud holds an entry (the ledger's `state`): the seal checked by the cloud (cloud and
+# delegated), the MCF's elements recorded as they are until the DGI confirms them, or a device the
+# operator did not bind to the outlet (stored, flagged, out of the outlet's totals).
+VERIFIED, DEVICE_ATTESTED, UNREGISTERED_DEVICE = "verified", "device-attested", "unregistered_device"
+
+
+def entry_state(mode: str, state: str | None) -> str:
+    """An entry's state; entries appended before version 2 have none (their device was bound)."""
+    if state is not None:
+        return state
+    return DEVICE_ATTESTED if mode == "device" else VERIFIED
+
+
+def code_row(outlet_id: str, invoice: dict) -> tuple:
+    """The `invoice_codes` row of an appended invoice."""
+    ref = invoice.get("reference")
+    return (outlet_id, invoice["security"]["code"], invoice["type"], invoice["totals"]["total"],
+            ref["code"] if isinstance(ref, dict) else None)
 
 
 def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, int]:
@@ -87,8 +124,11 @@ def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, i
         ledger_hash=entry_hash(prev, outlet_id, seq, recorded_at, invoice["mode"], sec["authority_id"],
                                sec["fiscal_number"], invoice_hash),
         invoice=stored_text(invoice),
+        state=VERIFIED,  # the cloud sealed it itself
     )
-    return tx.append(entry), seq
+    ledger_id = tx.append(entry)
+    tx.insert_codes([code_row(outlet_id, invoice)])
+    return ledger_id, seq
 
 
 def stored_text(invoice: dict) -> str:
@@ -127,6 +167,7 @@ def page(tx: Tx, outlet_id: str, after: int, limit: int) -> dict:
         "authority_id": r["authority_id"], "fiscal_number": r["fiscal_number"],
         "chain_key": r["chain_key"], "invoice_hash": r["invoice_hash"],
         "prev_ledger_hash": r["prev_ledger_hash"], "ledger_hash": r["ledger_hash"],
+        "state": entry_state(r["mode"], r["state"]),
         "invoice": json.loads(r["invoice"]),
     } for r in rows]
     return {"outlet_id": outlet_id, "entries": entries,
@@ -199,6 +240,8 @@ def _render(bucket: dict) -> dict:
 def summary(tx: Tx, outlet: dict, start: str | None, end: str | None) -> dict:
     """Count and totals of an outlet's ledger for a period, per invoice type and per tax group.
 
+    Entries of an unregistered device are left out (counted under `excluded`).
+
     Amounts are summed as sealed (credit notes carry positive amounts; they are reported under
     their own type so the caller decides how to net them, as the agent's reports do).
     """
@@ -215,4 +258,6 @@ def summary(tx: Tx, outlet: dict, start: str | None, end: str | None) -> dict:
         "outlet_id": outlet["id"], "from": lo.isoformat(), "to": hi.isoformat(),
         "count": count, "by_mode": by_mode,
         "by_type": {t: _render(b) for t, b in sorted(by_type.items())},
+        # Stored but not counted above: invoices of a device not bound to the outlet.
+        "excluded": tx.excluded_in_period(outlet["id"], iso(lo), iso(hi)),
     }

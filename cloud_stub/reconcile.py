@@ -2,7 +2,8 @@
 
 The rules and the decisions behind them are in docs/cloud-api.md ("Reconciliation"). In short,
 per invoice and in this order: shape → outlet → content hash → duplicate/conflict by fiscal
-number → mode-specific checks → chain link → append. A batch is one transaction.
+number → mode-specific checks → the amounts (the tax engine's) → a credit note's original →
+chain link → append. A batch is one transaction.
 
 The work is split in two stages. What needs no database (shape, content hash, encoded forms,
 the delegated signature) is done by `checks.py`, possibly in the verifier's worker processes,
@@ -20,7 +21,7 @@ from fiscal.protocol import GENESIS_HASH
 from fiscal.credential import DelegatedCredential
 from fiscal.seal import credential_qr_part
 
-from . import ledger
+from . import audit, credits, ledger
 from .checks import Checked, Rejected, stored_seal_problems
 from .issuer import Issuer, iso, parse_iso
 from .repository import Tx
@@ -39,12 +40,13 @@ class Outcome:
     reason: str | None = None
     detail: str | None = None
     ledger_seq: int | None = None
+    flag: str | None = None  # accepted but flagged (an unregistered device)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": self.status}
         for key, value in (("fiscal_number", self.fiscal_number), ("authority_id", self.authority_id),
                            ("id", self.id), ("reason", self.reason), ("detail", self.detail),
-                           ("ledger_seq", self.ledger_seq)):
+                           ("ledger_seq", self.ledger_seq), ("flag", self.flag)):
             if value is not None:
                 out[key] = value
         return out
@@ -71,6 +73,10 @@ class _Batch:
         self.tail: dict | None = None
         self.tail_loaded = False
         self.rows: list[tuple] = []
+        self.codes: list[tuple] = []  # the appended rows' `invoice_codes` rows, written with them
+        self.bound: dict[str, bool] = {}  # MID -> bound to this outlet by the operator
+        self.unregistered: dict[str, list[int]] = {}  # MID -> numbers accepted from it unbound
+        self.new_flags: list[int] = []
 
     def prefetch_numbers(self, records: list[Checked]) -> None:
         """Read, in one query, the number keys of a chunk that the batch does not know yet.
@@ -80,7 +86,10 @@ class _Batch:
         """
         numbers = self.numbers
         keys = {ledger.number_key_of(self.outlet_id, r.mode, r.authority_id, r.fiscal_number)
-                for r in records if r.invalid is None} - numbers.keys()
+                for r in records if r.invalid is None}
+        keys.update(ledger.legacy_device_number_key(r.authority_id, r.fiscal_number)
+                    for r in records if r.invalid is None and r.mode == "device")
+        keys -= numbers.keys()
         if keys:
             numbers.update(dict.fromkeys(keys))
             numbers.update(self.tx.by_number_keys(list(keys)))
@@ -90,12 +99,32 @@ class _Batch:
             return self.numbers[key]
         return self.tx.by_number_key(key)
 
-    def head(self, key: str) -> dict | None:
+    def existing_device(self, key: str, rec: Checked) -> dict | None:
+        """A device number in the ledger: keyed per outlet, or by MID alone before version 2 (then
+        only this outlet's entry counts: another tenant's is none of its business)."""
+        found = self.existing(key)
+        if found is None:
+            found = self.existing(ledger.legacy_device_number_key(rec.authority_id, rec.fiscal_number))
+            if found is not None and found["outlet_id"] != self.outlet_id:
+                found = None
+        return found
+
+    def head(self, key: str, rec: Checked) -> dict | None:
         if key not in self.heads:
-            self.heads[key] = self.tx.chain_head(key)
+            head = self.tx.chain_head(key)
+            if head is None and rec.mode == "device":  # a chain begun before version 2 goes on
+                head = self.tx.chain_head_in_outlet(ledger.legacy_device_chain_key(rec.authority_id),
+                                                    self.outlet_id)
+            self.heads[key] = head
         return self.heads[key]
 
-    def append(self, rec: Checked, number_key: str, chain_key: str) -> int:
+    def device_bound(self, mid: str, merchant_nif: str) -> bool:
+        if mid not in self.bound:
+            row = self.tx.device(self.outlet_id, mid)
+            self.bound[mid] = row is not None and row["unbound_at"] is None and row["nif"] == merchant_nif
+        return self.bound[mid]
+
+    def append(self, rec: Checked, number_key: str, chain_key: str, state: str) -> int:
         if not self.tail_loaded:
             self.tail, self.tail_loaded = self.tx.ledger_tail(self.outlet_id), True
         tail = self.tail
@@ -106,7 +135,8 @@ class _Batch:
                                         invoice_hash)
         self.rows.append((self.outlet_id, seq, self.recorded_at, mode, rec.type, authority, number,
                           number_key, chain_key, rec.sealed_at, invoice_hash,
-                          prev, ledger_hash, rec.stored))
+                          prev, ledger_hash, rec.stored, state))
+        self.codes.append((self.outlet_id, rec.code, rec.type, rec.total, rec.reference_code))
         self.tail = {"seq": seq, "ledger_hash": ledger_hash}
         self.numbers[number_key] = {"outlet_id": self.outlet_id, "invoice_hash": invoice_hash}
         self.heads[chain_key] = {"fiscal_number": number, "invoice_hash": invoice_hash}
@@ -116,11 +146,41 @@ class _Batch:
         if self.rows:
             self.tx.append_many(self.rows)
             self.rows = []
+        self.flush_codes()
+
+    def flush_codes(self) -> None:
+        """Write the buffered code rows: before a credit note reads them, and with the entries."""
+        if self.codes:
+            self.tx.insert_codes(self.codes)
+            self.codes = []
+
+    def flag(self, reason: str, rec: Checked, detail: str) -> None:
+        credential = rec.authority_id if rec.mode == "delegated" else None
+        flag_id = audit.flag_numbers(self.tx, self.outlet_id, reason, rec.authority_id, [rec.fiscal_number],
+                                     detail, self.now, credential)
+        if flag_id is not None:
+            self.new_flags.append(flag_id)
+
+    def flag_unregistered(self) -> None:
+        for mid, numbers in self.unregistered.items():
+            flag_id = audit.flag_numbers(
+                self.tx, self.outlet_id, "unregistered_device", mid, numbers,
+                f"invoices of device {mid}, which the operator has not bound to this outlet: stored, "
+                "kept out of the outlet's totals", self.now)
+            if flag_id is not None:
+                self.new_flags.append(flag_id)
+
+
+# Rejections that are not an agent's mistake but a rule of the tax the invoice breaks, though its
+# seal verified: the outlet is flagged for audit.
+FLAGGED_REASONS = frozenset({"invoice_refused", "lines_mismatch", "groups_mismatch", "totals_mismatch",
+                             "unknown_original", "original_is_credit_note", "credit_exceeds_original"})
 
 
 def reconcile_batch(tx: Tx, issuer: Issuer, outlet: dict, chunks: Iterable[list[Checked]],
-                    keys: Mapping[str, str], now: datetime) -> list[Outcome]:
-    """Outcomes of a batch, whose pure checks arrive as `chunks` (in batch order).
+                    keys: Mapping[str, str], now: datetime) -> tuple[list[Outcome], list[int]]:
+    """Outcomes of a batch, whose pure checks arrive as `chunks` (in batch order), and the ids
+    of the flags it raised.
 
     `keys` are the agent keys the pure checks were given (credential id → public key text).
     """
@@ -134,18 +194,23 @@ def reconcile_batch(tx: Tx, issuer: Issuer, outlet: dict, chunks: Iterable[list[
                 if rec.invalid is not None:
                     raise Rejected("invalid", rec.invalid)
                 outcome.fiscal_number, outcome.authority_id = rec.fiscal_number, rec.authority_id
-                outcome.status, outcome.ledger_seq = _reconcile_one(batch, issuer, outlet, rec)
+                outcome.status, outcome.ledger_seq, outcome.flag = _reconcile_one(batch, issuer, outlet, rec)
             except Rejected as exc:
                 outcome.status, outcome.reason, outcome.detail = "rejected", exc.reason, exc.detail
                 _record_rejection(tx, outlet["id"], rec, exc, now)
+                if exc.reason in FLAGGED_REASONS:
+                    batch.flag(exc.reason, rec, exc.detail)
             outcomes.append(outcome)
         # Written chunk by chunk (same transaction): the inserts overlap the workers' checks of
         # the next chunks instead of all waiting for the last one.
         batch.flush()
-    return outcomes
+    batch.flag_unregistered()
+    return outcomes, batch.new_flags
 
 
-def _reconcile_one(batch: _Batch, issuer: Issuer, outlet: dict, rec: Checked) -> tuple[str, int | None]:
+def _reconcile_one(batch: _Batch, issuer: Issuer, outlet: dict,
+                   rec: Checked) -> tuple[str, int | None, str | None]:
+    """(status, ledger seq, flag) of one invoice, or Rejected."""
     tx = batch.tx
     if rec.outlet_id != outlet["id"]:
         raise Rejected("wrong_outlet", "the invoice names another outlet than the caller's")
@@ -156,29 +221,41 @@ def _reconcile_one(batch: _Batch, issuer: Issuer, outlet: dict, rec: Checked) ->
 
     mode = rec.mode
     number_key = ledger.number_key_of(outlet["id"], mode, rec.authority_id, rec.fiscal_number)
-    existing = batch.existing(number_key)
+    existing = batch.existing_device(number_key, rec) if mode == "device" else batch.existing(number_key)
     if existing is not None:
-        if existing["outlet_id"] != outlet["id"]:  # a device number: only its own outlet may know it
-            _check_device(tx, outlet, rec)
         if existing["invoice_hash"] == rec.chain_hash:
-            return "duplicate", None
+            return "duplicate", None, None
         raise Rejected("conflict", "this fiscal number is already in the ledger with different content")
 
+    state = ledger.VERIFIED
     if mode == "delegated":
         _check_delegated(batch, issuer, outlet, rec)
     elif mode == "device":
-        _check_device(tx, outlet, rec)
+        # The MCF's security elements are recorded as they are: the cloud cannot re-derive SIG.
+        bound = batch.device_bound(rec.authority_id, outlet["merchant_nif"])
+        state = ledger.DEVICE_ATTESTED if bound else ledger.UNREGISTERED_DEVICE
     else:  # cloud: every invoice the cloud sealed is already in the ledger (found above)
         if rec.authority_id != cloud_authority(outlet["id"]):
             raise Rejected("not_sealed_by_cloud", "the authority is not this outlet's cloud signer")
         raise Rejected("not_sealed_by_cloud", "the cloud never sealed an invoice with this number")
 
+    if rec.arith is not None:  # the tax engine's amounts, computed by the pure checks
+        raise Rejected(rec.arith, rec.arith_detail)
+    if rec.type in credits.CREDIT_TYPES:
+        batch.flush_codes()  # an original appended earlier in this batch counts
+        found = credits.problem(tx, outlet["id"], rec.type, rec.reference_code, rec.total)
+        if found is not None:
+            raise Rejected(*found)
+
     chain_key = ledger.chain_key_of(outlet["id"], mode, rec.authority_id)
     _check_chain(batch, chain_key, rec)
-    seq = batch.append(rec, number_key, chain_key)
+    seq = batch.append(rec, number_key, chain_key, state)
+    if state == ledger.UNREGISTERED_DEVICE:
+        batch.unregistered.setdefault(rec.authority_id, []).append(rec.fiscal_number)
+        return "accepted", seq, ledger.UNREGISTERED_DEVICE
     if mode == "device":
-        tx.touch_device(rec.authority_id, batch.recorded_at)
-    return "accepted", seq
+        tx.touch_device(outlet["id"], rec.authority_id, batch.recorded_at)
+    return "accepted", seq, None
 
 
 @dataclass(frozen=True)
@@ -244,16 +321,8 @@ def _check_delegated(batch: _Batch, issuer: Issuer, outlet: dict, rec: Checked) 
                        f"validity [{cred.not_before.isoformat()}, {cred.not_after.isoformat()})")
 
 
-def _check_device(tx: Tx, outlet: dict, rec: Checked) -> None:
-    # The MCF's security elements are recorded as they are: the cloud cannot re-derive SIG.
-    mid = rec.authority_id
-    device = tx.device(mid)
-    if device is None or device["nif"] != outlet["merchant_nif"] or device["outlet_id"] != outlet["id"]:
-        raise Rejected("unregistered_device", f"device {mid} is not registered to this outlet's NIF")
-
-
 def _check_chain(batch: _Batch, key: str, rec: Checked) -> None:
-    head = batch.head(key)
+    head = batch.head(key, rec)
     expected = head["invoice_hash"] if head else GENESIS_HASH
     number = rec.fiscal_number
     if rec.prev_hash != expected:

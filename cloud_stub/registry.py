@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from fiscal.signing import load_public_key, weak_public_key
 
 from .config import TIME_ZONES
-from .errors import Conflict, Invalid, NotFound, Unauthorized
+from .errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from .issuer import iso, parse_iso
 from .repository import Tx
 
@@ -118,9 +118,15 @@ def authenticate(tx: Tx, api_token: str) -> dict | None:
     return tx.agent_by_token(secret_hash(api_token))
 
 
-def provision_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, firmware: dict,
-                     now: datetime) -> tuple[dict, bool]:
-    """Register (or refresh) an MCF for an outlet. Refuses a device of another taxpayer."""
+def bind_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, firmware: dict, now: datetime,
+                bound_by: str) -> tuple[dict, bool]:
+    """Bind (or refresh) an MCF for an outlet: the operator's act (admin token, CLI, or a
+    provisioning token it issued for this outlet). (device, created).
+
+    A device of another taxpayer is refused. Bindings are per outlet: the same MID bound by
+    another tenant neither blocks this one nor is revealed to it; bound to another outlet of the
+    same merchant, it must be unbound there first.
+    """
     if not MID.fullmatch(mid):
         raise Invalid("bad_mid", "a MID is 1-32 letters, digits or '-'")
     if status not in DEVICE_STATUSES:
@@ -129,17 +135,75 @@ def provision_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, fi
     if nif != outlet["merchant_nif"]:
         raise Conflict("nif_mismatch", f"device {mid} reports NIF {nif}, but outlet {outlet_id} "
                        f"belongs to merchant {outlet['merchant_nif']}")
-    existing = tx.device(mid)
-    if existing is None:
-        tx.insert_device(mid, nif, outlet_id, status, firmware, iso(now))
-        return device_view(tx.device(mid)), True
-    if existing["outlet_id"] != outlet_id or existing["nif"] != nif:
-        raise Conflict("device_registered_elsewhere", f"device {mid} is registered to another outlet")
-    tx.update_device(mid, status, firmware, iso(now))
-    return device_view(tx.device(mid)), False
+    elsewhere = tx.bound_elsewhere(outlet["merchant_nif"], mid, outlet_id)
+    if elsewhere is not None:
+        raise Conflict("device_bound_elsewhere", f"device {mid} is bound to outlet {elsewhere} of the same "
+                       "merchant: unbind it there first")
+    existing = tx.device(outlet_id, mid)
+    _settle_review(tx, outlet_id, mid, now, "confirmed by the operator")
+    if existing is not None and existing["unbound_at"] is None:
+        tx.update_device(outlet_id, mid, status, firmware, iso(now))
+        if existing["bound_by"] == LEGACY_BINDER:
+            tx.confirm_device(outlet_id, mid, bound_by)
+        return device_view(tx.device(outlet_id, mid)), False
+    tx.bind_device(outlet_id, mid, nif, status, firmware, iso(now), bound_by)
+    return device_view(tx.device(outlet_id, mid)), True
+
+
+LEGACY_BINDER = "agent"  # `bound_by` of the bindings agents made before schema version 2
+
+
+def _settle_review(tx: Tx, outlet_id: str, mid: str, now: datetime, resolution: str) -> None:
+    """Resolve the review flag of a binding an agent made before version 2: the operator acted."""
+    for flag in tx.open_flags_of(outlet_id, "device_review", mid):
+        tx.resolve_flag(flag["id"], iso(now), resolution)
+
+
+def unbind_device(tx: Tx, outlet_id: str, mid: str, now: datetime) -> dict:
+    """Unbind a MID from an outlet (its record stays, with `unbound_at`): its later invoices
+    are flagged `unregistered_device`."""
+    get_outlet(tx, outlet_id)
+    if not tx.unbind_device(outlet_id, mid, iso(now)):
+        raise NotFound("device_not_found", f"no device {mid} bound to outlet {outlet_id}")
+    _settle_review(tx, outlet_id, mid, now, "unbound by the operator")
+    return device_view(tx.device(outlet_id, mid))
+
+
+def create_provisioning_token(tx: Tx, outlet_id: str, ttl: timedelta, now: datetime) -> tuple[str, str]:
+    """A token that lets a technician bind one MCF to this outlet: (token, expires_at).
+    Only its hash is kept. It binds the first MID it is used with, and only that one (refreshing
+    it again is fine) until it expires."""
+    get_outlet(tx, outlet_id)
+    if ttl <= timedelta(0):
+        raise Invalid("bad_ttl", "the token lifetime must be positive")
+    token = PROVISIONING_PREFIX + secrets.token_urlsafe(32)
+    expires_at = iso(now + ttl)
+    tx.insert_provisioning_token(secret_hash(token), outlet_id, iso(now), expires_at)
+    return token, expires_at
+
+
+PROVISIONING_PREFIX = "stlp_"
+
+
+def provisioning_outlet(tx: Tx, token: str, now: datetime) -> dict | None:
+    """The row of a live provisioning token (None: unknown or expired)."""
+    row = tx.provisioning_token(secret_hash(token))
+    if row is None or parse_iso(row["expires_at"]) <= now:
+        return None
+    return row
+
+
+def provision_with_token(tx: Tx, token_row: dict, mid: str, nif: str, status: str, firmware: dict,
+                         now: datetime) -> tuple[dict, bool]:
+    if MID.match(mid) and not tx.use_provisioning_token(token_row["token_hash"], mid, iso(now)):
+        raise Forbidden("provisioning_token_used", "this provisioning token already bound another device; "
+                        "ask the operator for a new one")
+    return bind_device(tx, token_row["outlet_id"], mid, nif, status, firmware, now,
+                       bound_by="provisioning-token")
 
 
 def device_view(row: dict) -> dict:
     return {"mid": row["mid"], "nif": row["nif"], "outlet_id": row["outlet_id"], "status": row["status"],
             "firmware": json.loads(row["firmware"]), "provisioned_at": row["provisioned_at"],
-            "last_seen": row["last_seen"]}
+            "last_seen": row["last_seen"], "bound": row["unbound_at"] is None, "bound_by": row["bound_by"],
+            "unbound_at": row["unbound_at"]}

@@ -148,6 +148,67 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX rejections_outlet ON rejections(outlet_id, reason, fiscal_number);
     """,
+    # 2: the cloud checks the fiscal rules itself, and only the operator binds devices.
+    """
+    -- Devices are bound per outlet (a MID bound by one tenant neither blocks nor reveals anything
+    -- to another). Bindings made before this version were made by agents: kept, marked as such,
+    -- for the operator to review (`stalela cloud devices list`).
+    CREATE TABLE devices_v2 (
+        outlet_id TEXT NOT NULL REFERENCES outlets(id),
+        mid TEXT NOT NULL,
+        nif TEXT NOT NULL,
+        status TEXT NOT NULL,
+        firmware TEXT NOT NULL DEFAULT '{}',
+        provisioned_at TEXT NOT NULL,
+        last_seen TEXT,
+        bound_by TEXT NOT NULL,
+        unbound_at TEXT,
+        PRIMARY KEY (outlet_id, mid)
+    );
+    INSERT INTO devices_v2 (outlet_id, mid, nif, status, firmware, provisioned_at, last_seen, bound_by)
+        SELECT outlet_id, mid, nif, status, firmware, provisioned_at, last_seen, 'agent' FROM devices;
+    DROP TABLE devices;
+    ALTER TABLE devices_v2 RENAME TO devices;
+    -- One-time-scope tokens the operator issues so a technician can bind one MCF to one outlet.
+    CREATE TABLE provisioning_tokens (
+        token_hash TEXT PRIMARY KEY,
+        outlet_id TEXT NOT NULL REFERENCES outlets(id),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        mid TEXT,
+        used_at TEXT
+    );
+    -- Each ledger entry's code, type, total and credited original, so a credit note finds its
+    -- original and what was already credited against it without reading invoices. Filled for
+    -- the entries so far from the stored invoices (the ledger itself is not touched).
+    CREATE TABLE invoice_codes (
+        outlet_id TEXT NOT NULL,
+        code TEXT NOT NULL,
+        inv_type TEXT NOT NULL,
+        total TEXT NOT NULL,
+        reference_code TEXT
+    );
+    INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code)
+        SELECT outlet_id, json_extract(invoice, '$.security.code'), inv_type,
+               json_extract(invoice, '$.totals.total'), json_extract(invoice, '$.reference.code')
+        FROM ledger ORDER BY id;
+    CREATE INDEX invoice_codes_code ON invoice_codes(outlet_id, code);
+    CREATE INDEX invoice_codes_reference ON invoice_codes(outlet_id, reference_code)
+        WHERE reference_code IS NOT NULL;
+    -- How the cloud holds an entry: verified (its seal checked), device-attested (the MCF's
+    -- elements as they are) or unregistered_device (out of the outlet's totals). Entries
+    -- appended before this version have none: `ledger.entry_state` derives it from the mode.
+    ALTER TABLE ledger ADD COLUMN state TEXT;
+    -- What a flag is about besides gaps: the credential, MID or cloud signer of the invoice.
+    ALTER TABLE flags ADD COLUMN authority_id TEXT;
+    -- Each binding an agent made is for the operator to confirm (bind) or refuse (unbind).
+    INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at, authority_id)
+        SELECT outlet_id, 'device_review', NULL, '[]',
+               'device ' || mid || ' was bound by the outlet''s agent before the operator bound devices: '
+               || 'confirm it (stalela cloud devices bind) or unbind it',
+               strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'), mid
+        FROM devices ORDER BY outlet_id, mid;
+    """,
 ]
 
 
@@ -171,6 +232,7 @@ class LedgerEntry:
     prev_ledger_hash: str
     ledger_hash: str
     invoice: str
+    state: str | None = None
 
 
 class Tx:
@@ -251,25 +313,56 @@ class Tx:
     def agent_by_token(self, token_hash: str) -> dict | None:
         return self._one("SELECT * FROM agents WHERE token_hash = ? AND retired_at IS NULL", token_hash)
 
-    def device(self, mid: str) -> dict | None:
-        return self._one("SELECT * FROM devices WHERE mid = ?", mid)
+    def device(self, outlet_id: str, mid: str) -> dict | None:
+        """The outlet's record of a MID, bound or not (unbound_at set)."""
+        return self._one("SELECT * FROM devices WHERE outlet_id = ? AND mid = ?", outlet_id, mid)
 
-    def insert_device(self, mid: str, nif: str, outlet_id: str, status: str, firmware: dict,
-                      now: str) -> None:
-        self._run("INSERT INTO devices (mid, nif, outlet_id, status, firmware, provisioned_at, last_seen) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)", mid, nif, outlet_id, status,
-                  json.dumps(firmware, ensure_ascii=False), now, now)
+    def bound_elsewhere(self, merchant_nif: str, mid: str, outlet_id: str) -> str | None:
+        """Another outlet *of the same merchant* where the MID is bound (another tenant's never counts)."""
+        row = self._one("SELECT d.outlet_id FROM devices d JOIN outlets o ON o.id = d.outlet_id "
+                        "WHERE d.mid = ? AND d.outlet_id != ? AND d.unbound_at IS NULL AND o.merchant_nif = ?",
+                        mid, outlet_id, merchant_nif)
+        return row["outlet_id"] if row else None
 
-    def update_device(self, mid: str, status: str, firmware: dict, now: str) -> None:
-        self._run("UPDATE devices SET status = ?, firmware = ?, last_seen = ? WHERE mid = ?",
-                  status, json.dumps(firmware, ensure_ascii=False), now, mid)
+    def bind_device(self, outlet_id: str, mid: str, nif: str, status: str, firmware: dict, now: str,
+                    bound_by: str) -> None:
+        """Bind a MID to an outlet: a new record, or a record unbound before bound again."""
+        self._run("INSERT INTO devices (outlet_id, mid, nif, status, firmware, provisioned_at, last_seen, bound_by) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, mid) DO UPDATE SET "
+                  "nif = excluded.nif, status = excluded.status, firmware = excluded.firmware, "
+                  "provisioned_at = excluded.provisioned_at, bound_by = excluded.bound_by, unbound_at = NULL",
+                  outlet_id, mid, nif, status, json.dumps(firmware, ensure_ascii=False), now, now, bound_by)
 
-    def touch_device(self, mid: str, now: str) -> None:
-        self._run("UPDATE devices SET last_seen = ? WHERE mid = ? AND (last_seen IS NULL OR last_seen < ?)",
-                  now, mid, now)
+    def confirm_device(self, outlet_id: str, mid: str, bound_by: str) -> None:
+        """The operator takes over a binding an agent made before version 2."""
+        self._run("UPDATE devices SET bound_by = ? WHERE outlet_id = ? AND mid = ?", bound_by, outlet_id, mid)
+
+    def update_device(self, outlet_id: str, mid: str, status: str, firmware: dict, now: str) -> None:
+        self._run("UPDATE devices SET status = ?, firmware = ?, last_seen = ? WHERE outlet_id = ? AND mid = ?",
+                  status, json.dumps(firmware, ensure_ascii=False), now, outlet_id, mid)
+
+    def unbind_device(self, outlet_id: str, mid: str, now: str) -> bool:
+        return self._run("UPDATE devices SET unbound_at = ? WHERE outlet_id = ? AND mid = ? AND unbound_at IS NULL",
+                         now, outlet_id, mid) == 1
+
+    def touch_device(self, outlet_id: str, mid: str, now: str) -> None:
+        self._run("UPDATE devices SET last_seen = ? WHERE outlet_id = ? AND mid = ? "
+                  "AND (last_seen IS NULL OR last_seen < ?)", now, outlet_id, mid, now)
 
     def devices(self, outlet_id: str) -> list[dict]:
         return self._all("SELECT * FROM devices WHERE outlet_id = ? ORDER BY mid", outlet_id)
+
+    def insert_provisioning_token(self, token_hash: str, outlet_id: str, now: str, expires_at: str) -> None:
+        self._run("INSERT INTO provisioning_tokens (token_hash, outlet_id, created_at, expires_at) "
+                  "VALUES (?, ?, ?, ?)", token_hash, outlet_id, now, expires_at)
+
+    def provisioning_token(self, token_hash: str) -> dict | None:
+        return self._one("SELECT * FROM provisioning_tokens WHERE token_hash = ?", token_hash)
+
+    def use_provisioning_token(self, token_hash: str, mid: str, now: str) -> bool:
+        """Tie the token to the MID it binds; False if it already bound another one."""
+        return self._run("UPDATE provisioning_tokens SET mid = ?, used_at = COALESCE(used_at, ?) "
+                         "WHERE token_hash = ? AND (mid IS NULL OR mid = ?)", mid, now, token_hash, mid) == 1
 
     # -- counter and credentials ------------------------------------------------------------
 
@@ -338,6 +431,12 @@ class Tx:
         return self._one("SELECT fiscal_number, invoice_hash, sealed_at, invoice FROM ledger "
                          "WHERE chain_key = ? ORDER BY id DESC LIMIT 1", chain_key)
 
+    def chain_head_in_outlet(self, chain_key: str, outlet_id: str) -> dict | None:
+        """`chain_head` counting only one outlet's entries (the device chains before version 2
+        were keyed by MID alone)."""
+        return self._one("SELECT fiscal_number, invoice_hash FROM ledger "
+                         "WHERE chain_key = ? AND outlet_id = ? ORDER BY id DESC LIMIT 1", chain_key, outlet_id)
+
     def by_number_key(self, number_key: str) -> dict | None:
         return self._one("SELECT id, outlet_id, invoice_hash, invoice FROM ledger WHERE number_key = ?",
                          number_key)
@@ -346,10 +445,10 @@ class Tx:
         cur = self._c.execute(
             "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
             "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
-            "ledger_hash, invoice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.outlet_id, e.seq, e.recorded_at, e.mode, e.inv_type, e.authority_id, e.fiscal_number,
              e.number_key, e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash,
-             e.ledger_hash, e.invoice))
+             e.ledger_hash, e.invoice, e.state))
         return cur.lastrowid
 
     def by_number_keys(self, number_keys: list[str]) -> dict[str, dict]:
@@ -368,7 +467,23 @@ class Tx:
         self._c.executemany(
             "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
             "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
-            "ledger_hash, invoice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def insert_codes(self, rows: list[tuple]) -> None:
+        """Index appended entries: (outlet_id, code, inv_type, total, reference_code) each."""
+        self._c.executemany("INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code) "
+                            "VALUES (?, ?, ?, ?, ?)", rows)
+
+    def invoice_by_code(self, outlet_id: str, code: str) -> dict | None:
+        """The outlet's first ledger entry with this code: {inv_type, total}."""
+        return self._one("SELECT inv_type, total FROM invoice_codes WHERE outlet_id = ? AND code = ? "
+                         "ORDER BY rowid LIMIT 1", outlet_id, code)
+
+    def credited_totals(self, outlet_id: str, code: str) -> list[str]:
+        """The totals of the outlet's credit notes that refer to `code`."""
+        return [r["total"] for r in self._all(
+            "SELECT total FROM invoice_codes WHERE outlet_id = ? AND reference_code = ? "
+            "AND inv_type IN ('FA', 'EA')", outlet_id, code)]
 
     def count_numbers_of_authority(self, authority_id: str, lo: int, hi: int) -> int:
         return self._one("SELECT COUNT(*) AS n FROM ledger WHERE authority_id = ? AND fiscal_number BETWEEN ? AND ?",
@@ -379,7 +494,7 @@ class Tx:
 
     def ledger_page(self, outlet_id: str, after: int, limit: int) -> list[dict]:
         return self._all("SELECT seq, recorded_at, mode, inv_type, authority_id, fiscal_number, "
-                         "chain_key, invoice_hash, prev_ledger_hash, ledger_hash, invoice FROM ledger "
+                         "chain_key, invoice_hash, prev_ledger_hash, ledger_hash, invoice, state FROM ledger "
                          "WHERE outlet_id = ? AND seq > ? ORDER BY seq LIMIT ?", outlet_id, after, limit)
 
     def ledger_rows(self, outlet_id: str) -> Iterator[dict]:
@@ -387,8 +502,16 @@ class Tx:
         yield from cur
 
     def ledger_in_period(self, outlet_id: str, start: str, end: str) -> list[dict]:
+        """The entries that count in the outlet's totals (not those of an unregistered device)."""
         return self._all("SELECT mode, inv_type, invoice FROM ledger WHERE outlet_id = ? "
-                         "AND sealed_at >= ? AND sealed_at < ? ORDER BY seq", outlet_id, start, end)
+                         "AND sealed_at >= ? AND sealed_at < ? AND state IS NOT 'unregistered_device' "
+                         "ORDER BY seq", outlet_id, start, end)
+
+    def excluded_in_period(self, outlet_id: str, start: str, end: str) -> dict[str, int]:
+        """{state: count} of the entries kept out of the outlet's totals in the period."""
+        return {r["state"]: r["n"] for r in self._all(
+            "SELECT state, COUNT(*) AS n FROM ledger WHERE outlet_id = ? AND sealed_at >= ? AND sealed_at < ? "
+            "AND state = 'unregistered_device' GROUP BY state", outlet_id, start, end)}
 
     def last_of_type(self, chain_key: str, inv_type: str) -> dict | None:
         return self._one("SELECT invoice FROM ledger WHERE chain_key = ? AND inv_type = ? "
@@ -423,12 +546,16 @@ class Tx:
     # -- flags and rejections ---------------------------------------------------------------
 
     def insert_flag(self, outlet_id: str, reason: str, credential_id: str | None, numbers: list,
-                    detail: str, now: str) -> int:
+                    detail: str, now: str, authority_id: str | None = None) -> int:
         cur = self._c.execute(
-            "INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (outlet_id, reason, credential_id, json.dumps(numbers), detail, now))
+            "INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at, authority_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (outlet_id, reason, credential_id, json.dumps(numbers), detail, now, authority_id))
         return cur.lastrowid
+
+    def open_flags_of(self, outlet_id: str, reason: str, authority_id: str) -> list[dict]:
+        return self._all("SELECT * FROM flags WHERE outlet_id = ? AND reason = ? AND authority_id = ? "
+                         "AND resolved_at IS NULL", outlet_id, reason, authority_id)
 
     def flags(self, outlet_id: str | None = None, open_only: bool = False) -> list[dict]:
         sql = "SELECT * FROM flags WHERE 1 = 1"
@@ -439,6 +566,9 @@ class Tx:
         if open_only:
             sql += " AND resolved_at IS NULL"
         return self._all(sql + " ORDER BY id", *args)
+
+    def set_flag_numbers(self, flag_id: int, numbers: list) -> None:
+        self._run("UPDATE flags SET numbers = ? WHERE id = ? AND resolved_at IS NULL", json.dumps(numbers), flag_id)
 
     def resolve_flag(self, flag_id: int, now: str, resolution: str) -> None:
         self._run("UPDATE flags SET resolved_at = ?, resolution = ? WHERE id = ? AND resolved_at IS NULL",

@@ -21,6 +21,7 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
+from .errors import NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
 from .repository import Store, Tx
@@ -175,9 +176,19 @@ class CloudService:
             outlet = registry.get_outlet(tx, agent["outlet_id"])
         chosen_isf = signer.resolve_isf(outlet, isf)
         lines, totals = signer.compute_totals(request, outlet, now)  # pure: outside the write lock
-        with self.store.write() as tx:
-            invoice, created = signer.seal(tx, self.issuer, outlet, request, isf=chosen_isf,
-                                           invoice_id=invoice_id, lines=lines, totals=totals, now=now)
+        try:
+            with self.store.write() as tx:
+                invoice, created = signer.seal(tx, self.issuer, outlet, request, isf=chosen_isf,
+                                               invoice_id=invoice_id, lines=lines, totals=totals, now=now)
+        except signer.CreditRefused as exc:
+            # The refusal rolled the seal back; the flag is its own transaction, so it stays.
+            with self.store.write() as tx:
+                flag_id = audit.flag_numbers(tx, outlet["id"], exc.kind, signer.authority_id(outlet["id"]), [],
+                                             f"online seal refused (request_id {request.request_id}): {exc.detail}",
+                                             now)
+            if flag_id is not None:
+                event("outlet.flagged", outlet_id=outlet["id"], flag_id=flag_id)
+            raise
         if created:
             event("invoice.sealed", outlet_id=outlet["id"], fiscal_number=invoice["security"]["fiscal_number"])
         return invoice, created
@@ -225,23 +236,54 @@ class CloudService:
         with checking(keys) as chunks:  # with the verifier, the workers start now
             with self.store.write() as tx:
                 outlet = registry.get_outlet(tx, agent["outlet_id"])
-                outcomes = reconcile.reconcile_batch(tx, self.issuer, outlet,
-                                                     _at_most(chunks, self.config.max_batch), keys, now)
-                new_flags = audit.audit_outlet(tx, outlet["id"], now, self.config.gap_grace)
+                outcomes, rule_flags = reconcile.reconcile_batch(tx, self.issuer, outlet,
+                                                                 _at_most(chunks, self.config.max_batch), keys, now)
+                new_flags = rule_flags + audit.audit_outlet(tx, outlet["id"], now, self.config.gap_grace)
         counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("accepted", "duplicate", "rejected")}
         event("reconcile.batch", outlet_id=outlet["id"], agent_id=agent["id"], **counts,
               new_flags=len(new_flags))
+        for flag_id in new_flags:
+            event("outlet.flagged", outlet_id=outlet["id"], flag_id=flag_id)
         return {"outlet_id": outlet["id"], **counts, "results": [o.as_dict() for o in outcomes]}
 
     def _check_here(self, invoices: list[Any], keys: dict[str, str]) -> Iterator[list[Checked]]:
         yield [Checked(*checks.check(raw, keys, self._loaded_keys)) for raw in invoices]
 
-    def provision_device(self, outlet_id: str, mid: str, nif: str, status: str = "active",
-                         firmware: dict | None = None) -> tuple[dict, bool]:
+    def bind_device(self, outlet_id: str, mid: str, nif: str, status: str = "active",
+                    firmware: dict | None = None) -> tuple[dict, bool]:
+        """The operator binds an MCF to an outlet (admin API, CLI)."""
         with self.store.write() as tx:
-            device, created = registry.provision_device(tx, outlet_id, mid, nif, status, firmware or {},
-                                                        self.now())
-        event("device.provisioned" if created else "device.updated", outlet_id=outlet_id, mid=mid)
+            device, created = registry.bind_device(tx, outlet_id, mid, nif, status, firmware or {}, self.now(),
+                                                   bound_by="admin")
+        event("device.bound" if created else "device.updated", outlet_id=outlet_id, mid=mid, by="admin")
+        return device, created
+
+    def unbind_device(self, outlet_id: str, mid: str) -> dict:
+        with self.store.write() as tx:
+            device = registry.unbind_device(tx, outlet_id, mid, self.now())
+        event("device.unbound", outlet_id=outlet_id, mid=mid)
+        return device
+
+    def create_provisioning_token(self, outlet_id: str, ttl: timedelta | None = None) -> dict:
+        with self.store.write() as tx:
+            token, expires_at = registry.create_provisioning_token(tx, outlet_id, ttl or self.config.token_ttl,
+                                                                   self.now())
+        event("provisioning_token.created", outlet_id=outlet_id, expires_at=expires_at)
+        return {"outlet_id": outlet_id, "token": token, "expires_at": expires_at}
+
+    def provision_with_token(self, token: str, mid: str, nif: str, status: str = "active",
+                             firmware: dict | None = None, outlet_id: str | None = None) -> tuple[dict, bool]:
+        """A technician binds an MCF with a provisioning token the operator issued for the outlet."""
+        now = self.now()
+        with self.store.write() as tx:
+            row = registry.provisioning_outlet(tx, token, now)
+            if row is None:
+                raise Unauthorized("unauthorized", "unknown or expired provisioning token")
+            if outlet_id is not None and outlet_id != row["outlet_id"]:
+                raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
+            device, created = registry.provision_with_token(tx, row, mid, nif, status, firmware or {}, now)
+        event("device.bound" if created else "device.updated", outlet_id=row["outlet_id"], mid=mid,
+              by="provisioning-token")
         return device, created
 
     # -- outlet reads (tenant-checked by the caller) ------------------------------------------

@@ -13,10 +13,14 @@ from fiscal.models import InvoiceRequest, SealedInvoice
 from fiscal.seal import apply_signature
 from fiscal.tax import TaxError, compute
 
-from . import ledger
+from . import credits, ledger
 from .errors import Conflict, Invalid
 from .issuer import Issuer
 from .repository import Tx
+
+
+class CreditRefused(Invalid):
+    """A credit note the ledger does not allow (`credits.problem`): a 422 whose kind is the reason."""
 
 
 def authority_id(outlet_id: str) -> str:
@@ -55,6 +59,12 @@ def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: 
                            f"request_id {request.request_id} was already sealed with a different body")
         return json.loads(tx.ledger_invoice(done["ledger_id"])), False
 
+    if request.type in credits.CREDIT_TYPES:
+        found = credits.problem(tx, outlet["id"], request.type, request.reference.code, totals["total"])
+        if found is not None:
+            raise CreditRefused(found[0], found[1],
+                                errors=[{"field": "reference.code" if found[0] != "credit_exceeds_original"
+                                         else "items", "message": found[1]}])
     number = tx.take_numbers(outlet["id"], 1)
     key = chain_key("cloud", outlet_id=outlet["id"])
     head = tx.chain_head(key)

@@ -21,13 +21,14 @@ delegated invoices are recognised (the bulk of a backlog); the others take the g
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import datetime
 from typing import Any, Mapping
 
 from fiscal.signing import load_verifying_key
 
-from . import fastpath
+from . import arithmetic, fastpath
 from .issuer import iso
 
 
@@ -157,6 +158,42 @@ def check(match: re.Match, keys: Mapping[str, str], loaded: dict[str, Any]) -> t
                 problems = fastpath.verify_seal(invoice, loaded[key], forms.digest)
             except Exception:  # as checks.check: the caller runs it again and meets the error itself
                 problems = None
+    reference = text("reference")  # null, or {"code":"<24 characters>","nature":...}
+    total = text("total")[1:-1]
     return (ident, "delegated", authority, number, chain_hash, None, outlet_id, nif, "delegated",
             text("type")[1:-1], authority, number, timestamp, iso(moment), qr_payload,
-            text("prev_hash")[1:-1], chain_hash, forms.content_hash, forms.stored, True, problems)
+            text("prev_hash")[1:-1], chain_hash, forms.content_hash, forms.stored, True, problems,
+            text("code")[1:-1], total, None if reference == "null" else reference[9:33],
+            *_arithmetic(match, moment))
+
+
+_ITEM_AMOUNTS = re.compile(r'"quantity":"([0-9.]+)","specific_tax":null,"tax_group":"([A-P])",'
+                           r'"type":"(BIE|SER|TAX)","unit_price":"([0-9.]+)"').findall
+_PAYMENTS = re.compile(r'"payments":\[([^\]]*)\]').search
+_PAYMENT_AMOUNTS = re.compile(r'\{"amount":"(-?[0-9.]+)","method":"([EVCMDA])"\}').findall
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}").fullmatch  # InvoiceRequest.request_id
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]").search
+
+
+def _arithmetic(match: re.Match, moment: datetime) -> tuple[str | None, str | None]:
+    """`checks.arithmetic_verdict`, reading only the members the tax engine needs: first the
+    quick form (plain items from the text, canonical texts compared); anything it is not sure of
+    is parsed and judged the general way."""
+    text = match.group
+    request_id, number, terminal = text("request_id")[1:-1], text("invoice_number")[1:-1], text("pos_terminal_id")[1:-1]
+    if (_REQUEST_ID(request_id) and 1 <= len(number) <= 64 and 1 <= len(terminal) <= 32
+            and _CONTROL(number) is None and _CONTROL(terminal) is None):
+        totals = text("totals")
+        if arithmetic.adds_up_plain(text("type")[1:-1], text("price_mode")[1:-1], _ITEM_AMOUNTS(text("items")),
+                                    _PAYMENT_AMOUNTS(_PAYMENTS(totals).group(1)), text("reference") != "null",
+                                    moment.date(), text("lines"), totals):
+            return None, None
+    request = json.loads("{" + _join(match, list(arithmetic.REQUEST_FIELDS)) + "}")
+    totals = json.loads(match.group("totals"))
+    request["payments"] = totals["payments"]
+    try:
+        found = arithmetic.problem(request, moment.date(), json.loads(match.group("lines")), totals)
+    except Exception as exc:  # as checks.arithmetic_verdict
+        found = ("invoice_refused", f"the amounts cannot be recomputed: {type(exc).__name__}")
+    return found if found is not None else (None, None)
+

@@ -423,29 +423,32 @@ def _cloud_post(url: str, token: str, path: str, body: dict, timeout: float = 10
 
 @device.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The agent's data folder (enrolled: enrollment.json, keys/cloud.token, config.toml).")
+              help="The agent's data folder (enrolled: enrollment.json, config.toml).")
+@click.option("--token", "provisioning_token", required=True, envvar="STALELA_PROVISIONING_TOKEN",
+              help="The provisioning token the operator issued for this outlet "
+                   "(`stalela cloud devices token --outlet ID`); or set STALELA_PROVISIONING_TOKEN.")
 @port_options
 @click.option("--write-config", is_flag=True,
               help="Also set [device] url in the agent's config.toml to this port (a path made absolute).")
-def provision(data_dir: Path, port: str, timeout: float, write_config: bool) -> None:
+def provision(data_dir: Path, provisioning_token: str, port: str, timeout: float, write_config: bool) -> None:
     """Bind this MCF to the agent's outlet in the cloud (POST /v1/devices).
 
     Reads the device's identity (C1h: MID, NIF; 2Bh: taxpayer I0-I4; C2h: DGI link) and the
-    USB strings, refuses a device whose NIF is not the outlet merchant's, then registers the MID
-    for this outlet with the agent's cloud token. Safe to run again (it refreshes the record).
+    USB strings, refuses a device whose NIF is not the outlet merchant's, then binds the MID to
+    this outlet with a provisioning token from the operator (an agent cannot bind devices with
+    its own token). Safe to run again (it refreshes the record).
     With --write-config it also sets `[device] url` in the agent's config.toml (restart the
     agent afterwards); without, set it yourself to the same port.
 
     \b
     Example:
-      stalela device provision --data /var/lib/stalela --port /dev/stalela-mcf --write-config
-      stalela device provision --data ./demo-data/agent --port usb:1209:0001
+      stalela device provision --data /var/lib/stalela --port /dev/stalela-mcf --token stlp_... --write-config
+      stalela device provision --data ./demo-data/agent --port usb:1209:0001 --token stlp_...
     \b
     Errors name their fix: no permission -> systemd/60-stalela-mcf.rules and group dialout;
     port busy -> stop the agent that holds it; no device -> `stalela device scan`.
     """
-    from agent.cli.common import permission_text
-    from agent.config import ConfigError, load_config, read_secret
+    from agent.config import ConfigError, load_config
     from agent.identity import OutletIdentity
 
     try:
@@ -455,12 +458,6 @@ def provision(data_dir: Path, port: str, timeout: float, write_config: bool) -> 
     if not config.enrollment_path.exists():
         raise click.ClickException(f"{data_dir} is not enrolled: run `stalela agent enroll` first")
     identity = OutletIdentity.load(config.enrollment_path)
-    if not config.token_path.exists():
-        raise click.ClickException(f"no cloud token in {config.token_path}: enroll the agent first")
-    try:
-        token = read_secret(config.token_path)
-    except PermissionError as exc:
-        raise click.ClickException(permission_text(exc)) from None
 
     transport = None
     try:
@@ -491,7 +488,7 @@ def provision(data_dir: Path, port: str, timeout: float, write_config: bool) -> 
     firmware = firmware_strings(port)
     if link is not None and link.dt:
         firmware["dgi_last_connection"] = link.dt
-    status, body = _cloud_post(config.cloud_url, token, "/v1/devices",
+    status, body = _cloud_post(config.cloud_url, provisioning_token.strip(), "/v1/devices",
                                {"mid": mcf.mid, "nif": mcf.nif, "status": "active", "firmware": firmware})
     if status in (200, 201):
         verb = "provisioned" if status == 201 else "already provisioned; record refreshed"

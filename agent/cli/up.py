@@ -213,8 +213,11 @@ def up(data_dir: Path, cloud_port: int, port: int | None) -> None:
         key, key_name = _demo_key(agent_dir, key_file)
         config = load(agent_dir)
         if config.device_url:
-            # Bind the MCF to the outlet in the cloud (refreshes the record on later runs).
-            _run(_stalela("device", "provision", "--data", str(agent_dir), "--port", config.device_url))
+            # Bind the MCF to the outlet in the cloud (refreshes the record on later runs). Only the
+            # operator binds devices: the quick start is the operator too and issues the token.
+            bind_token = _run(_stalela("cloud", "devices", "token", "--data", str(cloud_dir), "--outlet", "KIN-001"))
+            _run(_stalela("device", "provision", "--data", str(agent_dir), "--port", config.device_url,
+                          "--token", bind_token.split()[0]))
         url = f"http://{config.host}:{config.port}"
         click.echo("")
         click.echo("Stalela Edge is up.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from aiohttp.test_utils import TestClient
@@ -34,9 +34,11 @@ class Clock:
 
 
 def invoice_request(price: str = "1160.00", type_: str = "FV", request_id: str | None = None,
-                    group: str = "B") -> InvoiceRequest:
+                    group: str = "B", reference: str | None = None) -> InvoiceRequest:
+    """A one-item request; `reference` (the original's code) makes it a credit note's."""
     n = next(_ids)
-    return InvoiceRequest.model_validate({
+    extra = {"reference": {"nature": "COR", "code": reference}} if reference else {}
+    return InvoiceRequest.model_validate({**extra,
         "request_id": request_id or f"REQ-{n}",
         "type": type_,
         "invoice_number": f"FAC-{n}",
@@ -88,13 +90,18 @@ class Agent:
 
     def seal(self, cred: DelegatedCredential, number: int, *, when: datetime | None = None,
              prev_hash: str | None = None, request: InvoiceRequest | None = None,
-             key: Any = None, advance_chain: bool = True) -> dict[str, Any]:
-        """A delegated invoice sealed with this agent's key, chained after the previous one."""
+             key: Any = None, advance_chain: bool = True,
+             tamper: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        """A delegated invoice sealed with this agent's key, chained after the previous one.
+
+        `tamper` edits the invoice before it is signed: what a compromised box could sign."""
         moment = (when or datetime.now(timezone.utc)).astimezone(ZoneInfo(self.outlet["time_zone"]))
         invoice = unsigned_invoice(mode="delegated", outlet=self.outlet, authority_id=cred.id, number=number,
                                    timestamp=moment.replace(microsecond=0),
                                    prev_hash=self.prev_hash if prev_hash is None else prev_hash,
                                    request=request)
+        if tamper is not None:
+            tamper(invoice)
         apply_signature(invoice, key or self.key, cred)
         if advance_chain:
             self.prev_hash = invoice["chain"]["hash"]

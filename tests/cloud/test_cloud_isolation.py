@@ -70,8 +70,15 @@ async def test_cannot_reconcile_invoices_of_another_outlet(two):
 
 async def test_cannot_provision_a_device_for_another_outlet(two):
     cloud, x, y, _ = two
-    await cloud.post("/v1/devices", {"mid": "AB01", "nif": "B7654321C", "outlet_id": "LUB-01"}, x.headers, 404)
-    await cloud.post("/v1/devices", {"mid": "AB01", "nif": "B7654321C"}, y.headers, 201)
-    # X cannot take over Y's device either.
-    data = await cloud.post("/v1/devices", {"mid": "AB01", "nif": "A1234567B"}, x.headers, 409)
-    assert data["type"].endswith("/device_registered_elsewhere")
+    # Agents bind no device at all (the operator does), for another outlet or their own.
+    data = await cloud.post("/v1/devices", {"mid": "AB01", "nif": "B7654321C", "outlet_id": "LUB-01"},
+                            x.headers, 403)
+    assert data["type"].endswith("/operator_only")
+    await cloud.post("/v1/devices", {"mid": "AB01", "nif": "B7654321C"}, y.headers, 403)
+    assert (await cloud.get("/v1/outlets/LUB-01/devices", cloud.admin))["devices"] == []
+    # Bound to Y by the operator, the MID neither blocks X's binding nor shows in X's outlet.
+    await cloud.post("/v1/admin/outlets/LUB-01/devices", {"mid": "AB01", "nif": "B7654321C"}, cloud.admin, 201)
+    await cloud.post("/v1/admin/outlets/KIN-01/devices", {"mid": "AB01", "nif": "A1234567B"}, cloud.admin, 201)
+    assert [d["outlet_id"] for d in (await cloud.get("/v1/outlets/KIN-01/devices", x.headers))["devices"]] \
+        == ["KIN-01"]
+    await cloud.get("/v1/outlets/LUB-01/devices", x.headers, 404)

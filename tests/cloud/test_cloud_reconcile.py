@@ -294,21 +294,26 @@ async def test_device_invoice_needs_a_registered_mid(cloud):
     agent = await cloud.enroll()
     invoice = device_invoice(agent.outlet, "AB01000001", 70, GENESIS_HASH, cloud.clock.now)
     answer = await cloud.reconcile(agent, [invoice])
-    assert statuses(answer) == [("rejected", "unregistered_device")]
+    # Stored (the MCF sealed it), but flagged and out of the outlet's totals.
+    assert statuses(answer) == [("accepted", None)] and answer["results"][0]["flag"] == "unregistered_device"
+    assert [f["reason"] for f in await cloud.flags("KIN-01")] == ["unregistered_device"]
 
-    await cloud.post("/v1/devices", {"mid": "AB01000001", "nif": "A1234567B",
-                                     "firmware": {"version": "1.0.3"}}, agent.headers, 201)
-    answer = await cloud.reconcile(agent, [invoice])
-    assert statuses(answer) == [("accepted", None)]
-    stored = (await cloud.ledger("KIN-01"))[0]
-    assert stored["invoice"] == invoice  # the MCF's elements as they are
-    assert stored["chain_key"] == "device:AB01000001"
+    await cloud.post("/v1/admin/outlets/KIN-01/devices", {"mid": "AB01000001", "nif": "A1234567B",
+                                                          "firmware": {"version": "1.0.3"}}, cloud.admin, 201)
+    following = device_invoice(agent.outlet, "AB01000001", 71, invoice["chain"]["hash"], cloud.clock.now)
+    answer = await cloud.reconcile(agent, [invoice, following])
+    assert statuses(answer) == [("duplicate", None), ("accepted", None)] and "flag" not in answer["results"][1]
+    first, second = await cloud.ledger("KIN-01")
+    assert (first["invoice"], second["invoice"]) == (invoice, following)  # the MCF's elements as they are
+    assert second["chain_key"] == "device:KIN-01:AB01000001"
+    assert (first["state"], second["state"]) == ("unregistered_device", "device-attested")
 
 
 async def test_device_provisioning_refuses_another_nif(cloud):
     await cloud.outlet()
     agent = await cloud.enroll()
-    data = await cloud.post("/v1/devices", {"mid": "AB01000001", "nif": "OTHER-NIF"}, agent.headers, 409)
+    data = await cloud.post("/v1/admin/outlets/KIN-01/devices", {"mid": "AB01000001", "nif": "OTHER-NIF"},
+                            cloud.admin, 409)
     assert data["type"].endswith("/nif_mismatch")
     devices = (await cloud.get("/v1/outlets/KIN-01/devices", agent.headers))["devices"]
     assert devices == []

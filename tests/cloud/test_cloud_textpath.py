@@ -75,7 +75,55 @@ def test_the_agents_invoices_are_recognised_and_give_the_same_records(sealed):
     payload = ("[" + ",".join(texts) + "]").encode()
     records = checks.check_text(payload, keys, {})
     assert records == general(payload, keys)  # ...and changes nothing
-    assert all(r[5] is None and r[-1] == [] for r in records)  # well-formed, signatures verify
+    checked = [checks.Checked(*r) for r in records]
+    assert all(c.invalid is None and c.problems == [] for c in checked)  # well-formed, signatures verify
+    assert all(c.arith is None for c in checked), [c.arith_detail for c in checked]  # and they add up
+
+
+def test_amounts_and_credit_references_are_read_from_the_text_as_from_the_value():
+    """The tax engine's verdict and a credit note's reference, on the text path: the same records."""
+    key = generate_private_key()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    cred = DelegatedCredential.issue(generate_private_key(), "kid", id="DC-0123456789AB", outlet_id="KIN-01",
+                                     merchant_nif="A1234567B", agent_public_key=public_key_text(key), block_start=1,
+                                     block_end=10, not_before=now - timedelta(hours=1), not_after=now + timedelta(hours=1))
+    agent = Agent(id="AG", token="t", outlet={"id": "KIN-01", "merchant_nif": "A1234567B",
+                                               "time_zone": "Africa/Kinshasa"}, key=key)
+    credit = agent.seal(cred, 1, request=invoice_request("10.00", "FA", reference="ABCDEFGHJKMNPQRSTVWXYZ23"))
+    lying = agent.seal(cred, 2, tamper=lambda inv: inv["totals"]["by_group"]["B"].update(vat="0.00"))
+    texts = [agent_text(credit), agent_text(lying)]
+    assert all(textpath.INVOICE.fullmatch(t) for t in texts)
+    payload = ("[" + ",".join(texts) + "]").encode()
+    keys = {cred.id: public_key_text(key)}
+    records = checks.check_text(payload, keys, {})
+    assert records == general(payload, keys)
+    first, second = (checks.Checked(*r) for r in records)
+    assert (first.reference_code, first.total, first.arith) == ("ABCDEFGHJKMNPQRSTVWXYZ23", "10.00", None)
+    assert first.code == credit["security"]["code"]
+    assert (second.reference_code, second.arith) == (None, "groups_mismatch")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace('"request_id":"', '"request_id":"A B', 1),  # the request model refuses it
+    lambda t: t.replace('"request_id":"', '"request_id":"' + "R" * 64, 1),
+    lambda t: t.replace('"invoice_number":"', '"invoice_number":"' + "N" * 64, 1),
+    lambda t: t.replace('"pos_terminal_id":"', '"pos_terminal_id":"\x7f', 1),
+    lambda t: t.replace('"type":"FV"', '"type":"FA"', 1),  # a credit note without its reference
+    lambda t: t.replace('"reference":null', '"reference":{"code":"ABCDEFGHJKMNPQRSTVWXYZ23","nature":"COR"}', 1),
+    lambda t: t.replace('"method":"E"', '"method":"C"', 1),
+    lambda t: t.replace('"price_mode":"TTC"', '"price_mode":"HT"', 1),
+    lambda t: t.replace('"tax_group":"B"', '"tax_group":"O"', 1),
+    lambda t: t.replace('"usd_equivalent":null', '"usd_equivalent":"1.00"', 1),
+], ids=["request-id", "request-id-long", "number-long", "terminal-del", "fa", "fv-reference", "card", "ht",
+        "group", "usd"])
+def test_the_quick_verdict_is_the_models(sealed, edit):
+    """Every doubt of the text path's quick arithmetic goes to the model: the same verdict."""
+    texts, keys = sealed
+    for base in texts[:12]:
+        text = edit(base)
+        assert textpath.INVOICE.fullmatch(text), text[:80]
+        payload = f"[{text}]".encode()
+        assert checks.check_text(payload, keys, {}) == general(payload, keys)
 
 
 MUTATIONS = [

@@ -109,7 +109,7 @@ async def mixed_batch(cloud: Harness) -> tuple[Agent, list]:
     other = await cloud.enroll("KIN-02")
     cred = await cloud.credential(agent, block_size=400)
     other_cred = await cloud.credential(other)
-    await cloud.post("/v1/devices", {"mid": MID, "nif": "A1234567B"}, agent.headers, 201)
+    await cloud.post("/v1/admin/outlets/KIN-01/devices", {"mid": MID, "nif": "A1234567B"}, cloud.admin, 201)
     earlier = [agent.seal(cred, n) for n in (1, 2, 3)]
     await cloud.reconcile(agent, earlier)  # already in the ledger: duplicates and conflicts
     sealed = await cloud.post("/v1/seal", {"invoice": invoice_request().model_dump(mode="json")}, agent.headers, 201)
@@ -156,6 +156,14 @@ async def mixed_batch(cloud: Harness) -> tuple[Agent, list]:
     edited["invoice_number"] = "FAC-EDITED"  # hash not recomputed
     batch.append(edited)
     batch.append(agent.seal(cred, 391, prev_hash="ab" * 32, advance_chain=False))  # chain break
+    # Validly signed, but the amounts are not the tax engine's; a credit note without its original.
+    batch.append(agent.seal(cred, 392, advance_chain=False,
+                            tamper=lambda inv: inv["totals"].update(total="1.00")))
+    batch.append(agent.seal(cred, 393, advance_chain=False,
+                            request=invoice_request("10.00", "FA", reference="X" * 24)))
+    # A credit note against an invoice earlier in this batch: accepted.
+    original = batch[10]["security"]["code"]
+    batch.append(agent.seal(cred, next(numbers), request=invoice_request("10.00", "FA", reference=original)))
     # Valid but not vouched for by the fast path (a USD rate): the model's path, in the workers.
     usd = InvoiceRequest.model_validate({**invoice_request().model_dump(mode="json"),
                                          "usd_rate": {"rate": "2850.00", "date": "2026-01-05"}})
@@ -184,9 +192,11 @@ async def test_workers_give_the_same_outcomes_and_ledger(cloud, tmp_path, layout
         assert there.verifier.batches == 1 and there.verifier.chunks_here == 0  # the workers did it
         reasons = {r.get("reason") for r in expected["results"]}
         assert {None, "bad_signature", "outside_block", "outside_window", "credential_revoked", "conflict",
-                "invalid", "unregistered_device", "not_sealed_by_cloud", "unknown_credential", "wrong_outlet",
-                "hash_mismatch", "chain_break"} <= reasons
-        assert expected["duplicate"] == 3 and expected["accepted"] == 40 + 30 + 60 + 2 + 1  # + device
+                "invalid", "not_sealed_by_cloud", "unknown_credential", "wrong_outlet",
+                "hash_mismatch", "chain_break", "totals_mismatch", "unknown_original"} <= reasons
+        # + 3: the credit note and the two devices' (the unregistered one's flagged)
+        assert expected["duplicate"] == 3 and expected["accepted"] == 40 + 30 + 60 + 2 + 3
+        assert [r.get("flag") for r in expected["results"]].count("unregistered_device") == 1
         assert there.verify_ledger("KIN-01")["valid"]
     finally:
         here.close()
