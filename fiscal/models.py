@@ -79,6 +79,8 @@ def _text_value(value: object) -> object:
 # invoice stays readable whatever an older agent accepted.
 _REFUSED_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2028\u2029"
                            "\u2060\u2066-\u2069\ufeff]")
+# Public for the cloud's text path, which must refuse what a request model would.
+REFUSED_TEXT_CHAR = _REFUSED_CHAR
 
 
 # The same rule for the OpenAPI document (ECMA-262 syntax); the check itself is `_REFUSED_CHAR`.

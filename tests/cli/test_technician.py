@@ -25,14 +25,17 @@ def cloud_agent(tmp_path):
 
 
 def test_provision_write_config_sets_an_absolute_url(tmp_path, cloud_agent):
-    _, agent = cloud_agent
+    cloud, agent = cloud_agent
+    # Binding a device takes the operator: the provisioning token it issued for this outlet.
+    token = cloud.cli("devices", "token", "--outlet", agent.outlet).split()[0]
     sim = SimDevice(tmp_path / "bench" / "sim")
     try:
         before = (agent.data_dir / "config.toml").read_text()
         # The technician's shell is in tmp_path/bench; the agent runs from elsewhere.
         res = subprocess.run([sys.executable, "-m", "agent", "device", "provision", "--data", str(agent.data_dir),
                               "--port", "sim/ttyMCF", "--write-config"], capture_output=True, text=True,
-                             cwd=tmp_path / "bench", env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                             cwd=tmp_path / "bench", timeout=60,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), STALELA_PROVISIONING_TOKEN=token))
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"device {MID} provisioned" in res.stdout
         url = load_config(agent.data_dir).device_url
@@ -53,7 +56,7 @@ def test_the_udev_link_is_the_name_the_docs_use():
     examples = [line for line in rules.splitlines() if re.match(r'#\s*SUBSYSTEM=="tty"', line)]
     assert examples and all('SYMLINK+="stalela-mcf"' in line for line in examples)
     ops = (ROOT / "docs" / "operations.md").read_text()
-    assert "device provision --data /var/lib/stalela --port /dev/stalela-mcf --write-config" in ops
+    assert "device provision --data /var/lib/stalela --port /dev/stalela-mcf" in ops
     from agent.cli.main import cli
 
     provision_help = cli.commands["device"].commands["provision"].help

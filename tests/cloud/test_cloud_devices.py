@@ -13,7 +13,7 @@ from datetime import timezone
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from fiscal.canonical import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH
 from fiscal.credential import DelegatedCredential
 from fiscal.seal import chain_hash
 from cloud_stub import ledger, repository
