@@ -22,13 +22,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from fiscal.canonical import Fragments, compose
-from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.invoice import counters, sealed_invoice, security
 from fiscal.protocol import GENESIS_HASH, chain_key, device_qr
-from fiscal.seal import apply_signature, chain_hash, credential_qr_part
+from fiscal.seal import apply_signature, chain_hash
+
+from . import outbox
+from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from .identity import OutletIdentity
+# credential_status is the credentials' read-side summary; health and the CLI import it from here.
+from .signers.credentials import CredentialBook, credential_status  # noqa: F401
+from .store import repository
 from .store.bodies import pack, unpack
 from .store.db import connect
 
@@ -95,6 +99,15 @@ class SealOutcome:
         return self._mode or self.invoice["mode"]
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What a sealed batch changed in the journal's counters."""
+
+    created: int
+    numbers_left: int | None
+    clock_skew: float
+
+
 class _Rehearsal(Exception):
     """Raised to roll a rehearsal seal back (see Journal.rehearse)."""
 
@@ -124,8 +137,7 @@ def stored_request(conn: sqlite3.Connection, request_id: str, fingerprint: str) 
     """The one idempotency lookup, used by every path (the API, the writer, the device signer):
     the stored row of this request_id (sealed, or a queued draft), or None. Raises
     IdempotencyConflict when the request_id was used with another body."""
-    row = conn.execute("SELECT request_hash, body, status, sync_state, sync_reason FROM invoices"
-                       " WHERE request_id = ?", (request_id,)).fetchone()
+    row = repository.find_request(conn, request_id)
     if row is not None and row["request_hash"] != fingerprint:
         raise IdempotencyConflict(f"request_id {request_id!r} was already used for a different invoice")
     return row
@@ -148,10 +160,8 @@ class Journal:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._started = False
         self.last_clock_skew: float = 0.0
-        # Numbers left in the active credential after the last allocation (a hint for renewal).
-        self.numbers_left: int | None = None
-        # Parsed credentials and their QR part, by id: parsing costs more than the signature.
-        self._creds: dict[str, tuple[DelegatedCredential, str]] = {}
+        # The delegated signer's credentials: which number comes next, closures, new arrivals.
+        self.credentials = CredentialBook(db_path, agent_key)
         self.sealed_count = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -208,13 +218,13 @@ class Journal:
                 journal_log.setLevel(level)
             raise _Rehearsal  # _run_task rolls the transaction back
 
-        left = self.numbers_left
+        left = self.credentials.numbers_left
         try:
             self.run_in_writer(seal_and_undo).result(timeout)
         except _Rehearsal:
             pass
         finally:
-            self.numbers_left = left  # the rehearsal's number was not used
+            self.credentials.numbers_left = left  # the rehearsal's number was not used
 
     def run_in_writer(self, fn) -> Future:
         """Run `fn(conn)` in a transaction of its own on the writer thread (see WriterTask)."""
@@ -268,6 +278,34 @@ class Journal:
                 self._run_task(task)
             if stop:
                 return
+
+    @property
+    def numbers_left(self) -> int | None:
+        """Numbers left in the active credential after the last seal (a hint for renewal)."""
+        return self.credentials.numbers_left
+
+    def seal_batch(self, batch: list[SealJob]) -> BatchResult:
+        """Seal a batch in ONE transaction and answer each job (its future or waiter).
+
+        Called on the writer thread, and by the sealing process on its own journal: the counts
+        it returns are what that process reports back (see `count_remote`)."""
+        before = self.sealed_count
+        self._commit_batch(batch)
+        return BatchResult(created=self.sealed_count - before, numbers_left=self.numbers_left,
+                           clock_skew=self.last_clock_skew)
+
+    def count_remote(self, result: "BatchResult") -> None:
+        """Account for a batch the sealing process sealed on its own connection."""
+        self.credentials.numbers_left = result.numbers_left
+        self.last_clock_skew = result.clock_skew
+        self.sealed_count += result.created
+
+    def warm_up(self) -> None:
+        """First-use costs (page reads, the parsed credential, the key) before a first seal.
+        Writes nothing."""
+        self.credentials.warm_up(self._wconn)
+        repository.all_chains(self._wconn)
+        self._key.sign(b"warm-up")
 
     def _commit_batch(self, batch: list[SealJob]) -> None:
         conn = self._wconn
@@ -323,7 +361,7 @@ class Journal:
         if earlier is not None:
             return earlier
         self._check_discarded(conn, req["request_id"])
-        if conn.execute("SELECT 1 FROM cloud_intents WHERE request_id = ?", (req["request_id"],)).fetchone():
+        if repository.has_intent(conn, "cloud_intents", req["request_id"]):
             raise SealingBlocked(
                 "this request was sent to the cloud signer and its answer was lost; only the cloud can "
                 "tell whether it was sealed: retry the same request_id once the cloud is reachable",
@@ -331,7 +369,7 @@ class Journal:
         if req["type"] in CREDIT_TYPES:
             self._check_credit_note(conn, req, job.totals)
 
-        chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (self._chain_key,)).fetchone()
+        chain = repository.chain_head(conn, self._chain_key)
         prev_hash = chain["last_hash"] if chain else GENESIS_HASH
         last_ts = datetime.fromisoformat(chain["last_timestamp"]) if chain and chain["last_timestamp"] else None
         counters_by_type = json.loads(chain["type_counters"]) if chain else {}
@@ -341,7 +379,7 @@ class Journal:
             # The box's clock went backwards: never sign earlier than the last invoice.
             self.last_clock_skew = (last_ts - now).total_seconds()
             now = last_ts
-        cred, number = self._allocate(conn, now)
+        cred, number = self.credentials.allocate(conn, now)
 
         counters_by_type[req["type"]] = counters_by_type.get(req["type"], 0) + 1
         local = now.astimezone(self._tz).replace(microsecond=0)
@@ -351,24 +389,18 @@ class Journal:
             security=security(authority_id=cred.id, fiscal_number=number, timestamp=local.isoformat(),
                               counters=counters(counters_by_type[req["type"]], number, req["type"])),
             prev_hash=prev_hash)
-        apply_signature(invoice, self._key, cred, credential_part=self._cred_part(cred), fragments=job.fragments)
+        apply_signature(invoice, self._key, cred, credential_part=self.credentials.qr_part(cred), fragments=job.fragments)
         body = compose(invoice, job.fragments, sort=False)
         stamp = now.isoformat()
-        conn.execute(
-            "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
-            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, reference_code)"
-            " VALUES (?, ?, ?, 'sealed', 'delegated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (invoice["id"], req["request_id"], job.fingerprint, self._chain_key, cred.id, number,
-             req["type"], invoice["security"]["code"], job.totals["total"], local.isoformat(), stamp,
-             invoice["chain"]["hash"], prev_hash, pack(body), _reference_code(req)),
-        )
-        conn.execute(
-            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
-            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp,"
-            " type_counters=excluded.type_counters",
-            (self._chain_key, invoice["chain"]["hash"], number, now.isoformat(), json.dumps(counters_by_type)),
-        )
+        repository.insert_invoice(conn, {
+            "id": invoice["id"], "request_id": req["request_id"], "request_hash": job.fingerprint,
+            "status": "sealed", "mode": "delegated", "chain_key": self._chain_key, "authority_id": cred.id,
+            "fiscal_number": number, "type": req["type"], "code": invoice["security"]["code"],
+            "total": job.totals["total"], "sealed_at": local.isoformat(), "created_at": stamp,
+            "hash": invoice["chain"]["hash"], "prev_hash": prev_hash, "body": pack(body),
+            "reference_code": _reference_code(req), "sync_state": outbox.PENDING})
+        repository.advance_chain(conn, self._chain_key, invoice["chain"]["hash"], number, now.isoformat(),
+                                 json.dumps(counters_by_type))
         return SealOutcome(invoice, created=True, body_json=body, status="sealed", mode="delegated")
 
     def _answer_again(self, conn: sqlite3.Connection, job: SealJob, *, intent_table: str | None = None,
@@ -382,16 +414,15 @@ class Journal:
         if row is None:
             return None
         if row["status"] == "queued" and not keep_draft:
-            conn.execute("DELETE FROM invoices WHERE request_id = ? AND status = 'queued'", (request_id,))
+            repository.delete_draft(conn, request_id)
             return None
         if intent_table is not None:
-            conn.execute(f"DELETE FROM {intent_table} WHERE request_id = ?", (request_id,))
+            repository.settle_intent(conn, intent_table, request_id)
         return SealOutcome(json.loads(unpack(row["body"])), created=False)
 
     @staticmethod
     def _check_discarded(conn: sqlite3.Connection, request_id: str) -> None:
-        gone = conn.execute("SELECT invoice_id, fiscal_number FROM discarded_requests WHERE request_id = ?",
-                            (request_id,)).fetchone()
+        gone = repository.discarded_request(conn, request_id)
         if gone is not None:
             raise IdempotencyConflict(
                 f"request_id {request_id!r} was sealed long ago (invoice {gone['invoice_id']}, fiscal number "
@@ -400,19 +431,14 @@ class Journal:
 
     def _check_credit_note(self, conn: sqlite3.Connection, req: dict, totals: dict) -> None:
         code = req["reference"]["code"]
-        original = conn.execute("SELECT type, total FROM invoices WHERE code = ? AND status = 'sealed'",
-                                (code,)).fetchone()
+        original = repository.credit_note_original(conn, code)
         if original is None:
             raise InvalidInvoice(f"credit note refers to {code}, which is not a sealed invoice of this outlet",
                                  errors=[{"field": "reference.code", "message": "unknown original invoice"}])
         if original["type"] in CREDIT_TYPES:
             raise InvalidInvoice("a credit note cannot refer to another credit note",
                                  errors=[{"field": "reference.code", "message": "refers to a credit note"}])
-        already = Decimal("0")
-        for (total,) in conn.execute(
-                "SELECT total FROM invoices WHERE type IN ('FA','EA') AND status='sealed' AND reference_code = ?",
-                (code,)):
-            already += Decimal(total)
+        already = repository.credited_so_far(conn, code)
         limit = Decimal(original["total"]) - already
         if Decimal(totals["total"]) > limit:
             raise InvalidInvoice(
@@ -429,21 +455,18 @@ class Journal:
         invoice = {k: v for k, v in invoice.items() if k != "sync"}
         sec = invoice["security"]
         key = chain_key("cloud", outlet_id=invoice["outlet_id"])
-        conn.execute(
-            "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
-            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, sync_state, synced_at,"
-            " reference_code) VALUES (?, ?, ?, 'sealed', 'cloud', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?)",
-            (invoice["id"], req["request_id"], job.fingerprint, key, sec["authority_id"],
-             sec["fiscal_number"], invoice["type"], sec["code"], invoice["totals"]["total"], sec["timestamp"],
-             _now_utc().isoformat(), invoice["chain"]["hash"], invoice["chain"]["prev_hash"],
-             pack(json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))), _now_utc().isoformat(),
-             _reference_code(req)))
-        conn.execute(
-            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
-            " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
-            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
-            (key, invoice["chain"]["hash"], sec["fiscal_number"], sec["timestamp"]))
-        conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (req["request_id"],))
+        now = _now_utc().isoformat()
+        # Already in the cloud's ledger: it enters the outbox as settled, never to be uploaded.
+        repository.insert_invoice(conn, {
+            "id": invoice["id"], "request_id": req["request_id"], "request_hash": job.fingerprint,
+            "status": "sealed", "mode": "cloud", "chain_key": key, "authority_id": sec["authority_id"],
+            "fiscal_number": sec["fiscal_number"], "type": invoice["type"], "code": sec["code"],
+            "total": invoice["totals"]["total"], "sealed_at": sec["timestamp"], "created_at": now,
+            "hash": invoice["chain"]["hash"], "prev_hash": invoice["chain"]["prev_hash"],
+            "body": pack(json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))),
+            "sync_state": outbox.ACCEPTED, "synced_at": now, "reference_code": _reference_code(req)})
+        repository.advance_chain(conn, key, invoice["chain"]["hash"], sec["fiscal_number"], sec["timestamp"])
+        repository.settle_intent(conn, "cloud_intents", req["request_id"])
         self.sealed_count += 1
         return SealOutcome(invoice, created=True)
 
@@ -457,11 +480,11 @@ class Journal:
         draft = {"id": str(uuid.uuid4()), "request_id": req["request_id"], "status": "queued",
                  "request": req, "lines": job.lines, "totals": job.totals,
                  "queued_at": _now_utc().isoformat()}
-        conn.execute(
-            "INSERT INTO invoices(id, request_id, request_hash, status, type, total, created_at, body, sync_state)"
-            " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 'draft')",
-            (draft["id"], req["request_id"], job.fingerprint, req["type"], job.totals["total"],
-             draft["queued_at"], pack(json.dumps(draft, ensure_ascii=False, separators=(",", ":")))))
+        # A draft is no outbox entry: it is enqueued when a signer seals it.
+        repository.insert_invoice(conn, {
+            "id": draft["id"], "request_id": req["request_id"], "request_hash": job.fingerprint,
+            "status": "queued", "type": req["type"], "total": job.totals["total"], "created_at": draft["queued_at"],
+            "body": pack(json.dumps(draft, ensure_ascii=False, separators=(",", ":"))), "sync_state": outbox.DRAFT})
         return SealOutcome(draft, created=True)
 
     # ------------------------------------------------------------------ device mode
@@ -476,7 +499,7 @@ class Journal:
         if earlier is not None:
             return earlier
         key = chain_key("device", outlet_id=self.identity.outlet_id, authority_id=device["mid"])
-        chain = conn.execute("SELECT * FROM chains WHERE chain_key = ?", (key,)).fetchone()
+        chain = repository.chain_head(conn, key)
         prev_hash = chain["last_hash"] if chain else GENESIS_HASH
         local = datetime.strptime(device["dt"], "%Y%m%d%H%M%S").replace(tzinfo=self._tz)
         fc, tc = int(device["fc"]), int(device["tc"])
@@ -490,132 +513,19 @@ class Journal:
             prev_hash=prev_hash)
         invoice["chain"]["hash"] = chain_hash(invoice, trusted=True)
         body = json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
-        conn.execute(
-            "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
-            " fiscal_number, type, code, total, sealed_at, created_at, hash, prev_hash, body, reference_code)"
-            " VALUES (?, ?, ?, 'sealed', 'device', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (invoice["id"], req["request_id"], job.fingerprint, key, device["mid"], int(device["tc"]),
-             req["type"], device["sig"], job.totals["total"], local.isoformat(), _now_utc().isoformat(),
-             invoice["chain"]["hash"], prev_hash, pack(body), _reference_code(req)))
-        conn.execute(
-            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
-            " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
-            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
-            (key, invoice["chain"]["hash"], int(device["tc"]), local.isoformat()))
-        conn.execute("DELETE FROM device_intents WHERE request_id = ?", (req["request_id"],))
+        repository.insert_invoice(conn, {
+            "id": invoice["id"], "request_id": req["request_id"], "request_hash": job.fingerprint,
+            "status": "sealed", "mode": "device", "chain_key": key, "authority_id": device["mid"],
+            "fiscal_number": tc, "type": req["type"], "code": device["sig"], "total": job.totals["total"],
+            "sealed_at": local.isoformat(), "created_at": _now_utc().isoformat(), "hash": invoice["chain"]["hash"],
+            "prev_hash": prev_hash, "body": pack(body), "reference_code": _reference_code(req),
+            "sync_state": outbox.PENDING})
+        repository.advance_chain(conn, key, invoice["chain"]["hash"], tc, local.isoformat())
+        repository.settle_intent(conn, "device_intents", req["request_id"])
         self.sealed_count += 1
         return SealOutcome(invoice, created=True)
 
     # ------------------------------------------------------------------ credentials
-    def _allocate(self, conn: sqlite3.Connection, now: datetime) -> tuple[DelegatedCredential, int]:
-        """The next number of the active credential, moving to the ready one when it runs out.
-
-        A used-up or expired credential is closed (signed statement of its last number) only when a
-        successor takes over, in the same transaction; without one it stays as it is and sealing
-        is refused with the reason, so nothing changes on disk for a refused invoice.
-        """
-        row = conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
-        cred = None
-        if row is not None:
-            cred = self._credential(row)
-            number = row["next_number"]
-            if number <= cred.block_end and cred.valid_at(now):
-                conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, cred.id))
-                self.numbers_left = cred.block_end - number
-                return cred, number
-            if number <= cred.block_end and now < cred.not_before:
-                # The clock reads earlier than the credential's start: a clock problem, not the
-                # end of the credential. Keep it open and say so.
-                raise SealingBlocked(_BLOCK_TEXT["clock"], reason="clock_before_validity")
-        successor = None
-        for r in conn.execute("SELECT * FROM credentials WHERE state = 'ready' ORDER BY block_start").fetchall():
-            c = self._credential(r)
-            if c.valid_at(now):
-                successor = c
-                break
-        if successor is None:
-            reason = ("no_credential" if row is None else
-                      "exhausted" if row["next_number"] > row["block_end"] else "expired")
-            raise SealingBlocked(_BLOCK_TEXT[reason], reason=reason)
-        if cred is not None:
-            self._close(conn, cred, row["next_number"] - 1, now)
-        for r in conn.execute("SELECT * FROM credentials WHERE state = 'ready' AND block_start < ?",
-                              (successor.block_start,)).fetchall():
-            # Ready credentials that expired unused: close them as unused (the whole block is void).
-            stale = self._credential(r)
-            if now >= stale.not_after:
-                self._close(conn, stale, stale.block_start - 1, now)
-        conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (successor.id,))
-        log.info("credential activated", extra={"event": "credential.activated", "credential": successor.id,
-                                                "block": f"{successor.block_start}-{successor.block_end}"})
-        number = successor.block_start
-        conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (number + 1, successor.id))
-        self.numbers_left = successor.block_end - number
-        return successor, number
-
-    def _credential(self, row) -> DelegatedCredential:
-        cached = self._creds.get(row["id"])
-        if cached is None:
-            cred = DelegatedCredential.model_validate_json(row["body"])
-            cached = self._creds[row["id"]] = (cred, credential_qr_part(cred))
-        return cached[0]
-
-    def _cred_part(self, cred: DelegatedCredential) -> str:
-        return self._creds[cred.id][1] if cred.id in self._creds else credential_qr_part(cred)
-
-    def _close(self, conn, cred: DelegatedCredential, last_used: int, now: datetime) -> None:
-        closure = BlockClosure.make(self._key, cred.id, last_used)
-        conn.execute("UPDATE credentials SET state = 'closed', closed_at = ?, closure = ? WHERE id = ?",
-                     (now.isoformat(), closure.model_dump_json(), cred.id))
-        log.info("credential closed", extra={"event": "credential.closed", "credential": cred.id,
-                                             "last_used": last_used})
-
-    def add_credential(self, cred: DelegatedCredential) -> bool:
-        """Store a credential fetched from the cloud (as `ready`). Goes through the writer lock."""
-        conn = connect(self.db_path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            exists = conn.execute("SELECT 1 FROM credentials WHERE id = ?", (cred.id,)).fetchone()
-            if not exists:
-                conn.execute(
-                    "INSERT INTO credentials(id, body, block_start, block_end, next_number, not_before,"
-                    " not_after, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?)",
-                    (cred.id, cred.model_dump_json(), cred.block_start, cred.block_end, cred.block_start,
-                     cred.not_before.isoformat(), cred.not_after.isoformat(), _now_utc().isoformat()))
-            conn.execute("COMMIT")
-            return not exists
-        finally:
-            conn.close()
-
-
-_BLOCK_TEXT = {
-    "exhausted": "the delegated credential's block of fiscal numbers is used up and no renewed "
-                 "credential is available; connect to the cloud to renew it",
-    "expired": "the delegated credential has expired and no renewed credential is available; "
-               "connect to the cloud to renew it",
-    "clock": "the box's clock reads earlier than the start of the delegated credential's validity; "
-             "set the clock right (stalela credential status shows the window)",
-    "no_credential": "this agent holds no delegated credential; enroll it and fetch one "
-                     "(stalela credential renew)",
-}
-
-
-def credential_status(conn: sqlite3.Connection, now: datetime | None = None) -> dict[str, Any]:
-    """What health and the CLI show about credentials: the active one and what is ready."""
-    now = now or _now_utc()
-    rows = conn.execute("SELECT * FROM credentials WHERE state IN ('active','ready') ORDER BY block_start").fetchall()
-    active = None
-    ready = []
-    for r in rows:
-        usable = r["next_number"] <= r["block_end"] and datetime.fromisoformat(r["not_after"]) > now
-        info = {"id": r["id"], "block": [r["block_start"], r["block_end"]],
-                "next_number": r["next_number"],
-                "remaining": max(0, r["block_end"] - r["next_number"] + 1) if usable else 0,
-                "not_before": r["not_before"], "not_after": r["not_after"],
-                "seconds_left": max(0, int((datetime.fromisoformat(r["not_after"]) - now).total_seconds()))}
-        if r["state"] == "active" and active is None:
-            active = info
-        elif usable:
-            ready.append(info)
-    remaining = (active["remaining"] if active else 0) + sum(r["remaining"] for r in ready)
-    return {"active": active, "ready": ready, "remaining": remaining}
+    def add_credential(self, cred) -> bool:
+        """Store a credential fetched from the cloud (as `ready`)."""
+        return self.credentials.add(cred)

@@ -6,7 +6,7 @@ hashing and committing (the journal writer) then take turns on one core, and eve
 of one hands the interpreter to the other. With the writer in its own process, the two halves run
 on two cores.
 
-What stays the same: the sealing code is the journal's own (`Journal._commit_batch`: group
+What stays the same: the sealing code is the journal's own (`Journal.seal_batch`: group
 commit, exactly-once per request_id, numbers, chain, credential changes, all read and written
 inside the SQLite transaction), so it is as safe beside the daemon's in-process writer as two
 transactions are; SQLite's write lock serializes them. The in-process writer keeps every other
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
-from .journal import Journal, SealJob, SealOutcome
+from .journal import BatchResult, Journal, SealJob, SealOutcome
 
 log = logging.getLogger("stalela.sealer")
 
@@ -240,10 +240,8 @@ class SealerProcess:
             log.info("sealing process ready", extra={"event": "sealer.ready", "pid": self.pid})
             return
         _, results, numbers_left, clock_skew, created = message
-        journal = self.journal
-        journal.numbers_left = numbers_left
-        journal.last_clock_skew = max(journal.last_clock_skew, clock_skew)
-        journal.sealed_count += created
+        self.journal.count_remote(BatchResult(created=created, numbers_left=numbers_left,
+                                              clock_skew=max(self.journal.last_clock_skew, clock_skew)))
         for job_id, ok, payload in results:
             entry = self._waiting.pop(job_id, None)
             if entry is None or entry[0].done():
@@ -332,8 +330,7 @@ def _serve(sock: socket.socket, journal: Journal, max_batch: int) -> None:
             continue
         batch, pending = pending[:max_batch], pending[max_batch:]
         jobs = [SealJob(request=m[1], fingerprint=m[2], lines=m[3], totals=m[4], fragments=m[5]) for m in batch]
-        before = journal.sealed_count
-        journal._commit_batch(jobs)
+        done = journal.seal_batch(jobs)
         results = []
         for message, job in zip(batch, jobs):
             exc = job.future.exception()
@@ -343,18 +340,7 @@ def _serve(sock: socket.socket, journal: Journal, max_batch: int) -> None:
             outcome = job.future.result()
             body = outcome.body_json
             results.append((message[0], True, (outcome.created, body, None if body is not None else outcome.invoice)))
-        sock.sendall(_frame(("sealed", results, journal.numbers_left, journal.last_clock_skew,
-                             journal.sealed_count - before)))
-
-
-def _warm_up(journal: Journal) -> None:
-    """First-use costs (page reads, the parsed credential) before saying ready. Writes nothing."""
-    conn = journal._wconn
-    row = conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
-    if row is not None:
-        journal._cred_part(journal._credential(row))
-    conn.execute("SELECT * FROM chains").fetchall()
-    journal._key.sign(b"warm-up")
+        sock.sendall(_frame(("sealed", results, done.numbers_left, done.clock_skew, done.created)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,13 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     journal = Journal(config.db_path, identity, load_private_key(config.key_path),
                       zone(config.time_zone or identity.time_zone), isf=config.isf, max_batch=config.max_batch)
     try:
-        _warm_up(journal)
+        journal.warm_up()
         _serve(sock, journal, config.max_batch)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon went away; every committed seal is in the journal
     finally:
-        journal._wconn.close()
-        journal.reader.close()
+        journal.close()  # never started here: closes its connections
     return 0
 
 

@@ -1,14 +1,9 @@
-"""The outbox: every sealed invoice goes to the cloud ledger, in sealing order, exactly once.
+"""The sync worker: moves the outbox (agent/outbox.py) to the cloud ledger, batch after batch,
+in sealing order, exactly once.
 
-The outbox is the journal itself (`invoices.sync_state`): an invoice is `pending` from the moment
-it is sealed (same transaction), so nothing sealed can be forgotten by the sync. The worker uploads
-the oldest pending invoices in batches, marks each with the cloud's answer, and starts again from
-the oldest still pending — which is exactly where it stopped after a crash or restart (an upload
-the cloud took but we never marked comes back as `duplicate`, which is fine).
-
-Answers: `accepted` / `duplicate` → done; `rejected` → **quarantined** with the cloud's reason,
-kept and shown (`GET /v1/sync`, `stalela sync status`), never dropped; `stalela sync
-retry-quarantined` puts them back in the queue.
+It takes the oldest pending invoices, uploads them, and marks each with the cloud's answer; then
+starts again from the oldest still pending — which is exactly where it stopped after a crash or
+restart (an upload the cloud took but we never marked comes back as `duplicate`, which is fine).
 """
 from __future__ import annotations
 
@@ -16,19 +11,19 @@ import asyncio
 import logging
 import random
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
+from . import outbox
 from .cloud_client import CloudClient, CloudError
 from .store.db import connect
 from .store.bodies import unpack
 
 log = logging.getLogger("stalela.sync")
 
-DONE_STATES = {"accepted": "accepted", "duplicate": "duplicate"}
 
 
 @dataclass
@@ -44,21 +39,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def outbox_status(conn: sqlite3.Connection) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT count(*), min(sealed_at) FROM invoices WHERE status='sealed' AND sync_state='pending'").fetchone()
-    quarantined = conn.execute(
-        "SELECT id, fiscal_number, authority_id, sync_reason FROM invoices WHERE sync_state='quarantined'"
-        " ORDER BY seq LIMIT 100").fetchall()
-    qcount = conn.execute("SELECT count(*) FROM invoices WHERE sync_state='quarantined'").fetchone()[0]
-    synced = conn.execute("SELECT count(*) FROM invoices WHERE sync_state IN ('accepted','duplicate')").fetchone()[0]
-    return {
-        "pending": row[0],
-        "oldest_pending": row[1],
-        "synced": synced,
-        "quarantined": qcount,
-        "quarantine": [dict(r) | {"reason": r["sync_reason"]} for r in quarantined],
-    }
+# The readers of the outbox's state (health, the CLI, reports) keep their names.
+outbox_status = outbox.status
+retry_quarantined = outbox.retry_quarantined
 
 
 class SyncWorker:
@@ -85,45 +68,17 @@ class SyncWorker:
         self._wake.set()
 
     def _pending(self, after: int = 0) -> list[sqlite3.Row]:
-        return self._reader.execute(
-            "SELECT seq, id, body FROM invoices WHERE status='sealed' AND sync_state='pending' AND seq > ?"
-            " ORDER BY seq LIMIT ?", (after, self.batch_size)).fetchall()
+        return outbox.take_batch(self._reader, self.batch_size, after)
 
     def _mark(self, rows: list[sqlite3.Row], answer: dict[str, Any]) -> tuple[int, int]:
-        results = answer.get("results")
-        if not isinstance(results, list) or len(results) != len(rows):
-            raise CloudError("the cloud's answer does not cover the batch (no per-invoice results)")
-        now = _now()
-        settled: list[tuple[str, str, int]] = []
-        rejected: list[tuple[str, str, int]] = []
-        quarantine_log: list[tuple[str, str]] = []
-        for row, res in zip(rows, sorted(results, key=lambda r: r.get("index", 0))):
-            status = res.get("status")
-            if res.get("id") not in (None, row["id"]):
-                raise CloudError("the cloud's answer is out of order")
-            if status in DONE_STATES:
-                settled.append((DONE_STATES[status], now, row["seq"]))
-            elif status == "rejected":
-                reason = f"{res.get('reason', 'rejected')}: {res.get('detail', '')}".strip(": ")
-                rejected.append((reason, now, row["seq"]))
-                quarantine_log.append((row["id"], reason))
-            else:
-                raise CloudError(f"unknown reconciliation status {status!r}")
-        # The whole answer is checked before anything is written: all of it is marked, or none.
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.executemany("UPDATE invoices SET sync_state=?, sync_reason=NULL, synced_at=? WHERE seq=?",
-                                   settled)
-            self._conn.executemany("UPDATE invoices SET sync_state='quarantined', sync_reason=?, synced_at=?"
-                                   " WHERE seq=?", rejected)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        for invoice_id, reason in quarantine_log:
+            marked = outbox.mark(self._conn, rows, answer)
+        except outbox.BadAnswer as exc:
+            raise CloudError(str(exc)) from None
+        for invoice_id, reason in marked.quarantined:
             log.warning("invoice quarantined", extra={"event": "sync.quarantined", "invoice": invoice_id,
                                                       "reason": reason})
-        return len(settled), len(rejected)
+        return marked.done, len(marked.quarantined)
 
     def _failed(self, exc: CloudError) -> None:
         if self.stats.last_error is None:  # log the first failure, not every retry
@@ -210,8 +165,3 @@ class SyncWorker:
                     pass
         finally:
             self.stats.running = False
-
-
-def retry_quarantined(conn: sqlite3.Connection) -> int:
-    cur = conn.execute("UPDATE invoices SET sync_state='pending', sync_reason=NULL WHERE sync_state='quarantined'")
-    return cur.rowcount

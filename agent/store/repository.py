@@ -1,0 +1,149 @@
+"""The journal's SQL, in one place: requests, invoices, chains, intents and credentials.
+
+Every function takes the connection of the transaction it belongs to and neither begins nor
+commits: the journal's writer (agent/journal.py) owns the transaction, so a seal's lookups and
+writes commit together or not at all. Readers (health, the CLI) pass the read connection.
+"""
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, Iterable
+
+# --------------------------------------------------------------------------- requests
+def find_request(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT request_hash, body, status, sync_state, sync_reason FROM invoices"
+                        " WHERE request_id = ?", (request_id,)).fetchone()
+
+
+def discarded_request(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
+    """A request sealed long ago whose local copy retention discarded (its tombstone)."""
+    return conn.execute("SELECT invoice_id, fiscal_number FROM discarded_requests WHERE request_id = ?",
+                        (request_id,)).fetchone()
+
+
+def delete_draft(conn: sqlite3.Connection, request_id: str) -> None:
+    conn.execute("DELETE FROM invoices WHERE request_id = ? AND status = 'queued'", (request_id,))
+
+
+# The signers that record their intent before they ask an outside authority (see their modules).
+INTENT_TABLES = ("cloud_intents", "device_intents")
+
+
+def has_intent(conn: sqlite3.Connection, table: str, request_id: str) -> bool:
+    return conn.execute(f"SELECT 1 FROM {_intents(table)} WHERE request_id = ?", (request_id,)).fetchone() is not None
+
+
+def settle_intent(conn: sqlite3.Connection, table: str, request_id: str) -> None:
+    conn.execute(f"DELETE FROM {_intents(table)} WHERE request_id = ?", (request_id,))
+
+
+def _intents(table: str) -> str:
+    if table not in INTENT_TABLES:
+        raise ValueError(f"no intent table {table!r}")
+    return table
+
+
+# --------------------------------------------------------------------------- invoices
+INVOICE_COLUMNS = frozenset({
+    "id", "request_id", "request_hash", "status", "mode", "chain_key", "authority_id", "fiscal_number", "type",
+    "code", "total", "sealed_at", "created_at", "hash", "prev_hash", "body", "reference_code", "sync_state",
+    "synced_at"})
+
+
+@lru_cache(maxsize=None)
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    unknown = set(columns) - INVOICE_COLUMNS
+    if unknown:
+        raise ValueError(f"no invoice columns {sorted(unknown)}")
+    return f"INSERT INTO invoices({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def insert_invoice(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+    """One journal row: a sealed invoice (which is also its outbox entry, agent/outbox.py) or a
+    queued draft."""
+    conn.execute(_insert_sql(tuple(row)), tuple(row.values()))
+
+
+def credit_note_original(conn: sqlite3.Connection, code: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT type, total FROM invoices WHERE code = ? AND status = 'sealed'", (code,)).fetchone()
+
+
+def credited_so_far(conn: sqlite3.Connection, code: str) -> Decimal:
+    """The total of the sealed credit notes against the original invoice `code`."""
+    total = Decimal(0)
+    for (amount,) in conn.execute("SELECT total FROM invoices WHERE type IN ('FA','EA') AND status='sealed'"
+                                  " AND reference_code = ?", (code,)):
+        total += Decimal(amount)
+    return total
+
+
+# --------------------------------------------------------------------------- chains
+def chain_head(conn: sqlite3.Connection, chain_key: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM chains WHERE chain_key = ?", (chain_key,)).fetchone()
+
+
+def all_chains(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM chains").fetchall()
+
+
+def advance_chain(conn: sqlite3.Connection, chain_key: str, last_hash: str, last_number: int, last_timestamp: str,
+                  type_counters: str | None = None) -> None:
+    """Move a chain's head to the invoice just stored (its per-type counters too, when given)."""
+    if type_counters is None:
+        conn.execute(
+            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
+            " VALUES (?, ?, ?, ?, '{}') ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
+            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp",
+            (chain_key, last_hash, last_number, last_timestamp))
+    else:
+        conn.execute(
+            "INSERT INTO chains(chain_key, last_hash, last_number, last_timestamp, type_counters)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(chain_key) DO UPDATE SET last_hash=excluded.last_hash,"
+            " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp,"
+            " type_counters=excluded.type_counters",
+            (chain_key, last_hash, last_number, last_timestamp, type_counters))
+
+
+# --------------------------------------------------------------------------- credentials
+def active_credential(conn: sqlite3.Connection) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
+
+
+def ready_credentials(conn: sqlite3.Connection, before_block: int | None = None) -> list[sqlite3.Row]:
+    """Credentials waiting to take over, in block order (those before `before_block` only)."""
+    if before_block is None:
+        return conn.execute("SELECT * FROM credentials WHERE state = 'ready' ORDER BY block_start").fetchall()
+    return conn.execute("SELECT * FROM credentials WHERE state = 'ready' AND block_start < ? ORDER BY block_start",
+                        (before_block,)).fetchall()
+
+
+def usable_credentials(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM credentials WHERE state IN ('active','ready') ORDER BY block_start").fetchall()
+
+
+def set_next_number(conn: sqlite3.Connection, credential_id: str, next_number: int) -> None:
+    conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (next_number, credential_id))
+
+
+def activate_credential(conn: sqlite3.Connection, credential_id: str) -> None:
+    conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (credential_id,))
+
+
+def close_credential(conn: sqlite3.Connection, credential_id: str, closed_at: str, closure_json: str) -> None:
+    conn.execute("UPDATE credentials SET state = 'closed', closed_at = ?, closure = ? WHERE id = ?",
+                 (closed_at, closure_json, credential_id))
+
+
+def insert_credential(conn: sqlite3.Connection, values: Iterable[Any]) -> bool:
+    """Store a credential as `ready` unless it is there already; True when it was new.
+    `values`: id, body, block_start, block_end, not_before, not_after, received_at."""
+    credential_id, body, start, end, not_before, not_after, received_at = values
+    if conn.execute("SELECT 1 FROM credentials WHERE id = ?", (credential_id,)).fetchone():
+        return False
+    conn.execute(
+        "INSERT INTO credentials(id, body, block_start, block_end, next_number, not_before, not_after, state,"
+        " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?)",
+        (credential_id, body, start, end, start, not_before, not_after, received_at))
+    return True
