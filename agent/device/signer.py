@@ -96,7 +96,7 @@ class DeviceSigner:
         self.on_available = on_available
         self.poll_seconds = poll_seconds
         self.probe_seconds = probe_seconds
-        self.link = DeviceHealth(url)
+        self.link = DeviceHealth(url, tz)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcf-device")
         self._transport: Transport | None = None
         self._client: MCFClient | None = None
