@@ -1,6 +1,6 @@
 """The fault switchboard: what the simulated MCF does wrong, settable at start and at run time.
 
-Three kinds of switches:
+Four kinds of switches:
 
 * shots (``nak``, ``corrupt_bcc``, ``drop``, ``silence``, ``power_loss``): the value is how many
   of the next frames (for ``power_loss``: normalizations) it hits; each hit uses one up;
