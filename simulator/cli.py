@@ -50,7 +50,7 @@ def _check_zone(time_zone: str | None) -> None:
             raise click.BadParameter(str(exc), param_hint="--time-zone") from None
 
 
-def _fault_values(values: tuple[str, ...]) -> list[tuple[str, int | bool, int | None]]:
+def _fault_values(values: tuple[str, ...]) -> list[tuple[str, int | bool | str, int | None]]:
     parsed = []
     for value in values:
         try:
@@ -128,6 +128,7 @@ def run(
       stalela sim run --state /tmp/mcf.json --tcp 127.0.0.1:4001 --fault syn_ms=300:1
       # then: serial.serial_for_url("socket://127.0.0.1:4001")
       stalela sim run --state /tmp/mcf-lubumbashi.json --time-zone Africa/Lubumbashi
+      stalela sim run --state /tmp/mcf.json --control /tmp/mcf.ctl --fault hold_answer=38
     """
     from .engine import MCFEngine
     from .pty_link import PtyLink
@@ -182,15 +183,29 @@ def run(
                 raise click.ClickException(f"cannot listen on {tcp}: {exc}") from None
         sys.stdout.flush()
         watcher = _ControlFile(control, switchboard) if control else None
+        reported = 0
         while not stop.wait(CONTROL_POLL):
             if watcher is not None:
                 watcher.check()
+            reported = _report_holds(switchboard, reported)
     finally:
         for each in links:
             each.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     click.echo("stopped")
+
+
+def _report_holds(switchboard: FaultSwitchboard, reported: int) -> int:
+    """One stdout line per hold that started, so whoever drives the simulator can act on it."""
+    held = switchboard.held_log
+    for each in held[reported:]:
+        what = "ran, its answer is held" if each.ran else "held before it runs"
+        click.echo(f"hold: {each.cmd:02X}h (SEQ {each.seq:02X}h) received, {what}; "
+                   "release with `sim fault --control FILE hold=off`")
+    if len(held) > reported:
+        sys.stdout.flush()
+    return len(held)
 
 
 def _parse_hostport(text: str) -> tuple[str, int]:
@@ -400,6 +415,8 @@ def set_fault(control: Path, assignments: tuple[str, ...]) -> None:
     \b
     Example:
       stalela sim fault --control /tmp/mcf.ctl nak=3 syn_ms=500:1
+      stalela sim fault --control /tmp/mcf.ctl hold=31#2
+      stalela sim fault --control /tmp/mcf.ctl hold=off
       stalela sim fault --control /tmp/mcf.ctl clear
     """
     if assignments != ("clear",):

@@ -13,6 +13,10 @@ exactly-once procedure prescribes.
 Every link uses ``respond()``: it returns ``Emission``s stamped with when they leave, relative to
 the moment the chunk arrived, so that SYN every 100 ms, delays and 115200-baud wire timing are
 computed once here and merely played by the links.
+
+A hold (``faults.hold``, see faults.py) makes the device busy on one frame: it sends SYN every
+100 ms from ``poll()`` (which every link calls while idle) and ignores new frames until the hold
+is released; then the held command runs (if it had not) and is answered, or is dropped.
 """
 from __future__ import annotations
 
@@ -30,13 +34,14 @@ from drivers.usb_fiscal_memory.framing import (
     SOH,
     SYN,
     Deframer,
+    CommandFrame,
     Status,
     decode_command,
     encode_response,
 )
 
 from .device import DeviceOptions, FiscalDevice
-from .faults import FaultSwitchboard
+from .faults import FaultSwitchboard, Held
 from .state import FiscalState, FiscalStore
 
 # 8N1: a start bit, 8 data bits and a stop bit per byte at 115200 baud (86.8 us).
@@ -54,6 +59,15 @@ class Emission:
 
     at: float
     data: bytes
+
+
+@dataclass
+class _Holding:
+    """The frame a hold keeps: the command, and its answer when it has already run."""
+
+    command: CommandFrame
+    answer: bytes | None
+    last_syn: float
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class MCFEngine:
         self.device = FiscalDevice(self.store, self.options, self.faults)
         self._deframer = Deframer(expect="command")
         self._last: _LastAnswer | None = None
+        self._holding: _Holding | None = None
         self._last_rx = time.monotonic()
         self.partial_frame_timeout = PARTIAL_FRAME_TIMEOUT
         self.frames_executed = 0  # commands that ran (not repeats, not NAKs): for tests/stats
@@ -133,6 +148,8 @@ class MCFEngine:
     def poll(self) -> list[Emission]:
         """Call when the link is idle: a frame cut short is NAKed after a short silence."""
         with self._lock:
+            if self._holding is not None:
+                return self._poll_hold()
             if not self._deframer.pending:
                 return []
             if time.monotonic() - self._last_rx < self.partial_frame_timeout:
@@ -148,6 +165,9 @@ class MCFEngine:
             self.device.reboot()
             self._last = None
             self._deframer.reset()
+            if self._holding is not None:
+                self._holding = None
+                self.faults.hold_ended()
 
     # -- internals ---------------------------------------------------------------------------
     def _wire(self, nbytes: int) -> float:
@@ -160,6 +180,8 @@ class MCFEngine:
             self.faults.end_of_frame()
 
     def _answer_frame_once(self, raw: bytes) -> list[Emission]:
+        if self._holding is not None:
+            return []  # busy on the held frame: what else arrives is not read
         if self.faults.shot("silence"):
             return []
         if self.faults.shot("nak"):
@@ -171,16 +193,50 @@ class MCFEngine:
         last = self._last
         if last is not None and last.final and (last.seq, last.cmd) == (command.seq, command.cmd):
             return self._transmit(last.frame)
+        hold = self.faults.match_hold(command.cmd, command.data)
+        if hold is not None and not hold.answer:
+            return self._start_hold(command, None)
+        frame = self._run(command)
+        if frame is None:
+            return []
+        if hold is not None:
+            return self._start_hold(command, frame)
+        return self._transmit(frame)
+
+    def _run(self, command: CommandFrame) -> bytes | None:
+        """Execute a command; its answer frame (None: the power failed before the answer)."""
         reply = self.device.execute(command.cmd, command.data)
         self.frames_executed += 1
         if reply.power_lost:
             self.power_cycle()
-            return []
+            return None
         frame = encode_response(
             command.seq, command.cmd, reply.data, self.device.status(reply.bit).to_bytes()
         )
         self._last = _LastAnswer(command.seq, command.cmd, frame, reply.final)
-        return self._transmit(frame)
+        return frame
+
+    def _start_hold(self, command: CommandFrame, answer: bytes | None) -> list[Emission]:
+        now = time.monotonic()
+        self._holding = _Holding(command, answer, last_syn=now)
+        self.faults.holding(Held(command.cmd, command.seq, ran=answer is not None, at=now))
+        return [Emission(0.0, bytes((SYN,)))]
+
+    def _poll_hold(self) -> list[Emission]:
+        holding = self._holding
+        assert holding is not None
+        release = self.faults.take_release()
+        if release is None:
+            now = time.monotonic()
+            if now - holding.last_syn < SYN_PERIOD:
+                return []
+            holding.last_syn = now
+            return [Emission(0.0, bytes((SYN,)))]
+        self._holding = None
+        if not release:
+            return []
+        frame = holding.answer if holding.answer is not None else self._run(holding.command)
+        return self._transmit(frame) if frame is not None else []
 
     def _transmit(self, frame: bytes) -> list[Emission]:
         """What the line does to an answer: drop, corrupt, SYN first, delay, junk before."""

@@ -6,8 +6,11 @@ unplug); a replug creates a new one and points the symlink at it.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import tty
 from pathlib import Path
@@ -26,6 +29,9 @@ class PtyLink:
         self.slave_path: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Reads started: the pump writes everything one chunk caused before it reads again, so a
+        # read that starts after some moment means what was due then has been written.
+        self.rounds = 0
 
     @property
     def path(self) -> str:
@@ -48,6 +54,19 @@ class PtyLink:
             self._thread.join(timeout=5)
             self._thread = None
         self._close_pty()
+
+    def unread(self) -> int:
+        """Bytes the device sent that the SFE has not read yet (0 when unplugged).
+
+        The slave's input queue is shared by every opener, so the slave we hold sees it."""
+        slave = self._slave
+        if slave is None:
+            return 0
+        try:
+            raw = fcntl.ioctl(slave, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int(struct.unpack("i", raw)[0])
 
     def __enter__(self) -> "PtyLink":
         self.start()
@@ -95,6 +114,7 @@ class PtyLink:
 
     # -- the loop ----------------------------------------------------------------------------
     def _read(self, timeout: float) -> bytes | None:
+        self.rounds += 1
         master = self._master
         if master is None:
             return None

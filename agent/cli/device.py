@@ -5,7 +5,7 @@ import contextlib
 import json
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
@@ -36,6 +36,7 @@ from drivers.usb_fiscal_memory.transport import open_transport
 from drivers.usb_fiscal_memory.transport_usb import DEFAULT_VID_PIDS, discover
 
 CLOCK_DRIFT_WARN = 300  # seconds between the MCF's clock and ours worth a warning
+DEFAULT_ZONE = "Africa/Kinshasa"
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -77,6 +78,45 @@ def port_options(func: Callable[..., Any]) -> Callable[..., Any]:
         " Env: STALELA_MCF_PORT.",
     )(func)
     return func
+
+
+def zone_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--data / --time-zone: the outlet's zone, whose local time the MCF's clock keeps."""
+    func = click.option(
+        "--time-zone", "time_zone", metavar="ZONE", default=None,
+        help=f"The outlet's time zone, which the MCF's clock keeps [{DEFAULT_ZONE}; with --data: the agent's].",
+    )(func)
+    func = click.option(
+        "--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="An enrolled agent's data folder: its outlet's time zone is used.",
+    )(func)
+    return func
+
+
+def outlet_zone(data_dir: Path | None, time_zone: str | None) -> tzinfo:
+    """The zone the MCF's local times are read in. Why: the MCF keeps the outlet's local time
+    (DT fields carry no offset), so comparing them with this machine's clock (often UTC) in any
+    other zone reports the zone difference as clock drift."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if data_dir is not None and time_zone is not None:
+        raise click.UsageError("--data and --time-zone both name the outlet's zone: give one of them")
+    if data_dir is not None:
+        from agent.cli.common import require_enrolled
+        from agent.identity import OutletIdentity
+
+        config = require_enrolled(data_dir)
+        time_zone = config.time_zone or OutletIdentity.load(config.enrollment_path).time_zone
+    try:
+        return ZoneInfo(time_zone or DEFAULT_ZONE)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(f"{time_zone!r} is not a time zone (e.g. Africa/Lubumbashi)",
+                                 param_hint="--time-zone") from None
+
+
+def outlet_now(tz: tzinfo) -> datetime:
+    """Now as the MCF writes it: local time in the outlet's zone, without an offset."""
+    return datetime.now(tz).replace(tzinfo=None)
 
 
 def _json_default(value: Any) -> Any:
@@ -186,12 +226,12 @@ def scan(vid_pids: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"  {port.device}  {ids}  {port.description}{mark}")
 
 
-def _print_info(client: MCFClient, as_json: bool) -> None:
+def _print_info(client: MCFClient, as_json: bool, tz: tzinfo) -> None:
     mcf = client.status()
     sta = client.last_status
     taxpayer = client.taxpayer()
     link = client.server_link()
-    now = datetime.now()
+    now = outlet_now(tz)
     if as_json:
         click.echo(
             json.dumps(
@@ -246,17 +286,22 @@ def _print_link(link: ServerLinkStatus, now: datetime) -> None:
 
 @device.command()
 @port_options
+@zone_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(port: str, timeout: float, as_json: bool) -> None:
+def info(port: str, timeout: float, data_dir: Path | None, time_zone: str | None, as_json: bool) -> None:
     """Identify an MCF: status (C1h), taxpayer (2Bh I0-I4), DGI link (C2h).
+
+    The DGI link's age is measured in the outlet's zone (--data or --time-zone).
 
     \b
     Example:
       stalela device info --port /dev/ttyACM0
       stalela device info --port socket://192.168.1.50:4001 --json
+      stalela device info --port /dev/stalela-mcf --data /var/lib/stalela
     """
+    tz = outlet_zone(data_dir, time_zone)
     with _client(port, timeout) as client, _clean_errors():
-        _print_info(client, as_json)
+        _print_info(client, as_json, tz)
 
 
 @device.command()
@@ -274,15 +319,17 @@ def status(port: str, timeout: float) -> None:
 
 @device.command()
 @port_options
-def spy(port: str, timeout: float) -> None:
+@zone_options
+def spy(port: str, timeout: float, data_dir: Path | None, time_zone: str | None) -> None:
     """Show a hex dump of every byte exchanged while running `info`.
 
     \b
     Example:
       stalela device spy --port /dev/ttyACM0
     """
+    tz = outlet_zone(data_dir, time_zone)
     with _client(port, timeout, spy=sys.stdout) as client, _clean_errors():
-        _print_info(client, as_json=False)
+        _print_info(client, as_json=False, tz=tz)
 
 
 def _framing_self_check() -> list[str]:
@@ -306,9 +353,13 @@ def _framing_self_check() -> list[str]:
 
 @device.command()
 @port_options
+@zone_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (fields: docs/cli.md).")
-def selftest(port: str, timeout: float, as_json: bool) -> None:
+def selftest(port: str, timeout: float, data_dir: Path | None, time_zone: str | None, as_json: bool) -> None:
     """Check framing, a C1h round trip, the clock and the fiscal memory.
+
+    The MCF's clock keeps the outlet's local time: its drift is measured against now in the
+    outlet's zone (the agent's with --data, else --time-zone, default Africa/Kinshasa).
 
     Exit codes: 0 every check passed (warnings allowed); 1 a check failed or the device could
     not be reached.
@@ -317,7 +368,10 @@ def selftest(port: str, timeout: float, as_json: bool) -> None:
     Example:
       stalela device selftest --port /dev/stalela-mcf
       stalela device selftest --port /dev/ttyACM0 --json
+      stalela device selftest --port /dev/stalela-mcf --data /var/lib/stalela
+      stalela device selftest --port /dev/ttyACM0 --time-zone Africa/Lubumbashi
     """
+    tz = outlet_zone(data_dir, time_zone)
     checks: list[dict[str, str]] = []
 
     def report(level: str, text: str) -> None:
@@ -341,8 +395,9 @@ def selftest(port: str, timeout: float, as_json: bool) -> None:
             if clock is None:
                 report("WARN", f"MCF clock unreadable: {mcf.dt!r}")
             else:
-                drift = abs((clock - datetime.now()).total_seconds())
-                report("WARN" if drift > CLOCK_DRIFT_WARN else "PASS", f"MCF clock {_fmt_dt(mcf.dt)} (drift {drift:.0f} s)")
+                drift = abs((clock - outlet_now(tz)).total_seconds())
+                report("WARN" if drift > CLOCK_DRIFT_WARN else "PASS",
+                       f"MCF clock {_fmt_dt(mcf.dt)} (drift {drift:.0f} s against {tz})")
         for flag, level, text in (
             ("memory_full", "FAIL", "fiscal memory full"),
             ("memory_write_error", "FAIL", "fiscal memory write error"),

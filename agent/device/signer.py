@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,9 +53,6 @@ from .status import DeviceHealth
 
 log = logging.getLogger("stalela.device")
 
-# Test mode only: SIGKILL the agent at this step of the invoice flow (an `on_step` name such as
-# "open", "item:2", "normalizing", "normalized", or "38h-sent": right after the 38h frame left).
-KILL_ENV = "STALELA_DEVICE_TEST_KILL_AT"
 POLL_SECONDS = 30.0  # status poll while the device answers
 PROBE_SECONDS = 2.0  # while it does not: a quick probe so a replugged device is used again
 
@@ -101,13 +96,12 @@ class DeviceSigner:
         self.on_available = on_available
         self.poll_seconds = poll_seconds
         self.probe_seconds = probe_seconds
-        self.link = DeviceHealth(url)
+        self.link = DeviceHealth(url, tz)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcf-device")
         self._transport: Transport | None = None
         self._client: MCFClient | None = None
         self._db: sqlite3.Connection | None = None
         self._poll_task: asyncio.Task | None = None
-        self._kill_at = os.environ.get(KILL_ENV) or None
         self._job_rid: str | None = None
         self._acked_open = False
         self._opened = None
@@ -194,8 +188,6 @@ class DeviceSigner:
             except BaseException:
                 transport.close()
                 raise
-            if self._kill_at == "38h-sent":
-                _kill_after_38h(transport)
             self._transport = transport
             self._client = MCFClient(Link(transport, timeout=self.link_timeout, retries=self.retries),
                                      on_step=self._on_step)
@@ -294,9 +286,6 @@ class DeviceSigner:
                 # before the record of this invoice.
                 rid, extra = self._job_rid, {"fc": opened.fc, "tc": opened.tc}
                 self.journal.run_in_writer(lambda conn: _add_opened(conn, rid, extra))
-        if self._kill_at is not None and step == self._kill_at:
-            log.warning("test mode: killing the agent", extra={"event": "device.test_kill", "step": step})
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _existing(self, job: SealJob) -> SealOutcome | None:
         """The stored answer when this request was sealed before; a queued draft of it is sealed now."""
@@ -456,18 +445,6 @@ def _add_opened(conn: sqlite3.Connection, request_id: str, opened: dict) -> None
 def _field_of(cmd: int) -> str:
     return {0xC3: "client", 0xC0: "body", 0x31: "items", 0x36: "comments", 0x35: "payments",
             0x38: "totals"}.get(cmd, "body")
-
-
-def _kill_after_38h(transport: Transport) -> None:
-    """Test mode: SIGKILL right after a 38h MV,MT frame was written (before its answer)."""
-    write = transport.write
-
-    def write_then_die(data: bytes) -> None:
-        write(data)
-        if len(data) > 4 and data[3] == 0x38 and data[4] != ord("C"):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    transport.write = write_then_die  # type: ignore[method-assign]
 
 
 def from_config(config, journal: Journal, identity, tz, on_available: Callable[[], None]) -> DeviceSigner:

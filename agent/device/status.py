@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from drivers.usb_fiscal_memory.commands import TAXPAYER_LABELS, McfStatus, ServerLinkStatus
@@ -26,15 +26,19 @@ BLOCKING = {
 }
 
 
-def _iso(raw: str) -> str | None:
+def _iso(raw: str, tz: tzinfo) -> str | None:
+    """An MCF time (outlet-local, no offset on the wire) as ISO 8601 with the zone's offset, so a
+    reader elsewhere (or on UTC) places it right."""
     parsed = parse_dt(raw) if raw else None
-    return parsed.isoformat() if parsed else None
+    return parsed.replace(tzinfo=tz).isoformat() if parsed else None
 
 
 class DeviceHealth:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tz: tzinfo) -> None:
+        """``tz``: the outlet's zone, whose local time the MCF's clock keeps."""
         self._lock = threading.Lock()
         self.url = url
+        self.tz = tz
         self.reachable: bool | None = None  # None: not tried yet
         self.last_error: str | None = None
         self.last_checked: str | None = None
@@ -84,7 +88,7 @@ class DeviceHealth:
     def server_link(self, link: ServerLinkStatus) -> None:
         with self._lock:
             self.link = link
-        stale = link.is_stale(datetime.now())
+        stale = link.is_stale(self._local_now())
         if stale and not self._link_alerted:
             log.warning("the MCF has not reached the DGI server for more than one day",
                         extra={"event": "device.dgi_link_stale", "last_connection": link.dt or None,
@@ -103,6 +107,10 @@ class DeviceHealth:
             log.info("device tax rates match the tax table", extra={"event": "device.tax_rates_ok"})
 
     # -- reading (any thread) --------------------------------------------------------------
+    def _local_now(self) -> datetime:
+        """Now as the MCF writes times (outlet-local, naive), to age what it reports."""
+        return datetime.now(self.tz).replace(tzinfo=None)
+
     def blocking_reason(self) -> str | None:
         sta = self.status
         if sta is None:
@@ -133,9 +141,9 @@ class DeviceHealth:
             }
         alerts: list[str] = []
         if mcf is not None:
-            body["clock"] = _iso(mcf.dt)
+            body["clock"] = _iso(mcf.dt, self.tz)
             body["counters"] = {"total": mcf.tc, "sales": mcf.fvc, "credit_notes": mcf.frc}
-            body["last_invoice"] = ({"invoice_number": mcf.dfn, "type": mcf.dft, "at": _iso(mcf.dfdt),
+            body["last_invoice"] = ({"invoice_number": mcf.dfn, "type": mcf.dft, "at": _iso(mcf.dfdt, self.tz),
                                      "code": mcf.dfs} if mcf.dfn else None)
         bits = {
             "memory_nearly_full": bool(sta and sta.memory_low),
@@ -152,9 +160,9 @@ class DeviceHealth:
         if bits["memory_nearly_full"] and not bits["memory_full"]:
             alerts.append("fiscal memory nearly full (fewer than 50 records left)")
         if link is not None:
-            stale = link.is_stale(datetime.now())
+            stale = link.is_stale(self._local_now())
             body["dgi_link"] = {"state": link.sta, "state_text": ServerLinkStatus.STATES.get(link.sta, "unknown"),
-                                "last_connection": _iso(link.dt), "sent": link.ec, "held": link.dc,
+                                "last_connection": _iso(link.dt, self.tz), "sent": link.ec, "held": link.dc,
                                 "stale": stale}
             if stale:
                 alerts.append("the MCF has not reached the DGI server for more than one day")

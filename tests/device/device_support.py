@@ -2,7 +2,6 @@
 (subprocess) configured to seal with it, delegated as the fallback."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,13 @@ class SimDevice:
         while not self.link_path.is_symlink() and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    def wait_answer_read(self, timeout: float = 10.0) -> None:
+        """After a hold was released: its answer went out on the pty and the SFE has read it all."""
+        wait_for(lambda: not self.faults.is_holding(), timeout)
+        rounds = self.pty.rounds
+        wait_for(lambda: self.pty.rounds > rounds, timeout)  # what the release produced is written
+        wait_for(lambda: self.pty.unread() == 0, timeout)
+
     def stop(self) -> None:
         self.pty.stop()
 
@@ -70,19 +76,6 @@ def device_agent(folder: Path, sim: SimDevice, *, policy=("device", "delegated")
     if credential:
         h.add_credential(h.credential(1, 100))
     return h
-
-
-def start_with_env(h: AgentHarness, env: dict[str, str]) -> None:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        h.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):

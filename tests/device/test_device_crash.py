@@ -1,41 +1,75 @@
 """SIGKILL of the real agent daemon at each step of the invoice flow, then restart.
 
-The kill is triggered inside the agent at the exact step (test-mode env var
-STALELA_DEVICE_TEST_KILL_AT, an `on_step` name, or "38h-sent": right after the 38h frame was
-written to the pty). After the restart, start-up recovery reads C1h; the POS retries the same
-request_id and gets the invoice sealed exactly once on the device.
+The point of death is chosen on the simulated MCF, not inside the agent: a hold fault
+(simulator/faults.py) makes the device busy (SYN, so the agent keeps waiting) on one frame of
+the flow; the test waits until the device holds it, SIGKILLs the agent process and drops the
+held frame. "normalized" (the 38h answer read by the agent, not yet recorded) also holds the
+agent journal's write lock, releases the answer and kills once the agent has read it off the pty.
+After the restart, start-up recovery reads C1h; the POS retries the same request_id and gets the
+invoice sealed exactly once on the device.
 """
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 import pytest
 
-from agent.device.signer import KILL_ENV
-from tests.device.device_support import device_agent, start_with_env, wait_for
-from tests.support import invoice
+from tests.device.device_support import SimDevice, device_agent, wait_for
+from tests.support import AgentHarness, invoice
 
-# step -> was the invoice normalized by the device before the agent died?
+# step -> (the hold that stops the flow there, was the invoice normalized before the agent died?)
 STEPS = {
-    "open": False,          # after C0h was acknowledged
-    "item:2": False,        # after some 31h
-    "normalizing": False,   # everything sent but 38h
-    "38h-sent": True,       # 38h on the wire, answer not read
-    "normalized": True,     # 38h answer read, not recorded
+    "open": ("hold=31#1", False),            # C0h acknowledged; dies as the first 31h arrives
+    "item:2": ("hold=31#3", False),          # two 31h acknowledged; dies as the third arrives
+    "normalizing": ("hold=38", False),       # everything sent but 38h, which never runs
+    "38h-sent": ("hold_answer=38", True),    # 38h ran on the device, answer not read
+    "normalized": ("hold_answer=38", True),  # 38h answer read, not recorded
 }
+
+
+def _post_and_die_at_hold(h: AgentHarness, sim: SimDevice, body: dict, *, answer_read: bool = False) -> None:
+    """POST the invoice; when the device holds the armed frame, SIGKILL the agent there."""
+    outcome: dict = {}
+
+    def post() -> None:
+        try:
+            outcome["answer"] = h.post("/v1/invoices", body)
+        except OSError as exc:
+            outcome["error"] = exc
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    assert sim.faults.wait_held(timeout=30) is not None, "the device never received the frame to hold"
+    lock = None
+    try:
+        if answer_read:
+            lock = h.db()
+            lock.execute("BEGIN IMMEDIATE")  # the agent can read the answer but not record it
+            sim.faults.release(carry_on=True)
+            sim.wait_answer_read()
+        os.kill(h.proc.pid, signal.SIGKILL)
+        poster.join(30)
+    finally:
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+        sim.faults.release(carry_on=False)  # the held frame is lost with the agent
+    assert "answer" not in outcome, f"the agent answered instead of dying: {outcome['answer']}"
+    assert isinstance(outcome.get("error"), OSError)
 
 
 @pytest.mark.parametrize("step", list(STEPS))
 def test_sigkill_at_each_step_then_exactly_once(tmp_path, sim, step):
+    hold, normalized = STEPS[step]
     h = device_agent(tmp_path / "agent", sim)
     try:
-        start_with_env(h, {KILL_ENV: step})  # the kill fires on the first invoice
-        try:
-            h.post("/v1/invoices", invoice("crash-1", 3))
-            raise AssertionError("the agent should have died")
-        except OSError:
-            pass
+        h.start()
+        sim.faults.apply(hold)  # stops the first invoice at this step
+        _post_and_die_at_hold(h, sim, invoice("crash-1", 3), answer_read=step == "normalized")
         h.proc.wait(10)
         assert h.proc.returncode == -9
-        normalized = STEPS[step]
         wait_for(lambda: sim.tc == (1 if normalized else 0), timeout=5)
         if not normalized:
             assert sim.engine.device.invoice is not None  # left open on the device
@@ -79,12 +113,9 @@ def test_recovered_fc_is_exact_for_an_advance_after_a_sale(tmp_path, sim):
         h.start()
         assert h.post("/v1/invoices", invoice("fv-1"))[1]["security"]["counters"]["label"] == "1/1 FV"
         h.stop()
-        start_with_env(h, {KILL_ENV: "38h-sent"})
-        try:
-            h.post("/v1/invoices", invoice("ft-1", type="FT"))
-            raise AssertionError("the agent should have died")
-        except OSError:
-            pass
+        h.start()
+        sim.faults.apply("hold_answer=38")  # 38h runs, the agent dies before its answer
+        _post_and_die_at_hold(h, sim, invoice("ft-1", type="FT"))
         h.proc.wait(10)
         wait_for(lambda: sim.tc == 2, timeout=5)
         h.stop()

@@ -1,6 +1,10 @@
 """Device status in /v1/health: status bits, tax rates, unavailability."""
 from __future__ import annotations
 
+import dataclasses
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
 from tests.device.device_support import SimDevice, device_agent, device_health, wait_for
 from tests.support import invoice
 
@@ -34,7 +38,6 @@ def test_status_bits_and_rate_mismatch_show_in_health(tmp_path):
 def test_stale_dgi_link_is_alerted(tmp_path):
     sim = SimDevice(tmp_path / "sim")
     sim.faults.set("dgi_offline", True)
-    import dataclasses
     sim.engine.device.state = dataclasses.replace(sim.engine.device.state, dgi_last_connection="20250101120000")
     h = device_agent(tmp_path / "agent", sim)
     try:
@@ -43,6 +46,46 @@ def test_stale_dgi_link_is_alerted(tmp_path):
         assert dev["dgi_link"]["stale"] is True and dev["dgi_link"]["state"] == "DIS", dev
         assert any("DGI server" in a for a in dev["alerts"])
         assert '"event": "device.dgi_link_stale"' in h.read_log()
+    finally:
+        h.stop()
+        sim.stop()
+
+
+def _kinshasa_dt(ago: timedelta = timedelta(0)) -> str:
+    return (datetime.now(ZoneInfo("Africa/Kinshasa")) - ago).strftime("%Y%m%d%H%M%S")
+
+
+def test_device_times_carry_the_outlet_zone_offset(tmp_path, monkeypatch):
+    """The MCF keeps Kinshasa time with no offset; health says which instant that is."""
+    monkeypatch.setenv("TZ", "UTC")  # the agent's machine on UTC, the outlet an hour ahead
+    sim = SimDevice(tmp_path / "sim")
+    h = device_agent(tmp_path / "agent", sim)
+    try:
+        h.start()
+        for number in ("tz-1", "tz-2"):  # the C1h before the second one shows the first
+            status, body, _ = h.post("/v1/invoices", invoice(number))
+            assert status == 201 and body["mode"] == "device", body
+        dev = wait_for(lambda: (d := device_health(h)["device"])["last_invoice"] is not None and d)
+        now = datetime.now(timezone.utc)
+        for value in (dev["clock"], dev["last_invoice"]["at"], dev["dgi_link"]["last_connection"]):
+            assert value.endswith("+01:00"), dev
+            assert abs(datetime.fromisoformat(value) - now) < timedelta(minutes=5), (value, now)
+    finally:
+        h.stop()
+        sim.stop()
+
+
+def test_dgi_link_age_is_counted_in_the_outlet_zone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")  # naive "now" here would be an hour behind the MCF's clock
+    sim = SimDevice(tmp_path / "sim")
+    sim.faults.set("dgi_offline", True)
+    sim.engine.device.state = dataclasses.replace(
+        sim.engine.device.state, dgi_last_connection=_kinshasa_dt(timedelta(hours=24, minutes=30)))
+    h = device_agent(tmp_path / "agent", sim)
+    try:
+        h.start()
+        dev = wait_for(lambda: (d := device_health(h)["device"])["dgi_link"] is not None and d)
+        assert dev["dgi_link"]["stale"] is True, dev
     finally:
         h.stop()
         sim.stop()

@@ -127,3 +127,88 @@ def test_scan_lists_sections(monkeypatch):
     assert "USB candidates:" in result.output and "Serial ports:" in result.output
     bad = CliRunner().invoke(device, ["scan", "--vid-pid", "zz"])
     assert bad.exit_code == 2
+
+
+# -- the outlet's zone: the MCF keeps the outlet's local time ---------------------------------
+@pytest.fixture
+def utc_machine(monkeypatch):
+    """This machine's own zone is UTC, as on most servers (the MCF is not)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _simulated_mcf(tmp_path, zone: str, **state) -> tuple[object, str]:
+    """A simulated MCF keeping `zone`'s local time, reachable in process at the returned URL."""
+    import dataclasses
+
+    from simulator.engine import MCFEngine
+    from simulator.inprocess import attach
+    from simulator.state import FiscalState
+
+    engine = MCFEngine(tmp_path / f"mcf-{zone.replace('/', '-')}.json", provision=FiscalState.new(time_zone=zone))
+    if state:
+        engine.device.state = dataclasses.replace(engine.state, **state)
+        engine.store.save(engine.device.state)
+    return engine, attach(engine)
+
+
+def _drift(output: str, zone: str) -> int:
+    import re
+
+    match = re.search(rf"drift (\d+) s against {zone}", output)
+    assert match, output
+    return int(match.group(1))
+
+
+def test_selftest_measures_clock_drift_in_the_outlet_zone(tmp_path, utc_machine):
+    _, url = _simulated_mcf(tmp_path, "Africa/Lubumbashi")
+    right = run("selftest", "--port", url, "--time-zone", "Africa/Lubumbashi")
+    assert right.exit_code == 0, right.output
+    assert "WARN" not in right.output
+    assert _drift(right.output, "Africa/Lubumbashi") < 300
+    # Read in another zone, the same clock is an hour off: the zone matters, not the machine's.
+    wrong = run("selftest", "--port", url, "--time-zone", "Africa/Kinshasa")
+    assert 3500 < _drift(wrong.output, "Africa/Kinshasa") < 3700
+    assert "WARN" in wrong.output
+    default = run("selftest", "--port", _simulated_mcf(tmp_path, "Africa/Kinshasa")[1])
+    assert _drift(default.output, "Africa/Kinshasa") < 300 and "WARN" not in default.output
+
+
+def test_selftest_takes_the_zone_of_an_enrolled_agent(tmp_path, utc_machine):
+    from tests.support import AgentHarness
+
+    agent = AgentHarness(tmp_path / "agent")  # enrolled for Africa/Kinshasa
+    _, url = _simulated_mcf(tmp_path, "Africa/Kinshasa")
+    result = run("selftest", "--port", url, "--data", str(agent.data_dir))
+    assert result.exit_code == 0, result.output
+    assert _drift(result.output, "Africa/Kinshasa") < 300 and "WARN" not in result.output
+
+
+def test_zone_options_refuse_cleanly(tmp_path):
+    _, url = _simulated_mcf(tmp_path, "Africa/Kinshasa")
+    bad_zone = CliRunner().invoke(device, ["selftest", "--port", url, "--time-zone", "Mars/Olympus"])
+    assert bad_zone.exit_code == 2 and "'Mars/Olympus' is not a time zone" in bad_zone.output
+    both = CliRunner().invoke(device, ["info", "--port", url, "--data", str(tmp_path), "--time-zone", "UTC"])
+    assert both.exit_code == 2 and "give one of them" in both.output
+    not_enrolled = CliRunner().invoke(device, ["selftest", "--port", url, "--data", str(tmp_path / "none")])
+    assert not_enrolled.exit_code == 1 and "no enrolled agent" in not_enrolled.output
+    assert not (tmp_path / "none").exists()
+    for result in (bad_zone, both, not_enrolled):
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("hours_ago, stale", [(24.5, True), (23.5, False)])
+def test_info_ages_the_dgi_link_in_the_outlet_zone(tmp_path, utc_machine, hours_ago, stale):
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    last = datetime.now(ZoneInfo("Africa/Kinshasa")) - timedelta(hours=hours_ago)
+    engine, url = _simulated_mcf(tmp_path, "Africa/Kinshasa", dgi_last_connection=last.strftime("%Y%m%d%H%M%S"))
+    engine.faults.set("dgi_offline", True)  # the link stays where it was
+    result = run("info", "--port", url)
+    assert result.exit_code == 0, result.output
+    assert last.strftime("%d/%m/%Y %H:%M:%S") in result.output
+    assert ("more than 1 day" in result.output) is stale

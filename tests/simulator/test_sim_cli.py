@@ -70,6 +70,33 @@ def test_run_as_a_subprocess_serves_a_pty_and_stops_on_sigterm(tmp_path: Path) -
     assert MCFEngine(state).state.mid == "XX01710090-1"
 
 
+def test_run_reports_a_hold_and_releases_it_through_the_control_file(tmp_path: Path) -> None:
+    state, link, control = tmp_path / "mcf.json", tmp_path / "ttyMCF", tmp_path / "mcf.ctl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "run", "--state", str(state), "--link", str(link),
+         "--mid", "XX01710090-1", "--fault", "hold=2B", "--control", str(control)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        _wait_for(link.exists)
+        with serial.Serial(str(link), 115200, timeout=0.5) as port:
+            port.write(encode_command(0x21, 0x2B, b"I0"))
+            assert port.read(1) == b"\x16"  # SYN: busy on the held 2Bh
+            line = proc.stdout.readline()
+            while not line.startswith("hold:"):
+                line = proc.stdout.readline()
+            assert "2Bh (SEQ 21h) received, held before it runs" in line
+            result = CliRunner().invoke(sim, ["fault", "--control", str(control), "hold=off"])
+            assert result.exit_code == 0, result.output
+            assert decode_response(_read_frame(port)).data == b"STALELA SIMULATOR SARL"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
 def test_run_on_tcp_prints_the_url(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "simulator", "run", "--state", str(tmp_path / "m.json"), "--tcp", "127.0.0.1:0"],

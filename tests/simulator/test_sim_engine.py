@@ -214,3 +214,87 @@ def test_line_noise_never_breaks_the_device(engine: MCFEngine, noise: bytes) -> 
     # Whatever came before, the next clean frame is understood.
     answer = engine.receive(_c1h(0x30)).lstrip(bytes((NAK,)))
     assert decode_response(answer).cmd == 0xC1
+
+
+# -- holds: the device busy on one chosen frame until released --------------------------------
+def _normalize(seq: int = 0x79) -> bytes:
+    return encode_command(seq, 0x38, b"100.00,13.79")
+
+
+def _one_item_open(host: Host) -> None:
+    host.open_invoice("F1")
+    host.item("ARTICLE", "B", "16.00", "100", "100")
+
+
+def test_hold_keeps_the_command_unrun_sending_syn_until_released(host: Host, engine: MCFEngine,
+                                                                 faults: FaultSwitchboard) -> None:
+    _one_item_open(host)
+    faults.apply("hold=38")
+    assert [e.data for e in engine.respond(_normalize())] == [bytes((SYN,))]
+    held = faults.wait_held(timeout=0)
+    assert held is not None and (held.cmd, held.seq, held.ran) == (0x38, 0x79, False)
+    assert engine.state.tc == 0 and faults.is_holding()
+    assert engine.receive(_c1h(0x7A)) == b""  # busy: another frame is not read
+    time.sleep(0.15)
+    assert [e.data for e in engine.poll()] == [bytes((SYN,))]  # still busy, says so
+    faults.release()
+    (answer,) = engine.poll()
+    assert decode_response(answer.data).data.startswith(b"R:1,1,FV")
+    assert engine.state.tc == 1 and not faults.is_holding()
+
+
+def test_a_dropped_hold_never_runs_and_counts_occurrences(host: Host, engine: MCFEngine,
+                                                          faults: FaultSwitchboard) -> None:
+    host.open_invoice("F1")
+    faults.apply("hold=31#2")
+    assert host.item("A", "B", "16.00", "100", "100").text.startswith("100.00,")  # the 1st: answered
+    assert engine.respond(encode_command(0x60, 0x31, "B\tBIE,B16.00%50\t50".encode()))[0].data == bytes((SYN,))
+    faults.release(carry_on=False)
+    assert engine.poll() == []
+    assert host.send(0x33).text.startswith("100.00,")  # the 2nd item never registered
+    assert engine.device.invoice is not None
+
+
+def test_hold_answer_runs_the_command_and_a_same_seq_retry_gets_its_answer(
+        host: Host, engine: MCFEngine, faults: FaultSwitchboard) -> None:
+    _one_item_open(host)
+    faults.apply("hold_answer=38")
+    assert [e.data for e in engine.respond(_normalize())] == [bytes((SYN,))]
+    assert engine.state.tc == 1  # normalized; only the answer is held
+    assert faults.wait_held(timeout=0).ran
+    faults.release(carry_on=False)
+    assert engine.poll() == []
+    assert decode_response(engine.receive(_normalize())).data.startswith(b"R:1,1,FV")
+    assert engine.state.tc == 1
+
+
+def test_a_cancel_is_not_a_normalizing_38h_and_clear_releases(host: Host, engine: MCFEngine,
+                                                              faults: FaultSwitchboard) -> None:
+    host.open_invoice("F1")
+    faults.apply("hold=38")
+    assert faults.active() == {"hold": "hold=38#1"}
+    assert host.send(0x38, "C").text == "E:ANNULEE"  # 38h C passes: answered, not held
+    assert engine.device.invoice is None
+    _one_item_open(host)
+    engine.respond(_normalize())
+    assert faults.active() == {"holding": "38h"}
+    faults.clear()
+    (answer,) = engine.poll()  # clear carries the held command on
+    assert decode_response(answer.data).data.startswith(b"R:1,1,FV")
+
+
+def test_power_cut_ends_a_hold(host: Host, engine: MCFEngine, faults: FaultSwitchboard) -> None:
+    faults.apply("hold=C1")
+    engine.respond(_c1h())
+    engine.power_cycle()
+    assert not faults.is_holding()
+    assert decode_response(engine.receive(_c1h(0x22))).cmd == 0xC1
+
+
+def test_hold_assignments_parse_and_refuse_nonsense() -> None:
+    assert parse_assignment("hold=31#3") == ("hold", "31#3", None)
+    assert parse_assignment("hold_answer=38h") == ("hold_answer", "38h", None)
+    assert parse_assignment("hold=off") == ("hold", "off", None)
+    for bad in ("hold=xyz", "hold=3", "hold=31#0", "hold=31#x", "hold=38:2", "hold_answer=", "hold=100"):
+        with pytest.raises(ValueError):
+            parse_assignment(bad)
