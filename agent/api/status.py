@@ -263,14 +263,20 @@ def _z_card(view: dict[str, Any], tz) -> str:
     return _card("Last Z report", _rows(rows), "last-z")
 
 
+def _with_code(text: str) -> str:
+    """Escaped text whose `commands` show as code (our own checklist's text, not the journal's)."""
+    parts = _e(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def _todo_card(view: dict[str, Any]) -> str:
-    steps = "".join(f"<li>{_e(step)}</li>" for step in view["what_to_do"])
+    steps = "".join(f"<li>{_with_code(step)}</li>" for step in view["what_to_do"])
     return _card("What to do now", f"<ol>{steps}</ol>", "what-to-do")
 
 
 _STYLE = """
 :root{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1a1a1a;background:#f3f4f6}
-*{box-sizing:border-box}body{margin:0;padding:0 0 2rem}
+*{box-sizing:border-box}body{margin:0;padding:0 0 2rem;overflow-wrap:anywhere}
 header.banner{padding:1rem 1.25rem;color:#fff}
 .green header.banner{background:#1b5e20}.blue header.banner{background:#0d47a1}
 .amber header.banner{background:#ffb300;color:#1a1a1a}.red header.banner{background:#b71c1c}
@@ -283,7 +289,7 @@ header.banner{padding:1rem 1.25rem;color:#fff}
 dl{display:grid;grid-template-columns:minmax(7rem,auto) 1fr;gap:.3rem .8rem;margin:0}
 dt{color:#555}dd{margin:0;overflow-wrap:anywhere}.big{font-size:1.4rem}
 .err{color:#b71c1c}.ok{color:#1b5e20;margin:0}ul.alerts{margin:0;padding-left:1.2rem;color:#b71c1c}
-li{overflow-wrap:anywhere}footer{padding:0 1rem;color:#555;font-size:.85rem}
+li{overflow-wrap:anywhere;margin:.15rem 0}code{background:#eee;padding:0 .2rem;border-radius:.2rem}footer{padding:0 1rem;color:#555;font-size:.85rem}
 #stale{margin:1rem;padding:.8rem;background:#fff3cd;border:1px solid #b38600;border-radius:.5rem}
 """
 
@@ -331,7 +337,7 @@ If this lasts, invoices cannot be sealed: call the technician.</div>
 <h1 id="headline">{_e(view['headline'])}</h1><p>{_e(view['meaning'])}</p>{reason}</header>
 <div class="grid">{''.join(cards)}</div>
 <footer>{_e(outlet['name'])} ({_e(outlet['id'])}) · updated {_e(_when(view['generated_at'], tz))}
-· refreshes every {REFRESH_SECONDS} s</footer>
+{_e(tz)} · refreshes every {REFRESH_SECONDS} s</footer>
 </main>
 <script nonce="{nonce}">{_SCRIPT % REFRESH_SECONDS}</script>
 </body></html>

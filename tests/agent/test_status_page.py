@@ -93,7 +93,7 @@ def test_red_page_says_stop_and_what_to_do(harness):
     status, text, _ = _page(harness)
     assert status == 200
     assert 'data-state="red"' in text and "Sales must stop" in text
-    assert 'id="what-to-do"' in text and "stalela credential renew" in text
+    assert 'id="what-to-do"' in text and "<code>stalela credential renew</code>" in text
     assert '<strong class="big" id="numbers-left">0</strong>' in text
     view = harness.get("/?format=json", key=None)[1]
     assert view["state"] == "red" and view["what_to_do"] and view["reason"]
