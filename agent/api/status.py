@@ -209,7 +209,7 @@ def _alerts(items: list[str]) -> str:
     return '<ul class="alerts">' + "".join(f"<li>{_e(a)}</li>" for a in items) + "</ul>"
 
 
-def _signer_card(view: dict[str, Any]) -> str:
+def _signer_card(view: dict[str, Any], tz) -> str:
     signers = ", ".join(f"{_e(name)}: {_e(state)}" for name, state in (view["signers"] or {}).items())
     dev = view["device"]
     rows = [("Sealing with", f"<strong>{_e(view['mode'] or 'nothing (blocked)')}</strong>"),
@@ -218,23 +218,31 @@ def _signer_card(view: dict[str, Any]) -> str:
         return _card("Signer and device", _rows(rows + [("Fiscal device", "not configured")]), "signer")
     rows += [("Fiscal device", "available" if dev["available"] else "<strong>not available</strong>"),
              ("Device id (MID)", _e(dev["mid"])),
-             ("Last checked", _e(dev["last_checked"])),
+             ("Last checked", _e(_when(dev["last_checked"], tz))),
              ("Invoice in flight", _e(dev["pending_intents"]))]
+    if dev.get("last_error"):
+        rows.append(("Last device error", f'<span class="err">{_e(dev["last_error"])}</span>'))
     return _card("Signer and device", _rows(rows) + "<h3>Device alerts</h3>" + _alerts(dev["alerts"] or []), "signer")
+
+
+def _block_rows(cred: dict[str, Any], label: str) -> list[tuple[str, str]]:
+    return [(label, _e(cred["id"])),
+            ("Block", f"{_e(cred['block'][0])} – {_e(cred['block'][1])}"),
+            ("Left in this block", _e(cred["remaining"])),
+            ("Time left", f'<span id="time-left">{_e(_duration(cred["seconds_left"]))}</span>')]
 
 
 def _credential_card(view: dict[str, Any]) -> str:
     cred = view["credential"]
-    active = cred.get("active")
+    active, ready = cred.get("active"), cred.get("ready") or []
     rows = [("Numbers left", f'<strong class="big" id="numbers-left">{_e(cred["remaining_numbers"])}</strong>')]
     if active:
-        rows += [("Credential", _e(active["id"])),
-                 ("Block", f"{_e(active['block'][0])} – {_e(active['block'][1])}"),
-                 ("Left in this block", _e(active["remaining"])),
-                 ("Time left", f'<span id="time-left">{_e(_duration(active["seconds_left"]))}</span>')]
+        rows += _block_rows(active, "Credential")
+    elif ready:  # not in use yet: the first offline sale starts it
+        rows += _block_rows(ready[0], "Next credential")
     else:
-        rows.append(("Credential", "none active"))
-    rows.append(("Next blocks ready", _e(len(cred.get("ready") or []))))
+        rows.append(("Credential", "none"))
+    rows.append(("Next blocks ready", _e(len(ready))))
     if cred.get("last_renewal_error"):
         rows.append(("Last renewal error", f'<span class="err">{_e(cred["last_renewal_error"])}</span>'))
     return _card("Credential (offline numbers)", _rows(rows), "credential")
@@ -321,7 +329,7 @@ def render_html(view: dict[str, Any], tz, nonce: str) -> str:
     state = view["state"]
     reason = f"<p>{_e(view['reason'])}</p>" if view.get("reason") else ""
     cards = [_todo_card(view)] if view["what_to_do"] else []
-    cards += [_credential_card(view), _sync_card(view, tz), _signer_card(view), _z_card(view, tz)]
+    cards += [_credential_card(view), _sync_card(view, tz), _signer_card(view, tz), _z_card(view, tz)]
     outlet = view["outlet"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

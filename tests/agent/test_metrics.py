@@ -116,3 +116,22 @@ def test_a_ready_successor_is_counted(harness):
     samples = _samples(harness)
     assert _value(samples, "stalela_credential_ready") == 1
     assert _value(samples, "stalela_credential_numbers_remaining") == 999
+
+
+def test_device_gauges_follow_the_device(tmp_path):
+    from tests.device.device_support import SimDevice, device_agent, wait_for
+
+    sim = SimDevice(tmp_path / "sim")
+    agent = device_agent(tmp_path / "agent", sim)
+    try:
+        agent.start()
+        assert agent.post("/v1/invoices", invoice("d-1"))[1]["mode"] == "device"
+        samples = _samples(agent)
+        assert _value(samples, "stalela_device_configured") == 1 and _value(samples, "stalela_device_up") == 1
+        sim.unplug()
+        agent.post("/v1/invoices", invoice("d-2"))
+        wait_for(lambda: _value(_samples(agent), "stalela_device_up") == 0)
+        assert _value(_samples(agent), "stalela_device_configured") == 1
+    finally:
+        agent.stop()
+        sim.stop()

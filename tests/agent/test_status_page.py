@@ -150,3 +150,27 @@ def test_refused_from_a_non_loopback_address(harness):
         problem = json.loads(err.value.read())
         assert "loopback" in problem["detail"]
     assert _page(harness)[0] == 200  # and still shown on loopback
+
+
+def test_device_and_its_alerts_are_shown(tmp_path):
+    """A simulated MCF on a real pseudo-terminal: shown while it works, and its alert once unplugged."""
+    from tests.device.device_support import MID, SimDevice, device_agent, wait_for
+
+    sim = SimDevice(tmp_path / "sim")
+    agent = device_agent(tmp_path / "agent", sim)
+    try:
+        agent.start()
+        assert agent.post("/v1/invoices", invoice("d-1"))[1]["mode"] == "device"
+        text = _page(agent)[1]
+        assert f"<dt>Device id (MID)</dt><dd>{MID}</dd>" in text
+        assert "<dt>Fiscal device</dt><dd>available</dd>" in text and "No alerts." in text
+        sim.unplug()
+        assert agent.post("/v1/invoices", invoice("d-2"))[1]["mode"] == "delegated"
+        view = wait_for(lambda: (v := agent.get("/?format=json", key=None)[1])["device"]["alerts"] and v)
+        assert view["device"]["available"] is False
+        text = _page(agent)[1]
+        assert "<strong>not available</strong>" in text
+        assert '<ul class="alerts">' in text and "<li>device unreachable" in text
+    finally:
+        agent.stop()
+        sim.stop()
