@@ -1,24 +1,26 @@
 """The POS-facing HTTP API (contract v1, see docs/api.md)."""
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import qrcode
 import qrcode.image.pure
 import qrcode.image.svg
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import AgentError, InvalidInvoice, SealingBlocked
 from fiscal.models import MAX_ITEMS
 from ..config import AgentConfig
 from ..service import AgentService
-from . import keys
+from . import keys, status
 from .openapi import openapi_document
 from fiscal.runtime.problems import problem
 
@@ -29,12 +31,16 @@ METRICS = web.AppKey("metrics", dict)
 KEYS = web.AppKey("keys", keys.KeyRing)
 API_KEY_NAME = web.RequestKey("api_key_name", str)  # the name of the key the request came with
 
-PUBLIC_PATHS = {"/v1/health", "/v1/openapi.json", "/metrics"}
+# "/" is the outlet's status page: no key, but loopback callers only (agent/api/status.py).
+PUBLIC_PATHS = {"/", "/v1/health", "/v1/openapi.json", "/metrics"}
+
+# The health colours, in the order of the stalela_health_state gauge's documentation (docs/api.md).
+HEALTH_STATES = ("green", "blue", "amber", "red")
 
 
 def _metrics() -> dict[str, Any]:
     reg = CollectorRegistry()
-    return {
+    m = {
         "registry": reg,
         "sealed": Counter("stalela_invoices_sealed_total", "Invoices sealed", ["mode"], registry=reg),
         "refused": Counter("stalela_invoices_refused_total", "Invoices refused", ["status"], registry=reg),
@@ -42,7 +48,53 @@ def _metrics() -> dict[str, Any]:
                              buckets=(.001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5), registry=reg),
         "remaining": Gauge("stalela_credential_numbers_remaining", "Fiscal numbers left", registry=reg),
         "pending": Gauge("stalela_sync_pending", "Sealed invoices not yet acknowledged by the cloud", registry=reg),
+        "state": Gauge("stalela_health_state", "1 for the agent's current health colour (green, blue, amber, red), "
+                       "0 for the others", ["state"], registry=reg),
+        "seconds_left": Gauge("stalela_credential_seconds_left",
+                              "Seconds until the active credential expires (0 when none is active)", registry=reg),
+        "ready": Gauge("stalela_credential_ready", "Next credentials fetched and ready (successors)", registry=reg),
+        "device_configured": Gauge("stalela_device_configured", "1 when a fiscal device is in the signer policy",
+                                   registry=reg),
+        "device_up": Gauge("stalela_device_up", "1 when the fiscal device answers and can seal", registry=reg),
+        "last_sync": Gauge("stalela_sync_last_success_timestamp_seconds",
+                           "Unix time of the last successful upload to the cloud (0: none since the agent started)",
+                           registry=reg),
+        "quarantined": Gauge("stalela_sync_quarantined", "Invoices the cloud rejected, kept for review", registry=reg),
+        "build": Info("stalela_build", "The agent's version", registry=reg),
     }
+    m["build"].info({"version": _version()})
+    return m
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("stalela-edge")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _refresh_gauges(m: dict[str, Any], h: dict[str, Any]) -> None:
+    """Set the gauges from one AgentService.health() answer (scrapes and health calls)."""
+    cred, sync, device = h["credential"], h["sync"], h.get("device")
+    m["remaining"].set(cred["remaining_numbers"])
+    m["pending"].set(sync["pending"])
+    for state in HEALTH_STATES:
+        m["state"].labels(state).set(1 if h["state"] == state else 0)
+    m["seconds_left"].set((cred.get("active") or {}).get("seconds_left") or 0)
+    m["ready"].set(len(cred.get("ready") or []))
+    m["device_configured"].set(0 if device is None else 1)
+    m["device_up"].set(1 if device is not None and device.get("available") else 0)
+    m["last_sync"].set(_unix(sync.get("last_success")))
+    m["quarantined"].set(sync.get("quarantined") or 0)
+
+
+def _unix(iso: str | None) -> float:
+    if not iso:
+        return 0
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0
 
 
 @web.middleware
@@ -221,9 +273,7 @@ async def invoice_qr(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     body = request.app[SERVICE].health()
-    m = request.app[METRICS]
-    m["remaining"].set(body["credential"]["remaining_numbers"])
-    m["pending"].set(body["sync"]["pending"])
+    _refresh_gauges(request.app[METRICS], body)
     return web.json_response(body)
 
 
@@ -237,9 +287,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    h = request.app[SERVICE].health()
-    m["remaining"].set(h["credential"]["remaining_numbers"])
-    m["pending"].set(h["sync"]["pending"])
+    _refresh_gauges(m, request.app[SERVICE].health())
     return web.Response(body=generate_latest(m["registry"]), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -249,6 +297,7 @@ def init_app(config: AgentConfig) -> web.Application:
     app = web.Application(middlewares=[problems_middleware, auth_middleware],
                           client_max_size=config.max_body_bytes)
     app[METRICS] = _metrics()
+    app.router.add_get("/", status.status_page)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
