@@ -167,3 +167,58 @@ def test_statements_keep_trigger_bodies_whole_and_accept_a_last_statement_withou
     assert [s.split()[1] for s in migrations.statements(script)] == ["TABLE", "TRIGGER", "INDEX"]
     with pytest.raises(ValueError, match="incomplete"):
         migrations.statements("CREATE TRIGGER t BEFORE UPDATE ON t BEGIN SELECT 1;")
+
+
+def _stalela(*args):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+
+
+def _refused_in_one_line(res, *words):
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for word in words:
+        assert word in res.stderr
+
+
+def test_the_clis_refuse_a_newer_database_in_one_line(tmp_path):
+    from agent.identity import OutletIdentity
+    from cloud_stub import repository
+
+    cloud = tmp_path / "cloud"
+    cloud.mkdir()
+    repository.Store(cloud / "cloud.sqlite3", background_checkpoints=False).close()
+    agent = tmp_path / "agent"
+    assert _stalela("agent", "init", "--data", str(agent)).returncode == 0
+    OutletIdentity(outlet_id="KIN-01", outlet_name="Gombe", merchant_nif="A1234567B", merchant_name="ABC",
+                   time_zone="Africa/Kinshasa", isf="STL-KIN-01", agent_id="a-1", issuer_public_key="x",
+                   taxpayer={}).save(agent / "enrollment.json")
+    for db in (cloud / "cloud.sqlite3", agent / "agent.db"):
+        conn = _plain(db)
+        conn.execute("INSERT INTO schema_migrations(version, name) VALUES (99, '0099_future')")
+        conn.close()
+
+    _refused_in_one_line(_stalela("cloud", "outlets", "--data", str(cloud)), "newer version", "0099_future")
+    _refused_in_one_line(_stalela("agent", "keys", "list", "--data", str(agent)), "newer version", "agent.db")
+
+
+def test_an_up_to_date_database_opens_read_only(tmp_path):
+    # A reader that may not write the file (another user's journal) must still get through.
+    path = tmp_path / "x.db"
+    steps = [(1, "one", "CREATE TABLE one (x)")]
+    conn = _plain(path)
+    assert migrations.migrate(conn, steps) == ["one"]
+    conn.close()
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        assert migrations.migrate(ro, steps) == []
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            migrations.migrate(ro, steps + [(2, "two", "CREATE TABLE two (x)")])
+    finally:
+        ro.close()

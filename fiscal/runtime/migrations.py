@@ -75,10 +75,17 @@ def migrate(conn: sqlite3.Connection, migrations: Iterable[Migration | tuple[int
     agent's `_migrations`); its rows are carried into `schema_migrations` once, then it is dropped.
     """
     todo = as_migrations(migrations)
-    _ensure_table(conn, todo, legacy_name_table)
+    # Reads first: an up-to-date database is opened without taking the write lock (a CLI command
+    # beside the running daemon, or a reader without write permission on the file).
+    columns = _columns(conn, TABLE)
+    if "name" not in columns or (legacy_name_table and _columns(conn, legacy_name_table)):
+        _ensure_table(conn, todo, legacy_name_table)
     _refuse_newer(conn, todo)
+    done = set(recorded(conn))
     applied = []
     for m in todo:
+        if m.version in done:
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             if _rows(conn, f"SELECT 1 FROM {TABLE} WHERE version = ?", (m.version,)):
