@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from fiscal.runtime.migrations import SchemaTooNew
+
 from .config import DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
 from .errors import CloudError
 
@@ -42,7 +44,7 @@ def domain_errors(fn):
             return fn(*args, **kwargs)
         except CloudError as exc:
             raise click.ClickException(exc.detail) from None
-        except PermissionError as exc:
+        except (PermissionError, SchemaTooNew) as exc:
             raise click.ClickException(str(exc)) from None
         except sqlite3.Error as exc:
             raise click.ClickException(f"database error: {exc}") from None
@@ -86,13 +88,15 @@ def cloud() -> None:
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
               help="Verifier processes that check reconcile batches in parallel (signatures, "
                    "encodings). Default: one per CPU; 0: check in the service process.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Least severe level logged.")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
-          workers: int | None) -> None:
+          workers: int | None, log_level: str) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
-    Logs one JSON line per event on stderr; `cloud.ready` carries the port. Stops cleanly on
-    SIGTERM or Ctrl-C.
+    Logs one JSON line per event on stderr (readable text on a terminal); `cloud.ready` carries
+    the port. Stops cleanly on SIGTERM or Ctrl-C.
 
     \b
     Example:
@@ -102,7 +106,7 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     from .server import run
 
     _check_port_free(host, port)
-    logs.configure()
+    logs.configure(level=log_level)
     try:
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
                         credential_validity=validity, gap_grace=gap_grace, verify_workers=workers))

@@ -1,42 +1,26 @@
-"""Structured logs: one JSON object per line, per event. Callers pass ids, never secrets."""
+"""The cloud's logs: the one schema of fiscal/runtime/logs.py (JSON lines, text on a terminal).
+
+Callers use `event(name, **fields)` and pass ids, never secrets; secret-named fields are dropped
+by the formatter whatever a caller passes by mistake.
+"""
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from datetime import datetime, timezone
+
+from fiscal.runtime import logs as schema
+from fiscal.runtime.logs import JsonFormatter
 
 log = logging.getLogger("stalela.cloud")
 
-# Field names that must never reach a log line, whatever a caller passes by mistake.
-_SECRET_FIELDS = frozenset({"token", "agent_token", "admin_token", "authorization", "private_key", "key"})
+# The name the cloud's formatter had before the shared schema.
+JsonLineFormatter = JsonFormatter
 
 
-def event(name: str, level: int = logging.INFO, **fields) -> None:
-    clean = {k: v for k, v in fields.items() if k not in _SECRET_FIELDS}
-    log.log(level, name, extra={"fields": clean})
+def event(name: str, level: int = logging.INFO, msg: str | None = None, **fields) -> None:
+    """Log the event `name` (e.g. "agent.enrolled"); `msg` defaults to the name in words."""
+    text = msg or name.replace(".", " ").replace("_", " ")
+    log.log(level, text, extra={"event": name, "fields": schema.scrub(fields)})
 
 
-class JsonLineFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info and record.exc_info[0] is not None:
-            # The type and message only: a traceback can quote request data and local secrets.
-            line["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        return json.dumps(line, ensure_ascii=False, default=str)
-
-
-def configure(stream=None, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger("stalela.cloud")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # aiohttp's access log would print request lines in its own format; the service logs its own.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def configure(stream=None, level: int | str = logging.INFO) -> None:
+    schema.configure("stalela.cloud", level, stream)

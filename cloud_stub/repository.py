@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fiscal.protocol import chain_key
+from fiscal.runtime import migrations
 
 from .logs import event
 
@@ -674,22 +675,9 @@ class Store:
         return self._transaction("BEGIN")
 
     def _migrate(self) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                         "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)")
-            done = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, script in enumerate(MIGRATIONS, start=1):
-                if version in done:
-                    continue
-                for statement in _statements(script):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        # MIGRATIONS[i] is version i + 1, the numbering of the records the cloud kept before the
+        # shared runner (fiscal/runtime/migrations.py), so existing ledgers open unchanged.
+        migrations.migrate(self._conn(), [(i, f"{i:04d}", script) for i, script in enumerate(MIGRATIONS, 1)])
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -703,17 +691,3 @@ class Store:
             self._all_conns.clear()
         self._local = threading.local()
 
-
-def _statements(script: str) -> list[str]:
-    # executescript() would commit the open transaction; split on statement ends instead,
-    # keeping trigger bodies (BEGIN ... END;) whole.
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        buf.append(line)
-        text = "\n".join(buf).strip()
-        if sqlite3.complete_statement(text):
-            out.append(text)
-            buf = []
-    if "".join(buf).strip():
-        raise ValueError("incomplete SQL statement in a migration")
-    return out

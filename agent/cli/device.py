@@ -458,22 +458,12 @@ def absolute_port(port: str) -> str:
 
 
 def _cloud_post(url: str, token: str, path: str, body: dict, timeout: float = 10.0) -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
+    from agent.cloud_client import CloudError, post_json  # the agent's one client to the cloud
 
-    req = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, {"detail": raw.decode(errors="replace")[:200]}
-    except OSError as exc:
-        raise click.ClickException(f"the cloud at {url} cannot be reached: {exc}") from None
+        return post_json(url, token, path, body, timeout)
+    except CloudError as exc:
+        raise click.ClickException(exc.detail) from None
 
 
 @device.command()

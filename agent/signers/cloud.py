@@ -17,6 +17,7 @@ import aiohttp
 
 from fiscal.seal import verify_stalela_seal
 
+from ..cloud_client import CloudClient
 from ..errors import AgentError, IdempotencyConflict
 from ..journal import Journal, SealJob, SealOutcome
 from .base import SignerUnavailable
@@ -42,19 +43,12 @@ class CloudSigner:
         self.issuer_public_key = issuer_public_key
         self.isf = isf
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self.client = CloudClient(base_url, token=token, timeout=timeout)
         self.last_ok: str | None = None
         self.last_error: str | None = None
 
-    def _s(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
     def health(self) -> dict[str, Any]:
         return {"available": self.last_error is None, "last_ok": self.last_ok, "last_error": self.last_error}
@@ -65,9 +59,8 @@ class CloudSigner:
     async def probe(self) -> bool:
         """Used by the breaker's background probe: is the cloud answering?"""
         try:
-            async with self._s().get(self.base_url + "/v1/health",
-                                     timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                ok = resp.status == 200
+            status, _, _ = await self.client.exchange("GET", "/v1/health", timeout=self.timeout, parse=False)
+            ok = status == 200
         except (aiohttp.ClientError, TimeoutError):
             ok = False
         self.last_error = None if ok else "cloud not answering"
@@ -88,10 +81,7 @@ class CloudSigner:
         invoice_id = await asyncio.wrap_future(self.journal.run_in_writer(self._intent(rid, str(uuid.uuid4()))))
         body = {"invoice": job.request, "isf": self.isf, "id": invoice_id}
         try:
-            async with self._s().post(self.base_url + "/v1/seal", json=body,
-                                      timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                data = await resp.json(content_type=None)
-                status = resp.status
+            status, data, _ = await self.client.exchange("POST", "/v1/seal", json_body=body, timeout=self.timeout)
         except aiohttp.ClientConnectorError as exc:
             # Nothing was sent: safe to let another signer seal this sale.
             await self._forget(rid)

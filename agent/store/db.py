@@ -10,10 +10,21 @@ import sqlite3
 import stat
 from pathlib import Path
 
-import sqlite_utils
+from fiscal.runtime import migrations
 
-# Each migration runs once, in order, inside a transaction, and is recorded in `_migrations`.
-# Statements are split on ";" so comments inside must not contain one.
+from ..errors import AgentError
+
+# Each migration runs once, in list order, in its own transaction, and is recorded in
+# `schema_migrations` under the number its name starts with (fiscal/runtime/migrations.py).
+
+
+class JournalTooNew(AgentError):
+    """The journal was upgraded by a newer agent: this one must not write to it."""
+
+    status = 503
+    title = "The journal is newer than this agent"
+
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_journal", """
         CREATE TABLE invoices (
@@ -210,32 +221,23 @@ def _tighten(path: Path) -> None:
 
 
 def migrate(path: Path) -> list[str]:
-    """Apply pending migrations; returns the names applied now."""
+    """Apply pending migrations (fiscal/runtime/migrations.py); returns the names applied now.
+
+    A journal whose migrations were recorded by name in `_migrations` (before the shared runner)
+    is carried over to `schema_migrations` in place, on first open.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     conn = connect(path)
     _tighten(path)
     try:
-        db = sqlite_utils.Database(conn)
-        if "_migrations" not in db.table_names():
-            db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
-        done = {row["name"] for row in db["_migrations"].rows}
-        applied = []
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO _migrations(name, applied_at) VALUES (?, datetime('now'))", (name,)
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            applied.append(name)
-        return applied
+        return migrations.migrate(conn, [(_version(name), name, sql) for name, sql in MIGRATIONS],
+                                  legacy_name_table="_migrations")
+    except migrations.SchemaTooNew as exc:
+        raise JournalTooNew(f"{path}: {exc}") from None
     finally:
         conn.close()
+
+
+def _version(name: str) -> int:
+    """'0006_cloud_intents' -> 6: the number is the version recorded; the list gives the order."""
+    return int(name.split("_", 1)[0])
