@@ -21,7 +21,7 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
-from .errors import NotFound, Unauthorized
+from .errors import DeadlinePassed, NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
 from .repository import Store, Tx
