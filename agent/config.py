@@ -22,6 +22,8 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from fiscal.runtime.files import DataFile
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -246,25 +248,12 @@ class AgentConfig:
             return (os.cpu_count() or 1) > 1
         return self.sealing_process == "on"
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "agent.db"
-
-    @property
-    def key_path(self) -> Path:
-        return self.data_dir / "keys" / "agent.key"
-
-    @property
-    def token_path(self) -> Path:
-        return self.data_dir / "keys" / "cloud.token"
-
-    @property
-    def enrollment_path(self) -> Path:
-        return self.data_dir / "enrollment.json"
-
-    @property
-    def config_path(self) -> Path:
-        return self.data_dir / "config.toml"
+    # The files of the data folder.
+    db_path = DataFile("agent.db")
+    key_path = DataFile("keys", "agent.key")
+    token_path = DataFile("keys", "cloud.token")
+    enrollment_path = DataFile("enrollment.json")
+    config_path = DataFile("config.toml")
 
 
 # ------------------------------------------------------------------------------ loading

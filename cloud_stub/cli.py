@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import socket
 import sqlite3
@@ -10,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+
+from fiscal.runtime.cli import clean_errors
 
 from fiscal.runtime.migrations import SchemaTooNew
 
@@ -36,19 +37,18 @@ def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
 
 
-def domain_errors(fn):
-    """Domain and storage errors become one clean line, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CloudError as exc:
-            raise click.ClickException(exc.detail) from None
-        except (PermissionError, SchemaTooNew) as exc:
-            raise click.ClickException(str(exc)) from None
-        except sqlite3.Error as exc:
-            raise click.ClickException(f"database error: {exc}") from None
-    return wrapper
+def _explain(exc: BaseException) -> str | None:
+    if isinstance(exc, CloudError):
+        return exc.detail
+    if isinstance(exc, (PermissionError, SchemaTooNew)):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return f"database error: {exc}"
+    return None
+
+
+# Domain and storage errors become one clean line, never a traceback.
+domain_errors = clean_errors(_explain)
 
 
 def _service(data_dir: Path, *, create: bool = False):
