@@ -336,3 +336,24 @@ def test_information_lists(agent, client):
 def test_v1_errors_stay_problem_json(agent):
     status, body, headers = agent.post("/v1/invoices", {"nothing": 1})
     assert status == 422 and headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_the_spec_client_runs_an_integration_unchanged(agent):
+    """What an existing integration does, only its base URL changed to the agent's."""
+    client = EmcfClient(agent.url, agent.api_key)
+    assert client.status()["nif"] == NIF
+    rates = client.tax_groups()
+    # The client computes its own totals from the published rates, then normalizes.
+    vat_b = round(464.0 * rates["b"] / (100 + rates["b"]), 2)
+    answer = client.normalize(invoice("INT-1", nif=NIF), 3600.0 + 464.0, vat_b)
+    assert answer["codeDEFDGI"] and client.stored_uids
+    # A client whose own totals differ cancels on its side: nothing is normalized.
+    with pytest.raises(EmcfRefused) as refused:
+        client.normalize(invoice("INT-2", nif=NIF), 4000.0, 64.0)
+    assert refused.value.code == "client"
+    # A confirm whose answer was lost is sent again: the same elements, one number.
+    uid = client.submit(invoice("INT-3", nif=NIF))["uid"]
+    first = client.confirm(uid, 4064.0, 64.0)
+    assert client.confirm(uid, 4064.0, 64.0) == first
+    assert agent.numbers() == [1001, 1002]
+    assert client.pending()["pendingRequestsCount"] == 0
