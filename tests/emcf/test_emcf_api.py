@@ -357,3 +357,27 @@ def test_the_spec_client_runs_an_integration_unchanged(agent):
     assert client.confirm(uid, 4064.0, 64.0) == first
     assert agent.numbers() == [1001, 1002]
     assert client.pending()["pendingRequestsCount"] == 0
+
+
+def test_openapi_documents_every_emcf_route(agent, tmp_path):
+    from agent.api.app import init_app
+    from agent.config import AgentConfig
+
+    app = init_app(AgentConfig(data_dir=tmp_path))
+    served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
+              if r.resource.canonical.startswith("/api/") and r.method != "HEAD"}
+    status, doc, _ = agent.get("/v1/openapi.json", key=None)
+    documented = {(m, p) for p, ops in doc["paths"].items() if p.startswith("/api/") for m in ops}
+    assert served and served == documented
+    for name in ("EmcfInvoice", "EmcfPhase1", "EmcfSealed", "EmcfError"):
+        assert name in doc["components"]["schemas"]
+
+
+def test_specific_tax_amount_must_match_the_computed_one(agent, client):
+    spec = {"name": "SPEC", "type": "BIE", "price": 500.0, "quantity": 4.0, "taxGroup": "B",
+            "taxSpecificValue": 75.0, "taxSpecificAmount": 300.0}
+    phase1 = client.submit(invoice("S-1", nif=NIF, items=[spec], payment=None))
+    assert phase1["ts"] == 300.0
+    _, answer = _refused(agent, "POST", "/api/invoice",
+                         invoice("S-2", nif=NIF, items=[{**spec, "taxSpecificAmount": 299.0}], payment=None))
+    assert answer["errorCode"] == "11" and "taxSpecificAmount" in answer["errorDesc"]
