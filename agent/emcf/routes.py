@@ -9,6 +9,7 @@ route's handler itself, so the /v1 key check and problem+json translation never 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -86,6 +87,10 @@ async def emcf_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         return _error(_from_http(request, exc))
+    except sqlite3.Error:  # a pending request could not be written (disk full, I/O error)
+        log.exception("journal write failed", extra={"event": "emcf.storage_error", "path": request.path})
+        return _error(EmcfError(mapping.STORAGE_FAILURE, "the journal could not be written; nothing was "
+                                                         "normalized", 503))
     except Exception:  # never a stack trace to the client
         log.exception("unhandled error", extra={"event": "emcf.error", "path": request.path})
         return _error(EmcfError(mapping.INTERNAL, "the agent hit an unexpected error; it was logged", 500))
@@ -270,13 +275,16 @@ async def confirm_invoice(request: web.Request) -> web.Response:
         await store.release(found.uid)
         raise EmcfError(mapping.RATES_CHANGED, "the tax rates changed since phase 1: cancel and send the "
                                                "invoice again", 409)
-    try:
-        outcome = await service.seal(job, allow_queue=False)  # a draft has no code DEF/DGI to answer
-    except AgentError as exc:
-        if not str(exc.extra.get("reason", "")).endswith("outcome_unknown"):
-            await store.release(found.uid)  # nothing sealed: the request may be cancelled or confirmed again
-        raise
-    invoice = outcome.invoice
+    # Sealed already (a confirm that crashed before recording it): the journal's answer, as /v1
+    # answers a retry before any device or cloud is asked.
+    invoice = service.stored_answer(job)
+    if invoice is None:
+        try:
+            invoice = (await service.seal(job, allow_queue=False)).invoice  # a draft has no code DEF/DGI
+        except AgentError as exc:
+            if not str(exc.extra.get("reason", "")).endswith("outcome_unknown"):
+                await store.release(found.uid)  # nothing sealed: it may be cancelled or confirmed again
+            raise
     await store.confirmed(found.uid, invoice["id"])
     log.info("e-MCF request confirmed", extra={"event": "emcf.confirmed", "uid": found.uid,
                                                "invoice_id": invoice["id"], "mode": invoice["mode"]})

@@ -381,3 +381,20 @@ def test_specific_tax_amount_must_match_the_computed_one(agent, client):
     _, answer = _refused(agent, "POST", "/api/invoice",
                          invoice("S-2", nif=NIF, items=[{**spec, "taxSpecificAmount": 299.0}], payment=None))
     assert answer["errorCode"] == "11" and "taxSpecificAmount" in answer["errorDesc"]
+
+
+def test_a_confirm_interrupted_after_the_seal_is_answered_from_the_journal(agent, client):
+    uid = client.submit(invoice("R-1", nif=NIF))["uid"]
+    first = client.confirm(uid, 4064.0, 64.0)
+    # The state a crash between the seal and its record leaves behind.
+    conn = agent.db()
+    conn.execute("UPDATE emcf_pending SET state = 'confirming', invoice_id = NULL WHERE uid = ?", (uid,))
+    conn.close()
+    agent.stop()
+    agent.start()
+    with pytest.raises(EmcfRefused) as refused:
+        client.cancel(uid)  # its outcome is not recorded: only a confirm may settle it
+    assert refused.value.code == "35"
+    assert client.pending()["pendingRequestsCount"] == 1
+    assert client.confirm(uid, 4064.0, 64.0) == first
+    assert agent.numbers() == [1001] and _pending_rows(agent) == {uid: "confirmed"}
