@@ -398,3 +398,27 @@ def test_a_confirm_interrupted_after_the_seal_is_answered_from_the_journal(agent
     assert client.pending()["pendingRequestsCount"] == 1
     assert client.confirm(uid, 4064.0, 64.0) == first
     assert agent.numbers() == [1001] and _pending_rows(agent) == {uid: "confirmed"}
+
+
+def test_body_over_the_limit_is_an_emcf_error(agent):
+    status, answer = _refused(agent, "POST", "/api/invoice", raw=b"x" * (2 * 1024 * 1024))
+    assert (status, answer["errorCode"]) == (413, "13")
+    assert _pending_rows(agent) == {}
+
+
+def test_no_signer_refuses_the_confirm_and_keeps_the_request(harness):
+    harness.start()  # no credential, no device, no cloud: sealing is blocked
+    client = EmcfClient(harness.url, harness.api_key)
+    uid = client.submit(invoice("R-1", nif=NIF))["uid"]
+    status, answer = _refused_or_503(harness, "PUT", f"/api/invoice/{uid}/confirm", {"total": 4064.0, "vtotal": 64.0})
+    assert (status, answer["errorCode"]) == (503, "40")
+    assert client.status()["status"] is False
+    assert harness.numbers() == [] and _pending_rows(harness) == {uid: "pending"}
+    client.cancel(uid)  # nothing was sealed: it can be dropped
+    assert _pending_rows(harness) == {uid: "cancelled"}
+
+
+def _refused_or_503(agent, method, path, body):
+    status, answer, headers = agent.request(method, path, body)
+    assert headers["Content-Type"].startswith("application/json") and set(answer) == {"errorCode", "errorDesc"}
+    return status, answer
