@@ -263,32 +263,50 @@ async def confirm_invoice(request: web.Request) -> web.Response:
         raise EmcfError(mapping.TOTALS_DIFFER, f"total {total} and vtotal {vtotal} differ from phase 1's "
                                                f"({found.total}, {found.vtotal}): nothing was normalized", 409)
     if found.state == "confirmed":
-        return _json(mapping.confirm_answer(service.get_invoice(found.invoice_id)))
+        return _confirmed_answer(service, found)
     if not await store.claim(found.uid):
         found = _pending_or_refuse(store, request)  # cancelled or expired meanwhile: refused there
         if found.state == "confirmed":
-            return _json(mapping.confirm_answer(service.get_invoice(found.invoice_id)))
+            return _confirmed_answer(service, found)
         raise EmcfError(mapping.CONFIRM_IN_PROGRESS, "the request changed state; send the confirm again", 409)
-    job = service.prepare(found.request)
-    if (job.totals["total"], job.totals["vat"]) != (found.total, found.vtotal):
-        # The day's tax table changed between the phases (midnight on a new finance law).
-        await store.release(found.uid)
-        raise EmcfError(mapping.RATES_CHANGED, "the tax rates changed since phase 1: cancel and send the "
-                                               "invoice again", 409)
-    # Sealed already (a confirm that crashed before recording it): the journal's answer, as /v1
-    # answers a retry before any device or cloud is asked.
-    invoice = service.stored_answer(job)
+    # Sealed already (a confirm that crashed before recording it): the journal's answer, found
+    # by request_id before anything is recomputed or any device or cloud is asked.
+    invoice = _sealed_for(service, found.request_id)
     if invoice is None:
         try:
-            invoice = (await service.seal(job, allow_queue=False)).invoice  # a draft has no code DEF/DGI
-        except AgentError as exc:
-            if not str(exc.extra.get("reason", "")).endswith("outcome_unknown"):
+            invoice = await _seal(service, found)
+        except (AgentError, EmcfError) as exc:
+            if not str(getattr(exc, "extra", {}).get("reason", "")).endswith("outcome_unknown"):
                 await store.release(found.uid)  # nothing sealed: it may be cancelled or confirmed again
             raise
     await store.confirmed(found.uid, invoice["id"])
     log.info("e-MCF request confirmed", extra={"event": "emcf.confirmed", "uid": found.uid,
                                                "invoice_id": invoice["id"], "mode": invoice["mode"]})
     return _json(mapping.confirm_answer(invoice))
+
+
+def _confirmed_answer(service: AgentService, found) -> web.Response:
+    invoice = service.get_invoice(found.invoice_id)
+    if invoice is None:  # its local copy discarded after the cloud acknowledged it (retention)
+        raise EmcfError(mapping.ALREADY_CONFIRMED, f"request {found.uid} was normalized long ago (invoice "
+                                                   f"{found.invoice_id}); its local copy is gone", 409)
+    return _json(mapping.confirm_answer(invoice))
+
+
+def _sealed_for(service: AgentService, request_id: str) -> dict | None:
+    row = service.journal.reader.execute("SELECT id FROM invoices WHERE request_id = ? AND status = 'sealed'",
+                                         (request_id,)).fetchone()
+    return service.get_invoice(row["id"]) if row is not None else None
+
+
+async def _seal(service: AgentService, found) -> dict:
+    """The phase 1 request sealed by the signer policy (recomputed: the same totals, or refused)."""
+    job = service.prepare(found.request)
+    if (job.totals["total"], job.totals["vat"]) != (found.total, found.vtotal):
+        # The day's tax table changed between the phases (midnight on a new finance law).
+        raise EmcfError(mapping.RATES_CHANGED, "the tax rates changed since phase 1: cancel and send the "
+                                               "invoice again", 409)
+    return (await service.seal(job, allow_queue=False)).invoice  # a draft has no code DEF/DGI to answer
 
 
 def _pending_or_refuse(store: PendingStore, request: web.Request):
