@@ -422,3 +422,21 @@ def _refused_or_503(agent, method, path, body):
     status, answer, headers = agent.request(method, path, body)
     assert headers["Content-Type"].startswith("application/json") and set(answer) == {"errorCode", "errorDesc"}
     return status, answer
+
+
+def test_concurrent_confirms_seal_once(agent, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    uid = client.submit(invoice("R-1", nif=NIF))["uid"]
+
+    def confirm(_):
+        try:
+            return client.confirm(uid, 4064.0, 64.0)
+        except EmcfRefused as exc:  # a confirm overtaken by another one is told to try again
+            assert exc.code == "35", exc
+            return client.confirm(uid, 4064.0, 64.0)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(confirm, range(6)))
+    assert all(a == answers[0] for a in answers)
+    assert agent.numbers() == [1001]
