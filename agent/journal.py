@@ -352,7 +352,7 @@ class Journal:
                               counters=counters(counters_by_type[req["type"]], number, req["type"])),
             prev_hash=prev_hash)
         apply_signature(invoice, self._key, cred, credential_part=self._cred_part(cred), fragments=job.fragments)
-        body = compose(invoice, job.fragments, sort=False)
+        body = compose(invoice, job.fragments)  # canonical: `stalela verify` hashes it as stored
         stamp = now.isoformat()
         conn.execute(
             "INSERT INTO invoices(id, request_id, request_hash, status, mode, chain_key, authority_id,"
