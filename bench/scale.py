@@ -1,0 +1,121 @@
+"""Figures that depend on what surrounds the seal: a journal of 1,000,000 invoices (verify, the
+seal's p99 against an empty journal's, storage) and a real cloud with the sync running.
+
+Each latency figure is measured the same way on both sides of its ratio, in the same run:
+warm-up sales (which also start the sealing process), then 8 clients in a closed loop, then one.
+"""
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import AgentHarness, EnrolledAgent  # noqa: E402
+
+from .loadgen import seal_load  # noqa: E402
+from .workload import ten_item_invoice  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+def load(url: str, key: str, clients: int, per_client: int, prefix: str) -> tuple[float, list[float]]:
+    """`clients` POS terminals in a closed loop, each sealing `per_client` 10-item invoices."""
+    return seal_load(url, key, clients, per_client, prefix, ten_item_invoice)
+
+
+def sealing_process_ready(h: AgentHarness, timeout: float = 15.0) -> str:
+    """Keep selling (two overlapping sales every 0.1 s) until the agent's sealing process is ready,
+    as it is a moment after a busy shop's first sales; returns its state ("off" on a 1-core machine)."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while True:
+        state = h.get("/v1/health", key=None)[1].get("sealing_process", "off")
+        if state in ("ready", "off") or time.monotonic() > deadline:
+            return state
+        n += 1
+        load(h.url, h.api_key, 2, 2, f"ready-{n}")
+        time.sleep(0.1)
+
+
+def seal_latency(h: AgentHarness, n8: int, n1: int, prefix: str) -> dict[str, float]:
+    """On a started agent: warm-up, then 8 clients × n8 and 1 client × n1 (rate, p50, p99)."""
+    load(h.url, h.api_key, 2, 50, f"{prefix}-warm")
+    sealing_process_ready(h)
+    rate, lat8 = load(h.url, h.api_key, 8, n8, f"{prefix}-c8")
+    _, lat1 = load(h.url, h.api_key, 1, n1, f"{prefix}-c1")
+    return {"rate8": rate, "p50_8_ms": pct(lat8, 50) * 1000, "p99_8_ms": pct(lat8, 99) * 1000,
+            "p50_1_ms": pct(lat1, 50) * 1000, "p99_1_ms": pct(lat1, 99) * 1000}
+
+
+def storage(db: Path) -> dict[str, float]:
+    """Bytes per stored invoice (pages in use, indexes included) and the average stored body."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        count = conn.execute("SELECT count(*) FROM invoices").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        psize = conn.execute("PRAGMA page_size").fetchone()[0]
+        body_avg = conn.execute("SELECT avg(length(body)) FROM invoices").fetchone()[0]
+    finally:
+        conn.close()
+    return {"count": count, "bytes_per_invoice": pages * psize / count, "body_bytes_avg": body_avg}
+
+
+def verify_rate(h: AgentHarness) -> dict[str, float]:
+    """`stalela verify` over the whole journal, as an operator runs it (a subprocess)."""
+    count = storage(h.data_dir / "agent.db")["count"]
+    t = time.perf_counter()
+    res = h.verify()
+    if res.returncode != 0:
+        raise RuntimeError("verify failed on the benchmark journal: " + (res.stderr or res.stdout)[-2000:])
+    return {"verify_rate": count / (time.perf_counter() - t), "verify_count": count}
+
+
+def stored_vs_empty(workdir: Path, big: AgentHarness, n8: int, n1: int, tag: str) -> dict[str, float]:
+    """The seal's latency on an empty journal and on the large one, one after the other."""
+    empty = AgentHarness(workdir / f"empty-{tag}")
+    empty.add_credential(empty.credential(1, 2_000_000))
+    out: dict[str, float] = {}
+    for name, h in (("empty", empty), ("full", big)):
+        h.start()
+        try:
+            for k, v in seal_latency(h, n8, n1, f"{name}-{tag}").items():
+                out[f"{name}_{k}"] = v
+        finally:
+            h.stop()
+    out["ratio_p99_1"] = out["full_p99_1_ms"] / out["empty_p99_1_ms"]
+    out["ratio_p99_8"] = out["full_p99_8_ms"] / out["empty_p99_8_ms"]
+    return out
+
+
+def with_cloud(workdir: Path, n8: int) -> dict[str, float]:
+    """8 clients on an agent enrolled with a real cloud on loopback, its sync uploading as it
+    seals (every 0.5 s): rate and latency, and how many invoices the cloud accepted meanwhile."""
+    from .sync import BLOCK, _start_cloud
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cloud = _start_cloud(workdir, None)
+    try:
+        h = EnrolledAgent(workdir / "agent", cloud, cloud.add_outlet(), block_size=BLOCK)
+        h.start()
+        try:
+            load(h.url, h.api_key, 2, 50, "cloud-warm")
+            sealing_process_ready(h)
+            before = h.wait_synced(60).get("accepted", 0)
+            rate, lat = load(h.url, h.api_key, 8, n8, "cloud-c8")
+            during = h.sync_state_counts().get("accepted", 0) - before
+            h.wait_synced(120)
+        finally:
+            h.stop()
+    finally:
+        cloud.stop()
+    return {"cloud_rate8": rate, "cloud_p50_8_ms": pct(lat, 50) * 1000, "cloud_p99_8_ms": pct(lat, 99) * 1000,
+            "cloud_synced_during": during}
