@@ -46,8 +46,10 @@ def build(data_dir: Path, count: int, *, prefix: str = "J", progress=None) -> tu
     harness.add_credential(harness.credential(1, 5_000_000))
     config = load_config(data_dir)
     service = AgentService.open(config)
-    # A larger batch than the daemon's: same code path, fewer fsyncs.
+    # A larger batch than the daemon's and a larger page cache: same code path, same rows, fewer
+    # fsyncs and fewer index pages read again (each invoice touches random leaves of two indexes).
     service.journal._max_batch = BATCH
+    service.journal._wconn.execute("PRAGMA cache_size=-262144")
     t0 = time.perf_counter()
     try:
         templates = [service.prepare(ten_item_invoice(f"{prefix}-template-{k}")) for k in range(TEMPLATES)]
