@@ -267,7 +267,9 @@ def _check_range(db_path: str, issuer_key: str, lo: int, hi: int, progress=None)
         keys: dict[str, object] = {}  # loaded public keys, by credential id ("" = the issuer's)
         found: dict[int, tuple] = {}
         n = 0
-        for row in conn.execute("SELECT * FROM invoices WHERE status = 'sealed' AND seq >= ? AND seq < ? ORDER BY seq",
+        # Only the columns the checks read (the rows are most of the pass).
+        for row in conn.execute("SELECT seq, id, request_id, fiscal_number, authority_id, code, hash, prev_hash, type,"
+                                " mode, body FROM invoices WHERE status = 'sealed' AND seq >= ? AND seq < ? ORDER BY seq",
                                 (lo, hi)):
             n += 1
             if progress and n % 1000 == 0:
