@@ -119,3 +119,36 @@ def with_cloud(workdir: Path, n8: int) -> dict[str, float]:
         cloud.stop()
     return {"cloud_rate8": rate, "cloud_p50_8_ms": pct(lat, 50) * 1000, "cloud_p99_8_ms": pct(lat, 99) * 1000,
             "cloud_synced_during": during}
+
+
+def writer_latency(data_dir: Path, n: int, prefix: str) -> dict[str, float]:
+    """The journal writer alone, in-process, one invoice per commit (what one client gets, minus
+    HTTP and validation): p50 / p99 of submit → committed. On the large journal against the
+    empty one it isolates what the journal's size costs the commit (indexes, checkpoints) from the
+    noise of HTTP and of the other processes."""
+    from agent.config import load_config
+    from agent.service import AgentService
+
+    from .journal import _copy
+
+    service = AgentService.open(load_config(data_dir))
+    try:
+        template = service.prepare(ten_item_invoice(f"{prefix}-template"))
+        lat = []
+        for i in range(n):
+            job = _copy(template, f"{prefix}-{i}")
+            t = time.perf_counter()
+            service.journal.submit(job).result()
+            lat.append(time.perf_counter() - t)
+    finally:
+        service.close()
+    return {"p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
+
+
+def writer_stored_vs_empty(workdir: Path, big: AgentHarness, n: int, tag: str) -> dict[str, float]:
+    empty = AgentHarness(workdir / f"writer-empty-{tag}")
+    empty.add_credential(empty.credential(1, 2_000_000))
+    out = {f"writer_empty_{k}": v for k, v in writer_latency(empty.data_dir, n, f"we-{tag}").items()}
+    out.update({f"writer_full_{k}": v for k, v in writer_latency(big.data_dir, n, f"wf-{tag}").items()})
+    out["writer_ratio_p99"] = out["writer_full_p99_ms"] / out["writer_empty_p99_ms"]
+    return out
