@@ -138,12 +138,28 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
         creds[cred.id] = (cred, row)
 
     # Per invoice, what can be checked on its own (content, seal, block, window) runs first, in
-    # several processes for a large journal; the walk below then checks what links invoices
-    # (chain, numbering, credential hand-overs) from the columns, which that first pass proved
-    # agree with each sealed body.
-    content = _content_problems(conn, issuer_key, progress)
+    # several processes for a large journal; the walk then checks what links invoices (chain,
+    # numbering, credential hand-overs) from the columns, which that first pass proved agree with
+    # each sealed body. While the workers check, this process walks already, as if every invoice
+    # were sound on its own (the usual case): that walk stands when the first pass finds nothing,
+    # and is made again knowing what it found otherwise. Same faults, in the same order.
+    ahead = Report()
+    content = _content_problems(conn, issuer_key, progress, meanwhile=lambda: _walk(conn, creds, {}, ahead, stop))
+    if content:
+        _walk(conn, creds, content, report, stop)
+    else:
+        report.checked += ahead.checked
+        report.chains.update(ahead.chains)
+        report.faults.extend(ahead.faults)
 
-    # Walk every chain in sealing order.
+
+def _walk(conn, creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]], content: dict[int, tuple],
+          report: Report, stop: bool) -> None:
+    """Every chain in sealing order, then the credential counters (see _verify)."""
+    def fault(where: str, problem: str) -> bool:
+        report.faults.append(Fault(where, problem))
+        return stop
+
     chain_keys = [r[0] for r in conn.execute(
         "SELECT DISTINCT chain_key FROM invoices WHERE status = 'sealed'")]
     last_by_cred: dict[str, int] = {}
@@ -234,20 +250,26 @@ _CHUNK = 5_000  # invoices per task of the parallel pass
 PARALLEL_FROM = 4_000  # journals smaller than this are checked in one process (a pool costs ~0.1 s)
 
 
-def _content_problems(conn, issuer_key: str, progress) -> dict[int, tuple]:
-    """{seq: problems} for every sealed invoice whose own content has a problem (see _problems_of)."""
+def _content_problems(conn, issuer_key: str, progress, meanwhile: Callable[[], None] = lambda: None
+                      ) -> dict[int, tuple]:
+    """{seq: problems} for every sealed invoice whose own content has a problem (see _problems_of).
+    `meanwhile()` runs once in this process, while the workers check (when there are any)."""
     lo, hi, total = conn.execute("SELECT min(seq), max(seq), count(*) FROM invoices WHERE status = 'sealed'").fetchone()
     if not total:
+        meanwhile()
         return {}
     workers = min(os.cpu_count() or 1, 8)
     db_path = conn.execute("PRAGMA database_list").fetchone()["file"]
     if workers < 2 or total < PARALLEL_FROM:
-        return _check_range(db_path, issuer_key, lo, hi + 1, progress)[1]
+        found = _check_range(db_path, issuer_key, lo, hi + 1, progress)[1]
+        meanwhile()
+        return found
     found: dict[int, tuple] = {}
     # fork: the CLI is single-threaded here, and forked workers start at once.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         tasks = [pool.submit(_check_range, db_path, issuer_key, start, min(start + _CHUNK, hi + 1))
                  for start in range(lo, hi + 1, _CHUNK)]
+        meanwhile()
         for task in as_completed(tasks):
             n, part = task.result()
             found.update(part)
