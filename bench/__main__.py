@@ -213,6 +213,9 @@ def render_scale(rows: list[dict[str, float]], lims: list[dict[str, float]], bui
         out.append(f"| stalela verify, {n:,.0f}-invoice journal | {m['verify_rate']:.0f} invoices/s "
                    f"({m['verify_count']:,.0f} invoices) | ≥ 20,000/s | {m['verify_rate'] / verify_limit:.2f} × Ed25519 "
                    f"verification on all {CORES} cores ({verify_limit:.0f}/s: one signature per invoice) |")
+        out.append(f"|   its CPU per invoice (all its processes), and the rate that makes on {CORES} free cores | "
+                   f"{m['verify_cpu_us']:.0f} µs → {CORES * 1e6 / m['verify_cpu_us']:.0f} invoices/s | — | "
+                   f"one verification = {1e6 / L['verify_checked_rate']:.0f} µs |")
     if "ratio_p99_1" in m:
         out.append(f"| seal p99, 1 client: {n:,.0f} stored / empty | {m['ratio_p99_1']:.2f} × "
                    f"({m['full_p99_1_ms']:.1f} / {m['empty_p99_1_ms']:.1f} ms) | ≤ 1.2 × | p50 {m['full_p50_1_ms']:.1f} / "

@@ -22,7 +22,7 @@ def test_the_built_journal_verifies(tmp_path):
     stored = scale.storage(harness.data_dir / "agent.db")
     assert stored["count"] == 45 and stored["body_bytes_avg"] > 0
     measured = scale.verify_rate(harness)  # the CLI, as an operator runs it
-    assert measured["verify_count"] == 45 and measured["verify_rate"] > 0
+    assert measured["verify_count"] == 45 and measured["verify_rate"] > 0 and measured["verify_cpu_us"] > 0
 
 
 def test_the_large_journal_table_is_measured_and_rendered(tmp_path):
@@ -36,4 +36,5 @@ def test_the_large_journal_table_is_measured_and_rendered(tmp_path):
     built = {"seconds": seconds, **scale.storage(harness.data_dir / "agent.db")}
     table = render_scale([row], lims, built, None)
     assert "stalela verify, 50-invoice journal" in table and "1 invoice per commit" in table
+    assert "its CPU per invoice" in table
     assert "storage per sealed 10-item invoice, 50 stored" in table  # 30 + the writer's 20
