@@ -84,10 +84,13 @@ class SyncWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def _pending(self, after: int = 0) -> list[sqlite3.Row]:
-        return self._reader.execute(
+    def _pending(self, after: int = 0) -> list[dict[str, Any]]:
+        rows = self._reader.execute(
             "SELECT seq, id, body FROM invoices WHERE status='sealed' AND sync_state='pending' AND seq > ?"
             " ORDER BY seq LIMIT ?", (after, self.batch_size)).fetchall()
+        # Bodies are decompressed here, in the reading thread, not on the event loop: ≈ 10 µs
+        # each, so ≈ 10 ms for 1,000, during which no sale's answer would leave the daemon.
+        return [{"seq": r["seq"], "id": r["id"], "body": unpack(r["body"])} for r in rows]
 
     def _mark(self, rows: list[sqlite3.Row], answer: dict[str, Any]) -> tuple[int, int]:
         results = answer.get("results")
