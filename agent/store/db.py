@@ -200,6 +200,20 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 # itself past WRITER_CHECKPOINT_PAGES (≈ 32 MB), should the thread ever fall behind.
 CHECKPOINT_EVERY_S = 0.25
 WRITER_CHECKPOINT_PAGES = 8000
+# Held by a checkpointer while it is inside SQLite, and by os.fork() (`stalela verify` forks its
+# workers): a child never starts with SQLite's own locks taken by a thread it does not have.
+_in_sqlite = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _in_sqlite
+    _in_sqlite = threading.Lock()
+    _Checkpointer._lock = threading.Lock()
+    _Checkpointer._running = {}  # the parent's threads do not exist here
+
+
+os.register_at_fork(before=lambda: _in_sqlite.acquire(), after_in_parent=lambda: _in_sqlite.release(),
+                    after_in_child=_after_fork_in_child)
 
 
 class _WritingConnection(sqlite3.Connection):
@@ -251,18 +265,21 @@ class _Checkpointer:
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            with _in_sqlite:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+                conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error:
             return  # the writers' own checkpoints remain
         try:
-            conn.execute("PRAGMA synchronous=FULL")
             while not self.stop.wait(CHECKPOINT_EVERY_S):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with _in_sqlite:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:
                     pass  # e.g. disk full or the file removed: the writers' own checkpoints remain
         finally:
-            conn.close()
+            with _in_sqlite:
+                conn.close()
 
 
 def _create_private(path: Path) -> None:

@@ -55,3 +55,31 @@ def test_a_read_only_connection_starts_no_thread(tmp_path):
         assert key not in db._Checkpointer._running
     finally:
         conn.close()
+
+
+def test_a_fork_waits_for_a_checkpoint_in_progress(tmp_path):
+    # `stalela verify` forks its workers: a child must not start with SQLite's locks held by a
+    # checkpointer thread it does not have. The fork waits while a checkpointer is inside SQLite.
+    import os
+
+    conn = db.connect(tmp_path / "agent.db")
+    try:
+        db._in_sqlite.acquire()  # as a checkpointer inside SQLite holds it
+        forked = threading.Event()
+        status = []
+
+        def fork():
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if not db._Checkpointer._running and db._in_sqlite.acquire(timeout=5) else 1)
+            forked.set()
+            status.append(os.waitpid(pid, 0)[1])
+        thread = threading.Thread(target=fork)
+        thread.start()
+        assert not forked.wait(0.3)  # the fork waits for the checkpoint...
+        db._in_sqlite.release()
+        assert forked.wait(10)  # ...and happens once it is over
+        thread.join(10)
+        assert status == [0]  # the child started with free locks and no checkpointers
+    finally:
+        conn.close()
