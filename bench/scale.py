@@ -2,7 +2,8 @@
 seal's p99 against an empty journal's, storage) and a real cloud with the sync running.
 
 Each latency figure is measured the same way on both sides of its ratio, in the same run:
-warm-up sales (which also start the sealing process), then 8 clients in a closed loop, then one.
+warm-up sales (which also start the sealing process), then 8 clients in a closed loop, then one,
+in rounds alternating between the two sides.
 """
 from __future__ import annotations
 
@@ -45,16 +46,6 @@ def sealing_process_ready(h: AgentHarness, timeout: float = 15.0) -> str:
         time.sleep(0.1)
 
 
-def seal_latency(h: AgentHarness, n8: int, n1: int, prefix: str) -> dict[str, float]:
-    """On a started agent: warm-up, then 8 clients × n8 and 1 client × n1 (rate, p50, p99)."""
-    load(h.url, h.api_key, 2, 50, f"{prefix}-warm")
-    sealing_process_ready(h)
-    rate, lat8 = load(h.url, h.api_key, 8, n8, f"{prefix}-c8")
-    _, lat1 = load(h.url, h.api_key, 1, n1, f"{prefix}-c1")
-    return {"rate8": rate, "p50_8_ms": pct(lat8, 50) * 1000, "p99_8_ms": pct(lat8, 99) * 1000,
-            "p50_1_ms": pct(lat1, 50) * 1000, "p99_1_ms": pct(lat1, 99) * 1000}
-
-
 def storage(db: Path) -> dict[str, float]:
     """Bytes per stored invoice (pages in use, indexes included) and the average stored body."""
     conn = sqlite3.connect(db)
@@ -92,17 +83,41 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+ROUNDS = 4  # each latency load is cut in rounds alternating between the two journals
+
+
 def stored_vs_empty(workdir: Path, big: AgentHarness, n8: int, n1: int, tag: str) -> dict[str, float]:
-    """The seal's latency on an empty journal and on the large one, one after the other."""
+    """The seal's latency on an empty journal and on the large one. Both agents run side by side
+    (the idle one costs nothing) and each load is cut in ROUNDS rounds that alternate between
+    them, which goes first alternating too: a burst of other work on a shared machine then falls
+    on both sides alike instead of on whichever was being measured."""
     empty = AgentHarness(workdir / f"empty-{tag}")
     empty.add_credential(empty.credential(1, 2_000_000))
-    out: dict[str, float] = {}
-    for name, h in (("empty", empty), ("full", big)):
+    sides = {"empty": empty, "full": big}
+    for h in sides.values():
         h.start()
-        try:
-            for k, v in seal_latency(h, n8, n1, f"{name}-{tag}").items():
-                out[f"{name}_{k}"] = v
-        finally:
+    try:
+        for name, h in sides.items():
+            load(h.url, h.api_key, 2, 50, f"{name}-{tag}-warm")
+            sealing_process_ready(h)
+        out: dict[str, float] = {}
+        for clients, per in ((8, n8), (1, n1)):
+            lat: dict[str, list[float]] = {name: [] for name in sides}
+            seconds = dict.fromkeys(sides, 0.0)
+            for r in range(ROUNDS):
+                for name in (("empty", "full") if r % 2 == 0 else ("full", "empty")):
+                    h = sides[name]
+                    t = time.perf_counter()
+                    _, got = load(h.url, h.api_key, clients, max(1, per // ROUNDS), f"{name}-{tag}-c{clients}-{r}")
+                    seconds[name] += time.perf_counter() - t
+                    lat[name] += got
+            for name in sides:
+                out[f"{name}_p50_{clients}_ms"] = pct(lat[name], 50) * 1000
+                out[f"{name}_p99_{clients}_ms"] = pct(lat[name], 99) * 1000
+                if clients == 8:
+                    out[f"{name}_rate8"] = len(lat[name]) / seconds[name]
+    finally:
+        for h in sides.values():
             h.stop()
     out["ratio_p99_1"] = out["full_p99_1_ms"] / out["empty_p99_1_ms"]
     out["ratio_p99_8"] = out["full_p99_8_ms"] / out["empty_p99_8_ms"]
