@@ -390,7 +390,7 @@ class Journal:
                               counters=counters(counters_by_type[req["type"]], number, req["type"])),
             prev_hash=prev_hash)
         apply_signature(invoice, self._key, cred, credential_part=self.credentials.qr_part(cred), fragments=job.fragments)
-        body = compose(invoice, job.fragments, sort=False)
+        body = compose(invoice, job.fragments)  # canonical: `stalela verify` hashes it as stored
         stamp = now.isoformat()
         repository.insert_invoice(conn, {
             "id": invoice["id"], "request_id": req["request_id"], "request_hash": job.fingerprint,

@@ -67,8 +67,11 @@ class SyncWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def _pending(self, after: int = 0) -> list[sqlite3.Row]:
-        return outbox.take_batch(self._reader, self.batch_size, after)
+    def _pending(self, after: int = 0) -> list[dict[str, Any]]:
+        # Bodies are decompressed here, in the reading thread, not on the event loop: ≈ 10 µs
+        # each, so ≈ 10 ms for 1,000, during which no sale's answer would leave the daemon.
+        return [{"seq": r["seq"], "id": r["id"], "body": unpack(r["body"])}
+                for r in outbox.take_batch(self._reader, self.batch_size, after)]
 
     def _mark(self, rows: list[sqlite3.Row], answer: dict[str, Any]) -> tuple[int, int]:
         try:
@@ -88,7 +91,7 @@ class SyncWorker:
 
     async def _upload(self, rows: list[sqlite3.Row]) -> dict[str, Any]:
         """Send one batch (with retries) and return the cloud's answer."""
-        bodies = [unpack(r["body"]) for r in rows]
+        bodies = [r["body"] for r in rows]  # decompressed when read (_pending)
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(CloudError), reraise=True,
                 stop=stop_after_attempt(self.attempts),

@@ -5,6 +5,7 @@ Used by `stalela verify`. It reads the database read-only and reports the FIRST 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -15,13 +16,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
+import orjson
+
 from fiscal.canonical import Fragments, loads_plain
-from fiscal.protocol import GENESIS_HASH
+from fiscal.protocol import GENESIS_HASH, STALELA_QR_TAG
 from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import chain_hash, verify_stalela_seal
-from fiscal.signing import load_verifying_key
+from fiscal.signing import auth_code, b32, load_verifying_key, unb64url
 from .store.db import connect
-from .store.bodies import unpack
+from .store.bodies import unpack, unpack_utf8
 
 
 @dataclass
@@ -135,12 +138,28 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
         creds[cred.id] = (cred, row)
 
     # Per invoice, what can be checked on its own (content, seal, block, window) runs first, in
-    # several processes for a large journal; the walk below then checks what links invoices
-    # (chain, numbering, credential hand-overs) from the columns, which that first pass proved
-    # agree with each sealed body.
-    content = _content_problems(conn, issuer_key, progress)
+    # several processes for a large journal; the walk then checks what links invoices (chain,
+    # numbering, credential hand-overs) from the columns, which that first pass proved agree with
+    # each sealed body. While the workers check, this process walks already, as if every invoice
+    # were sound on its own (the usual case): that walk stands when the first pass finds nothing,
+    # and is made again knowing what it found otherwise. Same faults, in the same order.
+    ahead = Report()
+    content = _content_problems(conn, issuer_key, progress, meanwhile=lambda: _walk(conn, creds, {}, ahead, stop))
+    if content:
+        _walk(conn, creds, content, report, stop)
+    else:
+        report.checked += ahead.checked
+        report.chains.update(ahead.chains)
+        report.faults.extend(ahead.faults)
 
-    # Walk every chain in sealing order.
+
+def _walk(conn, creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]], content: dict[int, tuple],
+          report: Report, stop: bool) -> None:
+    """Every chain in sealing order, then the credential counters (see _verify)."""
+    def fault(where: str, problem: str) -> bool:
+        report.faults.append(Fault(where, problem))
+        return stop
+
     chain_keys = [r[0] for r in conn.execute(
         "SELECT DISTINCT chain_key FROM invoices WHERE status = 'sealed'")]
     last_by_cred: dict[str, int] = {}
@@ -231,20 +250,26 @@ _CHUNK = 5_000  # invoices per task of the parallel pass
 PARALLEL_FROM = 4_000  # journals smaller than this are checked in one process (a pool costs ~0.1 s)
 
 
-def _content_problems(conn, issuer_key: str, progress) -> dict[int, tuple]:
-    """{seq: problems} for every sealed invoice whose own content has a problem (see _problems_of)."""
+def _content_problems(conn, issuer_key: str, progress, meanwhile: Callable[[], None] = lambda: None
+                      ) -> dict[int, tuple]:
+    """{seq: problems} for every sealed invoice whose own content has a problem (see _problems_of).
+    `meanwhile()` runs once in this process, while the workers check (when there are any)."""
     lo, hi, total = conn.execute("SELECT min(seq), max(seq), count(*) FROM invoices WHERE status = 'sealed'").fetchone()
     if not total:
+        meanwhile()
         return {}
     workers = min(os.cpu_count() or 1, 8)
     db_path = conn.execute("PRAGMA database_list").fetchone()["file"]
     if workers < 2 or total < PARALLEL_FROM:
-        return _check_range(db_path, issuer_key, lo, hi + 1, progress)[1]
+        found = _check_range(db_path, issuer_key, lo, hi + 1, progress)[1]
+        meanwhile()
+        return found
     found: dict[int, tuple] = {}
     # fork: the CLI is single-threaded here, and forked workers start at once.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         tasks = [pool.submit(_check_range, db_path, issuer_key, start, min(start + _CHUNK, hi + 1))
                  for start in range(lo, hi + 1, _CHUNK)]
+        meanwhile()
         for task in as_completed(tasks):
             n, part = task.result()
             found.update(part)
@@ -266,8 +291,9 @@ def _check_range(db_path: str, issuer_key: str, lo: int, hi: int, progress=None)
         keys: dict[str, object] = {}  # loaded public keys, by credential id ("" = the issuer's)
         found: dict[int, tuple] = {}
         n = 0
-        for row in conn.execute("SELECT * FROM invoices WHERE status = 'sealed' AND seq >= ? AND seq < ? ORDER BY seq",
-                                (lo, hi)):
+        # Only the columns the checks read (the rows are most of the pass).
+        for row in conn.execute(f"SELECT {_ROW_COLUMNS} FROM invoices WHERE status = 'sealed' AND seq >= ? AND seq < ?"
+                                " ORDER BY seq", (lo, hi)):
             n += 1
             if progress and n % 1000 == 0:
                 progress(1000)
@@ -283,6 +309,92 @@ def _check_range(db_path: str, issuer_key: str, lo: int, hi: int, progress=None)
 
 def _problems_of(row, creds: dict[str, DelegatedCredential], keys: dict, issuer_key: str) -> tuple | None:
     """What is wrong with one stored invoice on its own, or None.
+
+    A body stored in canonical form is checked by hashing what is stored (`_sound_as_stored`);
+    anything that check does not confirm, and every other body, goes through the full check
+    below, which names the problem.
+    """
+    try:
+        if _sound_as_stored(row, creds, keys):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError):  # orjson.JSONDecodeError is a ValueError
+        pass  # malformed in some way: the full check below says how
+    return _problems_in_full(row, creds, keys, issuer_key)
+
+
+# A canonical stored text (RFC 8785: keys sorted, the writer's form since the store keeps the
+# canonical bytes) starts with the chain object, its `hash` member first: the chain view is the
+# text without that member, cut at fixed offsets.
+_CANONICAL_HEAD = b'{"chain":{"hash":"'
+_HASH_START, _HASH_END = len(_CANONICAL_HEAD), len(_CANONICAL_HEAD) + 64
+_SIGNED_OUT = ("code", "qr_payload", "signature")
+_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                  check_circular=False).encode
+# The columns of _check_range's SELECT, in order (the stored-form check reads them by position).
+_SEQ, _ID, _REQUEST_ID, _NUMBER, _AUTHORITY, _CODE, _HASH, _PREV_HASH, _TYPE, _MODE, _BODY = range(11)
+_ROW_COLUMNS = "seq, id, request_id, fiscal_number, authority_id, code, hash, prev_hash, type, mode, body"
+
+
+def _sound_as_stored(row, creds: dict[str, DelegatedCredential], keys: dict) -> bool:
+    """True when a delegated invoice stored as its canonical text is sound on its own: the chain
+    hash and the signed digest are computed over the stored bytes themselves (nothing is
+    re-encoded but the small security object), and every check of the full pass holds.
+
+    Why this is as strict as the full check: the signature covers SHA-256 of the unsigned view
+    derived here from the stored text; if it verifies, that derived text is byte for byte the one
+    the signer canonicalized (a SHA-256 collision aside), so the stored text is the signed
+    invoice plus its code, QR payload and signature (checked here against the signature) and its
+    chain hash (checked against the hash of the rest). False means "not confirmed", never
+    "faulty": the caller then runs the full check, which decides and words the problem.
+    """
+    stored = row[_BODY]
+    if type(stored) is not bytes:
+        return False  # plain text: a journal written before compression (and canonical storage)
+    raw = unpack_utf8(stored)
+    if not raw.startswith(_CANONICAL_HEAD) or raw[_HASH_END:_HASH_END + 2] != b'",':
+        return False  # a journal written before canonical storage, or another mode's form
+    # orjson: 2.5 × faster than json here. Whatever it refuses (NaN, huge integers...) takes the
+    # full check; it need not agree with json on anything else, the bytes are what is hashed.
+    body = orjson.loads(raw)
+    sec, chain = body["security"], body["chain"]
+    if body["mode"] != "delegated":
+        return False
+    cred = creds.get(sec["authority_id"])
+    if cred is None:
+        return False
+    # The chain view: the text without `"hash":"…",`.
+    chain_bytes = raw[:_HASH_START - 8] + raw[_HASH_END + 2:]
+    hash_hex = chain["hash"]
+    if hash_hex.encode("ascii") != raw[_HASH_START:_HASH_END] or hashlib.sha256(chain_bytes).hexdigest() != hash_hex:
+        return False
+    # The unsigned view: the chain view with the security object's code, QR payload and
+    # signature taken out; the object is found by its own canonical text, once and only once.
+    stored_sec = b'"security":' + _encode_sorted(sec).encode("utf-8")
+    if chain_bytes.count(stored_sec) != 1:
+        return False
+    unsigned = chain_bytes.replace(stored_sec, b'"security":' + _encode_sorted(
+        {k: v for k, v in sec.items() if k not in _SIGNED_OUT}).encode("utf-8"))
+    number = sec["fiscal_number"]
+    moment = datetime.fromisoformat(sec["timestamp"])
+    totals = body["totals"]
+    message = ";".join([STALELA_QR_TAG, sec["authority_id"], body["merchant_nif"], moment.strftime("%Y%m%d%H%M%S%z"),
+                        str(number), totals["total"], totals["vat"], b32(hashlib.sha256(unsigned).digest())])
+    signature = unb64url(sec["signature"])
+    key = keys.get(cred.id) or keys.setdefault(cred.id, load_verifying_key(cred.agent_public_key))
+    if not key.verify(signature, message.encode("ascii")):
+        return False
+    if sec["code"] != auth_code(signature) or not sec["qr_payload"].startswith(f"{message};{b32(signature)}"):
+        return False
+    if not (type(number) is int and cred.block_start <= number <= cred.block_end and cred.valid_at(moment)):
+        return False
+    # Columns are what the journal indexes by: they must say what the sealed body says.
+    return (row[_ID] == body["id"] and row[_REQUEST_ID] == body["request_id"] and row[_NUMBER] == number
+            and row[_AUTHORITY] == sec["authority_id"] and row[_CODE] == sec["code"] and row[_HASH] == hash_hex
+            and row[_PREV_HASH] == chain["prev_hash"] and row[_TYPE] == body["type"] and row[_MODE] == "delegated")
+
+
+def _problems_in_full(row, creds: dict[str, DelegatedCredential], keys: dict, issuer_key: str) -> tuple | None:
+    """What is wrong with one stored invoice, rebuilding its canonical forms from its content.
 
     `(_UNREADABLE, message)`, or `(before_link, of_seal, unknown_credential)`: the problems found
     before the chain link is checked (columns, content hash) and those of the seal itself, in the

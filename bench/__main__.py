@@ -19,9 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import limits
-from .loadgen import seal_load
-from .workload import ten_item_invoice
+from . import limits, scale
+from .scale import load, pct, sealing_process_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,29 +31,8 @@ CORES = os.cpu_count() or 1
 RESTARTS = 7
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    k = max(0, min(len(values) - 1, int(round(p / 100 * (len(values) - 1)))))
-    return values[k]
-
-
-def _load(url: str, key: str, clients: int, per_client: int, prefix: str) -> tuple[float, list[float]]:
-    """`clients` POS terminals in a closed loop, each sealing `per_client` 10-item invoices."""
-    return seal_load(url, key, clients, per_client, prefix, ten_item_invoice)
-
-
-def _sealing_process_ready(h: AgentHarness, timeout: float = 15.0) -> str:
-    """Keep selling (two overlapping sales every 0.1 s) until the agent's sealing process is ready,
-    as it is a moment after a busy shop's first sales; returns its state ("off" on a 1-core machine)."""
-    deadline = time.monotonic() + timeout
-    n = 0
-    while True:
-        state = h.get("/v1/health", key=None)[1].get("sealing_process", "off")
-        if state in ("ready", "off") or time.monotonic() > deadline:
-            return state
-        n += 1
-        _load(h.url, h.api_key, 2, 2, f"ready-{n}")
-        time.sleep(0.1)
+_load = load
+_sealing_process_ready = sealing_process_ready
 
 
 def rss_mb(pid: int) -> float:
@@ -223,6 +201,49 @@ def render_sync(rows: list[dict[str, float]], recon: list[dict[str, float]], lim
     return "\n".join(out)
 
 
+def render_scale(rows: list[dict[str, float]], lims: list[dict[str, float]], built: dict[str, float],
+                 seal8: float | None) -> str:
+    """The large-journal figures (and the 8-client figure with the cloud and the sync running)."""
+    m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    L = {k: statistics.median(x[k] for x in lims) for k in lims[0]}
+    n = built["count"]
+    verify_limit = L["verify_checked_rate"] * CORES
+    out = ["| figure | measured | target | beside the limit |", "|---|---|---|---|"]
+    if "verify_rate" in m:
+        out.append(f"| stalela verify, {n:,.0f}-invoice journal | {m['verify_rate']:.0f} invoices/s "
+                   f"({m['verify_count']:,.0f} invoices) | ≥ 20,000/s | {m['verify_rate'] / verify_limit:.2f} × Ed25519 "
+                   f"verification on all {CORES} cores ({verify_limit:.0f}/s: one signature per invoice) |")
+        out.append(f"|   its CPU per invoice (all its processes), and the rate that makes on {CORES} free cores | "
+                   f"{m['verify_cpu_us']:.0f} µs → {CORES * 1e6 / m['verify_cpu_us']:.0f} invoices/s | — | "
+                   f"one verification = {1e6 / L['verify_checked_rate']:.0f} µs |")
+    if "ratio_p99_1" in m:
+        out.append(f"| seal p99, 1 client: {n:,.0f} stored / empty | {m['ratio_p99_1']:.2f} × "
+                   f"({m['full_p99_1_ms']:.1f} / {m['empty_p99_1_ms']:.1f} ms) | ≤ 1.2 × | p50 {m['full_p50_1_ms']:.1f} / "
+                   f"{m['empty_p50_1_ms']:.1f} ms; one durable commit = {1000 / L['commit_rate']:.2f} ms |")
+        out.append(f"| seal p99, 8 clients: {n:,.0f} stored / empty | {m['ratio_p99_8']:.2f} × "
+                   f"({m['full_p99_8_ms']:.1f} / {m['empty_p99_8_ms']:.1f} ms) | ≤ 1.2 × | rate {m['full_rate8']:.0f} / "
+                   f"{m['empty_rate8']:.0f} invoices/s |")
+    if "writer_ratio_p99" in m:
+        out.append(f"|   the journal writer alone, in-process, 1 invoice per commit: p99 {n:,.0f} stored / empty | "
+                   f"{m['writer_ratio_p99']:.2f} × ({m['writer_full_p99_ms']:.2f} / {m['writer_empty_p99_ms']:.2f} ms) | — | "
+                   f"p50 {m['writer_full_p50_ms']:.2f} / {m['writer_empty_p50_ms']:.2f} ms; one durable commit = "
+                   f"{1000 / L['commit_rate']:.2f} ms |")
+    if n:
+        out.append(f"| storage per sealed 10-item invoice, {n:,.0f} stored | {built['bytes_per_invoice']:.0f} B "
+                   f"(body {built['body_bytes_avg']:.0f} B) | ≤ 3 KB | includes indexes |")
+    if "cloud_rate8" in m:
+        beside = (f"{m['cloud_rate8'] / seal8:.2f} × the same load without a cloud ({seal8:.0f}/s); "
+                  if seal8 else "")
+        out.append(f"| delegated seal, 8 clients, cloud on loopback + sync running | {m['cloud_rate8']:.0f} invoices/s, "
+                   f"p50 / p99 {m['cloud_p50_8_ms']:.1f} / {m['cloud_p99_8_ms']:.1f} ms | ≥ 2,000/s, p99 ≤ 25 ms | "
+                   f"{beside}{m['cloud_synced_during']:.0f} accepted by the cloud during the load |")
+    if n:
+        out.append("")
+        out.append(f"The {n:,.0f}-invoice journal was built in-process by the agent's own journal writer "
+                   f"(`bench/journal.py`) in {built['seconds']:.0f} s ({n / built['seconds']:.0f} invoices/s).")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--runs", type=int, default=3)
@@ -231,15 +252,50 @@ def main() -> None:
                     help="invoices in each cloud-alone reconciliation run (0: skip)")
     ap.add_argument("--quick", action="store_true", help="smaller loads (smoke test of the harness)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--journal", type=int, default=1_000_000,
+                    help="invoices in the large journal (verify, p99 stored/empty, storage; 0: skip)")
+    ap.add_argument("--no-cloud", action="store_true", help="skip the 8-client figure with a cloud and the sync")
     args = ap.parse_args()
-    runs, lims = [], []
-    for i in range(args.runs):
-        print(f"run {i + 1}/{args.runs}: limits…", file=sys.stderr, flush=True)
-        lims.append(measure_limits())
-        print(f"run {i + 1}/{args.runs}: agent…", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory() as d:
-            runs.append(one_run(Path(d), args.quick))
+    started = time.perf_counter()
+    runs, lims, scale_rows = [], [], []
+    with tempfile.TemporaryDirectory() as big_dir:
+        big = built = None
+        if args.journal:
+            from .journal import build
+            count = min(args.journal, 50_000) if args.quick else args.journal
+            print(f"large journal: sealing {count} invoices in-process…", file=sys.stderr, flush=True)
+            big, seconds = build(Path(big_dir) / "big", count, progress=lambda k: print(
+                f"  {k}", file=sys.stderr, flush=True) if k % 100_000 == 0 else None)
+            built = {"seconds": seconds, **scale.storage(big.data_dir / "agent.db")}
+        for i in range(args.runs):
+            print(f"run {i + 1}/{args.runs}: limits…", file=sys.stderr, flush=True)
+            lims.append(measure_limits())
+            print(f"run {i + 1}/{args.runs}: agent…", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                runs.append(one_run(Path(d), args.quick))
+            row: dict[str, float] = {}
+            n8, n1 = (250, 300) if args.quick else (1000, 1000)
+            if big is not None:
+                print(f"run {i + 1}/{args.runs}: seal latency, empty journal and {built['count']} stored…",
+                      file=sys.stderr, flush=True)
+                with tempfile.TemporaryDirectory() as d:
+                    row.update(scale.stored_vs_empty(Path(d), big, n8, n1, str(i)))
+                    row.update(scale.writer_stored_vs_empty(Path(d), big, 2 * n1, str(i)))
+                print(f"run {i + 1}/{args.runs}: stalela verify, {built['count']} invoices…", file=sys.stderr, flush=True)
+                row.update(scale.verify_rate(big))
+            if not args.no_cloud:
+                print(f"run {i + 1}/{args.runs}: 8 clients with the cloud and the sync running…",
+                      file=sys.stderr, flush=True)
+                with tempfile.TemporaryDirectory() as d:
+                    row.update(scale.with_cloud(Path(d), n8))
+            scale_rows.append(row)
     table = render(runs, lims)
+    scale_table = ""
+    if built is not None or not args.no_cloud:
+        seal8 = statistics.median(r["seal8_rate"] for r in runs)
+        built = built or {"count": 0, "seconds": 1, "bytes_per_invoice": 0, "body_bytes_avg": 0}
+        scale_table = ("\n\n## A large journal, and the cloud beside the agent\n\n"
+                       + render_scale(scale_rows, lims, built, seal8))
     sync_table = ""
     if args.backlog:
         from .sync import backlog_drain
@@ -262,12 +318,13 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     header = (f"# Benchmarks\n\nGenerated by `./dev bench` (bench/). Medians of {args.runs} runs"
               f"{' (quick mode)' if args.quick else ''}.\n\n- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
-              f"- commit: {commit_id()}\n- machine: {machine}\n\n")
+              f"- commit: {commit_id()}\n- machine: {machine}\n")
     notes_path = ROOT / "bench" / "NOTES.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
-    args.out.write_text(header + "## Delegated sealing (agent)\n\n" + table + sync_table + device_table
-                        + "\n\n" + notes)
-    print(table + sync_table + device_table)
+    header += f"- `./dev bench` took {(time.perf_counter() - started) / 60:.0f} minutes\n\n"
+    args.out.write_text(header + "## Delegated sealing (agent)\n\n" + table + scale_table + sync_table
+                        + device_table + "\n\n" + notes)
+    print(table + scale_table + sync_table + device_table)
 
 
 if __name__ == "__main__":

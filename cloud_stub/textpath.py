@@ -1,7 +1,7 @@
 """The text fast path: an agent's invoice recognised in its JSON text, neither parsed nor encoded.
 
-An agent uploads each invoice as it stored it: every member present, in the model's order, and
-every member's value already canonical (keys sorted, no whitespace, strings without escapes).
+An agent uploads each invoice as it stored it: every member present, in sorted order (its
+canonical text; journals written before: the model's order), and every member's value already canonical (keys sorted, no whitespace, strings without escapes).
 For such a text, the three forms reconciliation needs (`fastpath.forms`: the chain view, the
 unsigned view, the stored text) are the member texts put in sorted key order; the parse, the
 structural walk and the encoding (≈ 140 µs of the ≈ 300 µs an invoice costs before its
@@ -75,25 +75,55 @@ def _member(key: str, value: str) -> str:
     return f'"{key}":(?P<{key}>{value})'
 
 
-INVOICE = re.compile(
-    r"\{" + ",".join([
-        _member("id", _ANY), _member("request_id", _ANY), _member("status", '"sealed"'),
-        _member("mode", '"delegated"'), _member("type", '"(?:FV|FT|EV|ET|FA|EA)"'),
-        _member("price_mode", '"(?:TTC|HT)"'), _member("invoice_number", _ANY), _member("merchant_nif", _ANY),
-        _member("outlet_id", _ANY), _member("isf", _ANY), _member("pos_terminal_id", _ANY),
-        _member("operator", r'\{"id":' + _text(16) + r',"name":' + _text(32) + r'\}'),
-        _member("client", _CLIENT), _member("items", _list(_ITEM)), _member("lines", _list(_LINE)),
-        _member("comments", r"\{\}"), _member("reference", _REFERENCE), _member("usd_rate", "null"),
-        _member("totals", r'\{"by_group":(?P<by_group>\{(?:"[A-P]":' + _GROUP + r'(?:,"[A-P]":' + _GROUP + r')*)?\}),'
-                r'"change":' + _MONEY + r',"paid":' + _MONEY + r',"payments":' + _list(_PAYMENT)
-                + r',"specific_tax":' + _MONEY + r',"total":(?P<total>' + _MONEY + r'),"usd_equivalent":(?:null|'
-                + _MONEY + r'),"vat":(?P<vat>' + _MONEY + r')\}'),
-        _member("security", r'\{"authority_id":(?P<authority_id>' + _ANY + r'),"code":(?P<code>' + _ANY + r'),'
-                r'"counters":(?P<counters>\{"label":' + _ANY + r',"total":' + _SAFE_INT + r',"type":' + _SAFE_INT
-                + r'\}),"fiscal_number":(?P<fiscal_number>' + _POS_INT + r'),"qr_payload":(?P<qr_payload>' + _ANY
-                + r'),"signature":(?P<signature>' + _ANY + r'),"timestamp":(?P<timestamp>' + _ANY + r')\}'),
-        _member("chain", r'\{"hash":(?P<hash>' + _str(1) + r'),"prev_hash":(?P<prev_hash>' + _ANY + r')\}'),
-    ]) + r"\}")
+# The members in the model's order: how agents stored (and upload) invoices before they kept
+# the canonical text; since then, the same members in sorted order (see _EitherOrder).
+_MEMBERS = [
+    ("id", _ANY), ("request_id", _ANY), ("status", '"sealed"'),
+    ("mode", '"delegated"'), ("type", '"(?:FV|FT|EV|ET|FA|EA)"'),
+    ("price_mode", '"(?:TTC|HT)"'), ("invoice_number", _ANY), ("merchant_nif", _ANY),
+    ("outlet_id", _ANY), ("isf", _ANY), ("pos_terminal_id", _ANY),
+    ("operator", r'\{"id":' + _text(16) + r',"name":' + _text(32) + r'\}'),
+    ("client", _CLIENT), ("items", _list(_ITEM)), ("lines", _list(_LINE)),
+    ("comments", r"\{\}"), ("reference", _REFERENCE), ("usd_rate", "null"),
+    ("totals", r'\{"by_group":(?P<by_group>\{(?:"[A-P]":' + _GROUP + r'(?:,"[A-P]":' + _GROUP + r')*)?\}),'
+            r'"change":' + _MONEY + r',"paid":' + _MONEY + r',"payments":' + _list(_PAYMENT)
+            + r',"specific_tax":' + _MONEY + r',"total":(?P<total>' + _MONEY + r'),"usd_equivalent":(?:null|'
+            + _MONEY + r'),"vat":(?P<vat>' + _MONEY + r')\}'),
+    ("security", r'\{"authority_id":(?P<authority_id>' + _ANY + r'),"code":(?P<code>' + _ANY + r'),'
+            r'"counters":(?P<counters>\{"label":' + _ANY + r',"total":' + _SAFE_INT + r',"type":' + _SAFE_INT
+            + r'\}),"fiscal_number":(?P<fiscal_number>' + _POS_INT + r'),"qr_payload":(?P<qr_payload>' + _ANY
+            + r'),"signature":(?P<signature>' + _ANY + r'),"timestamp":(?P<timestamp>' + _ANY + r')\}'),
+    ("chain", r'\{"hash":(?P<hash>' + _str(1) + r'),"prev_hash":(?P<prev_hash>' + _ANY + r')\}'),
+]
+
+
+class _EitherOrder:
+    """`re.Pattern`'s match and fullmatch over the two top-level orders an agent's text comes in:
+    sorted (its canonical text, what agents store now) or the model's (journals written before).
+    The groups are the same, and the forms are assembled in sorted order from them either way."""
+
+    def __init__(self, members: list[tuple[str, str]]) -> None:
+        self._patterns = tuple(re.compile(r"\{" + ",".join(_member(k, v) for k, v in order) + r"\}")
+                               for order in (sorted(members), members))
+        self.groupindex = self._patterns[1].groupindex
+
+    def match(self, text: str, pos: int = 0) -> re.Match | None:
+        for pattern in self._patterns:  # a text of the other order fails at its first member
+            found = pattern.match(text, pos)
+            if found is not None:
+                return found
+        return None
+
+    def fullmatch(self, text: str, pos: int = 0) -> re.Match | None:
+        for pattern in self._patterns:
+            found = pattern.fullmatch(text, pos)
+            if found is not None:
+                return found
+        return None
+
+
+INVOICE = _EitherOrder(_MEMBERS)
+
 
 # The members in canonical (sorted) order; `chain` and `security` change between the forms.
 _SORTED = sorted(INVOICE.groupindex.keys() & {

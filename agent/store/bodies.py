@@ -51,13 +51,22 @@ def unpack(value: str | bytes) -> str:
     """The JSON text of a stored body, whichever form it was stored in."""
     if isinstance(value, str):
         return value
+    try:
+        return unpack_utf8(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableBody(f"the stored body does not decode ({exc})") from None
+
+
+def unpack_utf8(value: bytes) -> bytes:
+    """The JSON text of a compressed stored body as UTF-8 bytes, not decoded: for a reader that
+    hashes the bytes as stored (`stalela verify`)."""
     if not value or value[0] != _FORMAT_V1:
         raise UnreadableBody(f"unknown stored body format {value[:1].hex() or 'empty'}")
     unpacker = zlib.decompressobj(-15, _DICTIONARY_V1)
     try:
         data = unpacker.decompress(value[1:]) + unpacker.flush()
-        if not unpacker.eof or unpacker.unused_data:
-            raise UnreadableBody("the stored body is truncated or has trailing bytes")
-        return data.decode("utf-8")
-    except (zlib.error, UnicodeDecodeError) as exc:
+    except zlib.error as exc:
         raise UnreadableBody(f"the stored body does not decode ({exc})") from None
+    if not unpacker.eof or unpacker.unused_data:
+        raise UnreadableBody("the stored body is truncated or has trailing bytes")
+    return data

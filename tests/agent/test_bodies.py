@@ -66,3 +66,14 @@ def test_migration_fills_the_reference_of_credit_notes_stored_as_text(tmp_path, 
     rows = dict(conn.execute("SELECT id, reference_code FROM invoices").fetchall())
     conn.close()
     assert rows == {"id-0": None, "id-1": "ABCDEFGHIJKLMNOPQRSTUVWX"}
+
+
+def test_the_utf8_bytes_are_the_text_as_stored():
+    # `stalela verify` hashes these bytes: they must be exactly the stored text's UTF-8.
+    text = json.dumps(invoice("B-3", operator={"id": "1", "name": "Kabongo Ngoy é"}), ensure_ascii=False)
+    packed = bodies.pack(text)
+    assert bodies.unpack_utf8(packed) == text.encode("utf-8")
+    with pytest.raises(bodies.UnreadableBody):
+        bodies.unpack_utf8(packed[:len(packed) // 2])
+    with pytest.raises(bodies.UnreadableBody):
+        bodies.unpack(bytes(packed[:1]) + bytes(packed[1:]) + b"x")  # trailing bytes
