@@ -158,8 +158,9 @@ def _scalar_or_encoded(value: Any) -> str:
 def compose(value: dict[str, Any], fragments: Fragments | None = None, *, sort: bool = True) -> str:
     """The JSON text of a trusted top-level object (see canonical_trusted), reusing fragments.
 
-    With `sort=True` (the default) this is exactly `canonical_trusted(value)` as text; with
-    `sort=False` the top level keeps the object's own key order (the stored and answered text).
+    With `sort=True` (the default) this is exactly `canonical_trusted(value)` as text: the form
+    the journal stores and answers, so `stalela verify` hashes what it stores. With `sort=False`
+    the top level keeps the object's own key order.
     """
     parts = fragments._parts if fragments is not None else {}
     out = []
