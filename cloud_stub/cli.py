@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -13,8 +14,9 @@ import click
 
 from fiscal.runtime.migrations import SchemaTooNew
 
-from .config import DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
+from .config import DATABASE_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
 from .errors import CloudError
+from .repository import StoreError
 
 
 def _duration(ctx, param, value):
@@ -44,21 +46,29 @@ def domain_errors(fn):
             return fn(*args, **kwargs)
         except CloudError as exc:
             raise click.ClickException(exc.detail) from None
-        except (PermissionError, SchemaTooNew) as exc:
+        except (PermissionError, SchemaTooNew, StoreError) as exc:
             raise click.ClickException(str(exc)) from None
         except sqlite3.Error as exc:
             raise click.ClickException(f"database error: {exc}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg"):  # PostgreSQL's errors, without importing psycopg
+                first = str(exc).strip().splitlines()
+                raise click.ClickException(f"database error: {first[0] if first else type(exc).__name__}") from None
+            raise
     return wrapper
 
 
 def _service(data_dir: Path, *, create: bool = False):
     from .service import CloudService
 
-    if not create and not CloudConfig(data_dir=data_dir).db_path.exists():
+    # The same database as `serve` (PostgreSQL when the environment names one).
+    database_url = os.environ.get(DATABASE_URL_ENV) or None
+    if not database_url and not create and not CloudConfig(data_dir=data_dir).db_path.exists():
         raise click.ClickException(f"no cloud database in {data_dir} (create it with "
                                    "`stalela cloud merchant add` or `stalela cloud serve`)")
     # An administration command reconciles nothing: no verifier processes to start.
-    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0))
+    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0,
+                                    database_url=database_url))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,9 +100,12 @@ def cloud() -> None:
                    "encodings). Default: one per CPU; 0: check in the service process.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Least severe level logged.")
+@click.option("--database-url", envvar=DATABASE_URL_ENV, show_envvar=True, default=None,
+              help="A postgresql://user@host:port/dbname URL to keep the ledger in PostgreSQL (several "
+                   "instances may share it). Default: the SQLite file in the data folder.")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
-          workers: int | None, log_level: str) -> None:
+          workers: int | None, log_level: str, database_url: str | None) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr (readable text on a terminal); `cloud.ready` carries
@@ -109,7 +122,8 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     logs.configure(level=log_level)
     try:
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
-                        credential_validity=validity, gap_grace=gap_grace, verify_workers=workers))
+                        credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
+                        database_url=database_url or None))
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
         raise click.ClickException(_listen_error(host, port, exc)) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
@@ -24,7 +24,7 @@ from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, lo
 from .errors import NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
-from .repository import Store, Tx
+from .repository import Tx, open_store
 from .verifier import UnreadableChunk, VerifierPool, default_size
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ class CloudService:
         ensure_data_dir(config.data_dir)
         self.issuer = Issuer.from_key(load_or_create_issuer_key(config.issuer_key_path))
         self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
-        self.store = Store(config.db_path)
+        self.store = open_store(config.database_url, config.db_path, pool_size=config.workers)
         self._pool: ThreadPoolExecutor | None = None
         size = default_size() if config.verify_workers is None else config.verify_workers
         self.verifier: VerifierPool | None = VerifierPool(size).start() if size > 0 else None
@@ -51,6 +51,15 @@ class CloudService:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="cloud-db")
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    @contextmanager
+    def _writing(self, outlet_id: str) -> Iterator[Tx]:
+        """A write transaction holding the outlet's lock from its start (see Tx.lock_outlet):
+        its counter, chains, ledger tail and flags belong to this transaction alone, on every
+        instance sharing the database."""
+        with self.store.write() as tx:
+            tx.lock_outlet(outlet_id)
+            yield tx
 
     def close(self) -> None:
         if self._pool is not None:
@@ -108,7 +117,7 @@ class CloudService:
         with self.store.read() as tx:
             outlet_ids = [outlet_id] if outlet_id else tx.outlet_ids()
         for oid in outlet_ids:
-            with self.store.write() as tx:
+            with self._writing(oid) as tx:
                 new += audit.audit_outlet(tx, oid, self.now(), self.config.gap_grace)
         for flag_id in new:
             event("outlet.flagged", flag_id=flag_id)
@@ -134,12 +143,18 @@ class CloudService:
         with self.store.read() as tx:
             return registry.authenticate(tx, api_token)
 
+    def periodic_audit(self) -> list[int] | None:
+        """The server's periodic gap detection: on one instance at a time among those sharing
+        the database (None when another one is running it now)."""
+        with self.store.run_once("audit") as mine:
+            return self.audit() if mine else None
+
     def issue_credential(self, agent: dict, closure: BlockClosure | None = None,
                          block_size: int | None = None, request_id: str | None = None) -> tuple[dict, bool]:
         size = issuing.check_block_size(self.config.block_size if block_size is None else block_size,
                                         self.config.max_block_size)
         now = self.now()
-        with self.store.write() as tx:
+        with self._writing(agent["outlet_id"]) as tx:
             outlet = registry.get_outlet(tx, agent["outlet_id"])
             if closure is not None:
                 issuing.apply_closure(tx, agent, closure, now)
@@ -158,7 +173,7 @@ class CloudService:
     def close_credential(self, agent: dict, closure: BlockClosure) -> dict:
         """Record a block closure on its own (the agent moved on without needing a new credential)."""
         now = self.now()
-        with self.store.write() as tx:
+        with self._writing(agent["outlet_id"]) as tx:
             row = issuing.apply_closure(tx, agent, closure, now)
             audit.audit_outlet(tx, agent["outlet_id"], now, self.config.gap_grace)
         event("credential.closed", credential_id=closure.credential_id, last_used=closure.last_used)
@@ -177,12 +192,12 @@ class CloudService:
         chosen_isf = signer.resolve_isf(outlet, isf)
         lines, totals = signer.compute_totals(request, outlet, now)  # pure: outside the write lock
         try:
-            with self.store.write() as tx:
+            with self._writing(outlet["id"]) as tx:
                 invoice, created = signer.seal(tx, self.issuer, outlet, request, isf=chosen_isf,
                                                invoice_id=invoice_id, lines=lines, totals=totals, now=now)
         except signer.CreditRefused as exc:
             # The refusal rolled the seal back; the flag is its own transaction, so it stays.
-            with self.store.write() as tx:
+            with self._writing(outlet["id"]) as tx:
                 flag_id = audit.flag_numbers(tx, outlet["id"], exc.kind, signer.authority_id(outlet["id"]), [],
                                              f"online seal refused (request_id {request.request_id}): {exc.detail}",
                                              now)
@@ -234,7 +249,7 @@ class CloudService:
             outlet_id = registry.get_outlet(tx, agent["outlet_id"])["id"]
             keys = _signer_keys(tx, outlet_id, credential_ids)
         with checking(keys) as chunks:  # with the verifier, the workers start now
-            with self.store.write() as tx:
+            with self._writing(outlet_id) as tx:
                 outlet = registry.get_outlet(tx, agent["outlet_id"])
                 outcomes, rule_flags = reconcile.reconcile_batch(tx, self.issuer, outlet,
                                                                  _at_most(chunks, self.config.max_batch), keys, now)
@@ -252,14 +267,14 @@ class CloudService:
     def bind_device(self, outlet_id: str, mid: str, nif: str, status: str = "active",
                     firmware: dict | None = None) -> tuple[dict, bool]:
         """The operator binds an MCF to an outlet (admin API, CLI)."""
-        with self.store.write() as tx:
+        with self._writing(outlet_id) as tx:
             device, created = registry.bind_device(tx, outlet_id, mid, nif, status, firmware or {}, self.now(),
                                                    bound_by="admin")
         event("device.bound" if created else "device.updated", outlet_id=outlet_id, mid=mid, by="admin")
         return device, created
 
     def unbind_device(self, outlet_id: str, mid: str) -> dict:
-        with self.store.write() as tx:
+        with self._writing(outlet_id) as tx:
             device = registry.unbind_device(tx, outlet_id, mid, self.now())
         event("device.unbound", outlet_id=outlet_id, mid=mid)
         return device
