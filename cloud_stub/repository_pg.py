@@ -273,6 +273,12 @@ class PgStore:
 
     def __init__(self, url: str, *, pool_size: int = 4, upto: int | None = None, connect_timeout: float = 10):
         self.url = url
+        # One direct attempt first: a bad URL or a server that does not answer is one clear
+        # line now, not the pool's retries in the log and a timeout.
+        problem = _connect_problem(url, connect_timeout)
+        if problem is not None:
+            raise StoreError(f"cannot connect to the PostgreSQL database {redact(url)}: "
+                             f"{redact(problem.replace(url, redact(url)))}")
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max(2, pool_size + 2), open=False, name="cloud-pg",
             kwargs={"autocommit": True, "row_factory": dict_row,
@@ -280,9 +286,8 @@ class PgStore:
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout:
-            reason = _first_connect_error(url, connect_timeout)
             self._pool.close()
-            raise StoreError(f"cannot connect to the PostgreSQL database {redact(url)}: {reason}") from None
+            raise StoreError(f"cannot connect to the PostgreSQL database {redact(url)}: timed out") from None
         try:
             with self._pool.connection() as conn:
                 migrate(conn, [m for m in PG_MIGRATIONS if upto is None or m.version <= upto])
@@ -329,18 +334,17 @@ class PgStore:
 
 def redact(url: str) -> str:
     """The URL without its password (an error message never shows it)."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+    return re.sub(r"(//[^:/@\s]+):[^@\s]*@", r"\1:***@", url)
 
 
-def _first_connect_error(url: str, timeout: float) -> str:
-    """Why the pool could not connect: psycopg's own message for one direct attempt, first line."""
+def _connect_problem(url: str, timeout: float) -> str | None:
+    """Why one direct connection fails (psycopg's first line), or None when it works."""
     try:
         psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    except Exception as exc:  # e.g. an unparsable URL
-        return str(exc).strip().splitlines()[0]
-    return "timed out"
+    except Exception as exc:  # psycopg.Error, or a URL it cannot parse
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        return lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
+    return None
 
 
 # -- migrations ---------------------------------------------------------------------------------

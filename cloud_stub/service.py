@@ -33,10 +33,18 @@ T = TypeVar("T")
 class CloudService:
     def __init__(self, config: CloudConfig):
         self.config = config
-        ensure_data_dir(config.data_dir)
-        self.issuer = Issuer.from_key(load_or_create_issuer_key(config.issuer_key_path))
-        self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
-        self.store = open_store(config.database_url, config.db_path, pool_size=config.workers)
+        # A PostgreSQL database is opened first: a bad URL is refused before the data folder is touched.
+        store = open_store(config.database_url, config.db_path, pool_size=config.workers) \
+            if config.database_url else None
+        try:
+            ensure_data_dir(config.data_dir)
+            self.issuer = Issuer.from_key(load_or_create_issuer_key(config.issuer_key_path))
+            self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
+            self.store = store or open_store(None, config.db_path)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
         self._pool: ThreadPoolExecutor | None = None
         size = default_size() if config.verify_workers is None else config.verify_workers
         self.verifier: VerifierPool | None = VerifierPool(size).start() if size > 0 else None

@@ -195,3 +195,4 @@ def test_serve_refuses_a_bad_database_url(tmp_path):
         errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and expected in errors[0], done.stderr
         assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+        assert not (tmp_path / "data").exists()  # refused before anything was created
