@@ -196,3 +196,22 @@ def test_serve_refuses_a_bad_database_url(tmp_path):
         assert len(errors) == 1 and expected in errors[0], done.stderr
         assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
         assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_the_periodic_audit_runs_on_one_instance_at_a_time(backend, tmp_path, clock):
+    """Two services on one database: the one that finds the job taken skips its turn."""
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.service import CloudService
+
+    store = backend()
+    url = getattr(store, "url", None)
+    store.close()
+    one, two = (CloudService(CloudConfig(data_dir=tmp_path / "cloud", database_url=url, verify_workers=0,
+                                         audit_interval=0, clock=clock)) for _ in range(2))
+    try:
+        with one.store.run_once("audit"):
+            assert two.periodic_audit() == ([] if url is None else None)
+        assert two.periodic_audit() == []
+    finally:
+        one.close()
+        two.close()
