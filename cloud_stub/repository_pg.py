@@ -255,8 +255,12 @@ class PgTx(Tx):
                 cur.executemany(_pg(sql), rows)  # pipelined by psycopg: one round trip per batch
 
     def _iter(self, sql: str, *args: Any) -> Iterator[dict[str, Any]]:
-        with self._c.cursor() as cur:
-            yield from cur.execute(_pg(sql), args)
+        # A server-side cursor: an outlet's whole ledger streams in pages, as SQLite's cursor does,
+        # instead of arriving in memory at once.
+        with self._c.cursor(name="stream") as cur:
+            cur.itersize = 2000
+            cur.execute(_pg(sql), args)
+            yield from cur
 
     def lock_outlet(self, outlet_id: str) -> None:
         self._run("SELECT 1 FROM counters WHERE outlet_id = ? FOR UPDATE", outlet_id)
@@ -281,6 +285,8 @@ class PgStore:
                              f"{redact(problem.replace(url, redact(url)))}")
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max(2, pool_size + 2), open=False, name="cloud-pg",
+            # A connection the server dropped (a restart, a failover) is replaced before it is lent.
+            check=ConnectionPool.check_connection,
             kwargs={"autocommit": True, "row_factory": dict_row,
                     "connect_timeout": max(1, int(connect_timeout))})
         try:
@@ -303,8 +309,10 @@ class PgStore:
             try:
                 yield PgTx(conn)
             except BaseException:
-                if not conn.closed:
+                try:
                     conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass  # the connection itself broke: the pool replaces it; the first error is the one raised
                 raise
             conn.execute("COMMIT")
 
