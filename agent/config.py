@@ -110,6 +110,9 @@ class SignerSection(_Section):
                     "only while the cloud answers within cloud_timeout; \"delegated\" needs a valid credential.\n"
                     "Add \"queued\" last to store drafts durably (202) instead of refusing when no signer can seal.")
     cloud_timeout: float = Field(1.0, gt=0, le=60, description="Seconds the cloud signer may take before the next signer is tried (the cashier's budget).")
+    cloud_clock_margin: float = Field(1.0, ge=0, le=30, description="Seconds allowed for the difference between this box's clock and the cloud's: each online seal\n"
+                                      "carries a deadline (now + cloud_timeout) after which the cloud never commits it, and the agent\n"
+                                      "waits this much longer for the cloud's answer.")
     breaker_seconds: float = Field(30.0, gt=0, le=3600, description="After a signer fails, skip it for this many seconds (a background probe retries it).")
 
     @field_validator("policy")
@@ -190,6 +193,7 @@ ATTRIBUTES: dict[tuple[str, str], str] = {
     ("sealing", "max_batch"): "max_batch", ("sealing", "process"): "sealing_process",
     ("sealing", "process_idle_seconds"): "sealing_process_idle",
     ("signer", "policy"): "signer_policy", ("signer", "cloud_timeout"): "signer_cloud_timeout",
+    ("signer", "cloud_clock_margin"): "signer_cloud_clock_margin",
     ("signer", "breaker_seconds"): "breaker_seconds",
     ("device", "url"): "device_url",
     ("reports", "z_time"): "reports_z_time",
@@ -228,6 +232,7 @@ class AgentConfig:
     sealing_process_idle: float = _default("sealing", "process_idle_seconds")
     signer_policy: tuple = _default("signer", "policy")
     signer_cloud_timeout: float = _default("signer", "cloud_timeout")
+    signer_cloud_clock_margin: float = _default("signer", "cloud_clock_margin")
     breaker_seconds: float = _default("signer", "breaker_seconds")
     device_url: str = _default("device", "url")
     reports_z_time: str = _default("reports", "z_time")

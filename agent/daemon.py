@@ -118,7 +118,8 @@ async def _signers_ctx(app: web.Application) -> AsyncIterator[None]:
     if "cloud" in wanted and token:
         from .signers.cloud import CloudSigner
         signers["cloud"] = CloudSigner(journal, config.cloud_url, token, journal.identity.issuer_public_key,
-                                       isf=journal.isf, timeout=config.signer_cloud_timeout)
+                                       isf=journal.isf, timeout=config.signer_cloud_timeout,
+                                       clock_margin=config.signer_cloud_clock_margin)
     device_breaker = None
     if config.device_url and "device" in wanted:
         from .device.signer import from_config as device_signer

@@ -186,7 +186,7 @@ async def seal(request: web.Request) -> web.Response:
     agent = await _agent(request)
     body = await _body(request, SealBody)
     service = request.app[SERVICE]
-    invoice, created = await service.call(service.seal, agent, body.invoice, body.isf, body.id)
+    invoice, created = await service.call(service.seal, agent, body.invoice, body.isf, body.id, body.deadline)
     return _json(invoice, 201 if created else 200)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fiscal.models import CREDIT_TYPES, InvoiceRequest
+from fiscal.models import CREDIT_TYPES, SealedRequest
 from fiscal.money import parse_amount, parse_quantity
 from fiscal.models import MAX_ITEMS as _MAX_ITEMS
 from fiscal.runtime.problems import validation_errors
@@ -57,7 +57,7 @@ def problem(request: dict[str, Any], day: date, lines: Any, totals: Any) -> tupl
     the amounts a moment before it stamps the invoice, and that moment may fall before midnight.
     """
     try:
-        model = InvoiceRequest.model_validate(request)
+        model = SealedRequest.model_validate(request)
     except ValidationError as exc:
         first = validation_errors(exc)[0]
         return "invoice_refused", f"{first['field']}: {first['message']}"
@@ -76,7 +76,7 @@ def _table_changed_on(day: date) -> bool:
         return False
 
 
-def _verdict(model: InvoiceRequest, day: date, lines: Any, totals: Any) -> tuple[str, str] | None:
+def _verdict(model: SealedRequest, day: date, lines: Any, totals: Any) -> tuple[str, str] | None:
     try:
         result = compute(model, day, _tax_table())
     except TaxError as exc:

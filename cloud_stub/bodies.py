@@ -43,6 +43,8 @@ class SealBody(Body):
     invoice: InvoiceRequest
     isf: Short | None = None
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    # The agent's deadline: the cloud never commits this seal after it (see docs/cloud-api.md).
+    deadline: AwareDatetime | None = None
 
 
 class ReconcileBody(Body):

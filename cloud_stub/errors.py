@@ -47,3 +47,11 @@ class Unauthorized(CloudError):
 class Forbidden(CloudError):
     status = 403
     title = "Forbidden"
+
+
+class DeadlinePassed(CloudError):
+    """The caller's deadline passed before the seal could be committed: nothing was sealed, and
+    this attempt never will be (a retry with a new deadline may seal it)."""
+
+    status = 422
+    title = "Deadline passed"

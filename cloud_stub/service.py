@@ -21,7 +21,7 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
-from .errors import NotFound, Unauthorized
+from .errors import DeadlinePassed, NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
 from .repository import Tx, open_store
@@ -193,8 +193,15 @@ class CloudService:
         return credential_status(row, self.now())
 
     def seal(self, agent: dict, request: InvoiceRequest, isf: str | None = None,
-             invoice_id: str | None = None) -> tuple[dict, bool]:
+             invoice_id: str | None = None, deadline: datetime | None = None) -> tuple[dict, bool]:
+        """Seal online, once per request_id. With a `deadline`, a new seal is committed only while
+        the deadline has not passed by this service's clock, checked last inside the sealing
+        transaction: an agent that waited past it (plus its clock margin) knows that this attempt
+        sealed nothing, and may seal the sale with another signer."""
         now = self.now()
+        if deadline is not None and now > deadline:
+            raise DeadlinePassed("deadline_passed", "the agent's deadline passed before this request arrived; "
+                                 "nothing was sealed")
         with self.store.read() as tx:
             outlet = registry.get_outlet(tx, agent["outlet_id"])
         chosen_isf = signer.resolve_isf(outlet, isf)
@@ -203,6 +210,10 @@ class CloudService:
             with self._writing(outlet["id"]) as tx:
                 invoice, created = signer.seal(tx, self.issuer, outlet, request, isf=chosen_isf,
                                                invoice_id=invoice_id, lines=lines, totals=totals, now=now)
+                if created and deadline is not None and self.now() > deadline:
+                    # Raised inside the transaction: it rolls back, the number is not taken.
+                    raise DeadlinePassed("deadline_passed", "the agent's deadline passed while sealing; "
+                                         "nothing was sealed")
         except signer.CreditRefused as exc:
             # The refusal rolled the seal back; the flag is its own transaction, so it stays.
             with self._writing(outlet["id"]) as tx:

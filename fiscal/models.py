@@ -79,8 +79,6 @@ def _text_value(value: object) -> object:
 # invoice stays readable whatever an older agent accepted.
 _REFUSED_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2028\u2029"
                            "\u2060\u2066-\u2069\ufeff]")
-# Public for the cloud's text path, which must refuse what a request model would.
-REFUSED_TEXT_CHAR = _REFUSED_CHAR
 
 
 # The same rule for the OpenAPI document (ECMA-262 syntax); the check itself is `_REFUSED_CHAR`.
@@ -306,6 +304,19 @@ class InvoiceRequest(Strict):
         if self.type not in CREDIT_TYPES and self.reference is not None:
             raise ValueError(f"reference is only for credit notes (FA, EA), not {self.type}")
         return self
+
+
+class SealedRequest(InvoiceRequest):
+    """The request a sealed invoice carries, as the cloud recomputes it: the same rules for
+    amounts, but its free text is taken as its agent accepted it (the character rule of
+    `request_text` is for new requests only; a sealed invoice is a fiscal fact)."""
+
+    invoice_number: text(64)
+    pos_terminal_id: text(32)
+    operator: Operator
+    client: Client | None = None
+    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS)]
+    comments: dict[CommentLine, text(255)] = {}
 
 
 # ---------------------------------------------------------------------------------------------

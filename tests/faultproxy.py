@@ -8,6 +8,7 @@ Modes (set `proxy.mode` at any time):
   error500  answer every request with HTTP 500
   reset     forward the start of the request body, then reset the connection mid-upload
   twice     forward every request to the cloud twice (the cloud sees each batch twice)
+  late      hold each request `late_seconds` before forwarding it (a slow link: the cloud sees it late)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class FaultProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.mode = "pass"
+        self.late_seconds = 0.0
         self.requests = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -109,6 +111,8 @@ class FaultProxy:
                              b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
                 await writer.drain()
                 return
+            if mode == "late":
+                await asyncio.sleep(self.late_seconds)
             answer = await self._forward(raw)
             if mode == "twice":
                 answer = await self._forward(raw)

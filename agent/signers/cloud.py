@@ -5,12 +5,17 @@ If the answer never comes (timeout, reset) the cloud may or may not have sealed 
 request_id stays reserved for the cloud — which is idempotent by request_id — and no other signer
 may seal it; the POS gets a 503 and retries the same request_id. A connection that could not even
 be opened means nothing was sent: the next signer of the policy is tried at once.
+
+Each request carries a deadline (now + timeout) after which the cloud never commits it, checked
+last inside its sealing transaction. A cloud that is slow rather than gone therefore answers
+`deadline_passed` — nothing sealed, for certain — and the next signer seals the sale at once. The
+agent waits `clock_margin` past the deadline for that answer, to cover the two clocks' difference.
 """
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
@@ -36,13 +41,14 @@ class CloudSigner:
     online = True
 
     def __init__(self, journal: Journal, base_url: str, token: str, issuer_public_key: str, *,
-                 isf: str, timeout: float = 1.0) -> None:
+                 isf: str, timeout: float = 1.0, clock_margin: float = 1.0) -> None:
         self.journal = journal
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.issuer_public_key = issuer_public_key
         self.isf = isf
         self.timeout = timeout
+        self.clock_margin = clock_margin
         self.client = CloudClient(base_url, token=token, timeout=timeout)
         self.last_ok: str | None = None
         self.last_error: str | None = None
@@ -79,9 +85,12 @@ class CloudSigner:
     async def seal(self, job: SealJob) -> SealOutcome:
         rid = job.request["request_id"]
         invoice_id = await asyncio.wrap_future(self.journal.run_in_writer(self._intent(rid, str(uuid.uuid4()))))
-        body = {"invoice": job.request, "isf": self.isf, "id": invoice_id}
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=self.timeout)
+        body = {"invoice": job.request, "isf": self.isf, "id": invoice_id,
+                "deadline": deadline.isoformat(timespec="milliseconds")}
         try:
-            status, data, _ = await self.client.exchange("POST", "/v1/seal", json_body=body, timeout=self.timeout)
+            status, data, _ = await self.client.exchange("POST", "/v1/seal", json_body=body,
+                                                         timeout=self.timeout + self.clock_margin)
         except aiohttp.ClientConnectorError as exc:
             # Nothing was sent: safe to let another signer seal this sale.
             await self._forget(rid)
@@ -100,6 +109,12 @@ class CloudSigner:
             return await asyncio.wrap_future(
                 self.journal.run_in_writer(lambda conn: self.journal.record_cloud_seal(conn, job, data)))
         detail = data.get("detail") if isinstance(data, dict) else None
+        if status == 422 and isinstance(data, dict) and str(data.get("type", "")).endswith("/deadline_passed"):
+            # The cloud was too slow, and said so: nothing was sealed and this attempt never will
+            # be. The link is poor: spare the next sales the wait.
+            await self._forget(rid)
+            self.last_error = "the cloud answered after the deadline"
+            raise SignerUnavailable("cloud", self.last_error)
         if status == 409:
             # The request_id was sealed before with another body: that is the POS's answer, not a
             # failure of the cloud (its breaker stays closed, and no other signer may seal it).

@@ -334,7 +334,7 @@ async def test_worker_killed_mid_batch_loses_and_doubles_nothing(cloud, tmp_path
                 break
         assert pool.lost >= 1 and pool.chunks_here >= 1
         lost = [r.fields for r in caplog.records
-                if r.getMessage() == "verifier.worker_lost" and r.fields["when"] != "between batches"]
+                if getattr(r, "event", None) == "verifier.worker_lost" and r.fields["when"] != "between batches"]
         assert [f["pid"] for f in lost] == [victim]  # one structured line
         assert victim not in pool.pids() and all(pool.pids())  # replaced
         # The replacement works: the rest of the backlog, all by the workers.
@@ -369,7 +369,7 @@ async def test_worker_killed_between_batches_is_replaced_before_the_next(cloud, 
             assert service.reconcile_upload(agent_row, compact(invoices[100:]))["accepted"] == 100
         # The forkserver reports a death a moment later: the loss is seen before the batch (the
         # worker is replaced first) or at the first chunk sent to it (checked here instead).
-        lost = [r.fields["when"] for r in caplog.records if r.getMessage() == "verifier.worker_lost"]
+        lost = [r.fields["when"] for r in caplog.records if getattr(r, "event", None) == "verifier.worker_lost"]
         assert lost in (["between batches"], ["sending a chunk"], ["waiting for an answer"])
         assert victim not in pool.pids() and all(pool.pids())
         assert service.verify_ledger("KIN-01")["entries"] == 200

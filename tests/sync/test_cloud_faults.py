@@ -164,3 +164,25 @@ def test_cloud_409_is_the_pos_answer_and_keeps_the_cloud_signer(tmp_path, cloud,
         conn.close()
     finally:
         agent.stop()
+
+
+def test_a_late_cloud_refuses_after_the_deadline_and_the_sale_falls_back_at_once(tmp_path, cloud, proxy):
+    # The link holds the request past its deadline (1 s): the cloud sees it late, refuses to commit
+    # it (422 deadline_passed), and the agent seals the sale with the next signer right away —
+    # no 503, no stuck sale, and the cloud's ledger holds nothing for it.
+    agent = _agent(tmp_path, cloud, proxy, policy=("cloud", "delegated"), breaker_seconds=30)
+    try:
+        agent.start()
+        proxy.mode, proxy.late_seconds = "late", 1.3
+        status, body, _ = agent.post("/v1/invoices", invoice("LATE-1"))
+        assert status == 201 and body["mode"] == "delegated", body
+        proxy.mode = "pass"
+        health = agent.get("/v1/health", key=None)[1]
+        assert health["signers"]["cloud"].startswith("unavailable"), health  # the slow link is skipped
+        entries = cloud.get(f"/v1/outlets/{agent.outlet}/ledger", agent.cloud_token)["entries"]
+        assert [e for e in entries if e["mode"] == "cloud"] == []  # the late request was never sealed
+        conn = agent.db()
+        assert conn.execute("SELECT COUNT(*) FROM cloud_intents").fetchone()[0] == 0
+        conn.close()
+    finally:
+        agent.stop()
