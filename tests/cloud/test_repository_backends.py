@@ -215,3 +215,30 @@ def test_the_periodic_audit_runs_on_one_instance_at_a_time(backend, tmp_path, cl
     finally:
         one.close()
         two.close()
+
+
+def test_the_administration_commands_use_the_database_the_environment_names(backend, tmp_path):
+    """`stalela cloud merchant add` / `outlet add` write where `serve` reads (STALELA_CLOUD_DATABASE_URL)."""
+    import os
+
+    store = backend()
+    url = getattr(store, "url", None)
+    store.close()
+    env = dict(os.environ)
+    env.pop("STALELA_CLOUD_DATABASE_URL", None)
+    if url is not None:
+        env["STALELA_CLOUD_DATABASE_URL"] = url
+    data = tmp_path / "data"
+    for args in (["merchant", "add", "--nif", "A1234567B", "--name", "SHOP"],
+                 ["outlet", "add", "--merchant", "A1234567B", "--id", "KIN-09", "--name", "NINE"]):
+        done = subprocess.run([sys.executable, "-m", "cloud_stub", *args, "--data", str(data)],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+    store = backend() if url is not None else Store(data / "cloud.sqlite3", background_checkpoints=False)
+    try:
+        with store.read() as tx:
+            assert tx.outlet_ids() == ["KIN-09"]
+    finally:
+        store.close()
+    # The SQLite file holds the ledger only when no database URL is set.
+    assert (data / "cloud.sqlite3").exists() is (url is None)
