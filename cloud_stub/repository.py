@@ -443,6 +443,11 @@ class Tx:
                 found[row["id"]] = row["document"]
         return found
 
+    def last_issued_document(self) -> str | None:
+        """The signed document of the credential issued last (any outlet), if any."""
+        row = self._one("SELECT document FROM credentials ORDER BY issued_at DESC, id DESC LIMIT 1")
+        return row["document"] if row else None
+
     def credential_by_request(self, agent_id: str, request_id: str) -> dict | None:
         return self._one("SELECT * FROM credentials WHERE agent_id = ? AND request_id = ?",
                          agent_id, request_id)

@@ -21,7 +21,7 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
-from .errors import DeadlinePassed, NotFound, Unauthorized
+from .errors import Conflict, DeadlinePassed, NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
 from .repository import Tx, open_store
@@ -40,11 +40,13 @@ class CloudService:
             ensure_data_dir(config.data_dir)
             self.issuer = Issuer.from_key(load_or_create_issuer_key(config.issuer_key_path))
             self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
-            self.store = store or open_store(None, config.db_path)
+            store = store or open_store(None, config.db_path)
+            _check_issuer(store, self.issuer, config)
         except BaseException:
             if store is not None:
                 store.close()
             raise
+        self.store = store
         self._pool: ThreadPoolExecutor | None = None
         size = default_size() if config.verify_workers is None else config.verify_workers
         self.verifier: VerifierPool | None = VerifierPool(size).start() if size > 0 else None
@@ -344,6 +346,26 @@ class CloudService:
         with self.store.read() as tx:
             registry.get_outlet(tx, outlet_id)
             return [registry.device_view(r) for r in tx.devices(outlet_id)]
+
+
+def _check_issuer(store, issuer: Issuer, config: CloudConfig) -> None:
+    """Refuse to serve a database whose credentials another issuer key signed.
+
+    Every instance on one PostgreSQL database must hold the same `issuer-key.pem`: one with a
+    key of its own would sign credentials the others reject, and reject theirs."""
+    with store.read() as tx:
+        document = tx.last_issued_document()
+    if document is None:
+        return
+    try:
+        theirs = json.loads(document)["issuer_key_id"]
+    except (ValueError, KeyError, TypeError):
+        return  # a damaged document is reconciliation's finding, not a reason to refuse to start
+    if theirs != issuer.key_id:
+        raise Conflict("issuer_key_mismatch",
+                       f"this database's credentials are signed by issuer key {theirs}, but "
+                       f"{config.issuer_key_path} is key {issuer.key_id}: give every instance the same "
+                       "issuer-key.pem (docs/operations.md, \"The cloud on PostgreSQL\")")
 
 
 def _signer_keys(tx: Tx, outlet_id: str, credential_ids: Iterable[str]) -> dict[str, str]:

@@ -242,3 +242,38 @@ def test_the_administration_commands_use_the_database_the_environment_names(back
         store.close()
     # The SQLite file holds the ledger only when no database URL is set.
     assert (data / "cloud.sqlite3").exists() is (url is None)
+
+
+def test_an_instance_with_another_issuer_key_is_refused(backend, tmp_path, clock):
+    """One database, two data folders with two issuer keys: the second refuses to start, in
+    words, once the first has issued a credential (its credentials would not verify elsewhere)."""
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.errors import Conflict
+    from cloud_stub.service import CloudService
+
+    from cloud_helpers import new_key
+
+    store = backend()
+    url = getattr(store, "url", None)
+    store.close()
+
+    def config(folder: str) -> CloudConfig:
+        data = tmp_path / folder
+        if url is None and folder != "first":  # SQLite: the same file, another folder's key
+            data.mkdir()
+            (data / "cloud.sqlite3").symlink_to(tmp_path / "first" / "cloud.sqlite3")
+        return CloudConfig(data_dir=data, database_url=url, verify_workers=0, audit_interval=0, clock=clock)
+
+    first = CloudService(config("first"))
+    try:
+        first.add_merchant("A1234567B", "SHOP")
+        first.add_outlet("KIN-01", "A1234567B", "ONE", isf="ISF-1")
+        token = first.create_token("KIN-01")["token"]
+        CloudService(config("before")).close()  # no credential yet: nothing to compare with
+        enrolled = first.enroll(token, new_key()[1], "box")
+        first.issue_credential(first.authenticate(enrolled["agent_token"]), block_size=5)
+        with pytest.raises(Conflict, match="signed by issuer key .* but .* is key"):
+            CloudService(config("after"))
+        CloudService(config("first")).close()  # the same key: opens
+    finally:
+        first.close()
