@@ -22,6 +22,8 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from fiscal.runtime.files import DataFile
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -52,6 +54,9 @@ class AgentSection(_Section):
     isf: str = Field("", description="Identifier of this invoicing system (ISF) printed on receipts; empty = the outlet's ISF.")
     max_body_bytes: int = Field(1048576, ge=1024, le=64 * 1024 * 1024,
                                 description="Largest request body accepted, in bytes (413 beyond).")
+    emcf_pending_seconds: int = Field(120, ge=1, le=3600,
+                                      description="Seconds an e-MCF phase 1 request (POST /api/invoice) waits for its\n"
+                                                  "confirm before it expires, as the DGI's own service does (about 2 minutes).")
 
 
 def _loopback(host: str) -> bool:
@@ -185,6 +190,7 @@ class _FileOnly(Settings):
 ATTRIBUTES: dict[tuple[str, str], str] = {
     ("agent", "host"): "host", ("agent", "port"): "port", ("agent", "time_zone"): "time_zone",
     ("agent", "isf"): "isf", ("agent", "max_body_bytes"): "max_body_bytes",
+    ("agent", "emcf_pending_seconds"): "emcf_pending_seconds",
     ("cloud", "url"): "cloud_url", ("cloud", "timeout"): "cloud_timeout",
     ("cloud", "allow_insecure_http"): "cloud_allow_insecure_http",
     ("credential", "block_size"): "block_size", ("credential", "renew_below_numbers"): "renew_below_numbers",
@@ -220,6 +226,7 @@ class AgentConfig:
     time_zone: str = _default("agent", "time_zone")
     isf: str = _default("agent", "isf")
     max_body_bytes: int = _default("agent", "max_body_bytes")
+    emcf_pending_seconds: int = _default("agent", "emcf_pending_seconds")
     cloud_url: str = _default("cloud", "url")
     cloud_timeout: float = _default("cloud", "timeout")
     cloud_allow_insecure_http: bool = _default("cloud", "allow_insecure_http")
@@ -246,25 +253,12 @@ class AgentConfig:
             return (os.cpu_count() or 1) > 1
         return self.sealing_process == "on"
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "agent.db"
-
-    @property
-    def key_path(self) -> Path:
-        return self.data_dir / "keys" / "agent.key"
-
-    @property
-    def token_path(self) -> Path:
-        return self.data_dir / "keys" / "cloud.token"
-
-    @property
-    def enrollment_path(self) -> Path:
-        return self.data_dir / "enrollment.json"
-
-    @property
-    def config_path(self) -> Path:
-        return self.data_dir / "config.toml"
+    # The files of the data folder.
+    db_path = DataFile("agent.db")
+    key_path = DataFile("keys", "agent.key")
+    token_path = DataFile("keys", "cloud.token")
+    enrollment_path = DataFile("enrollment.json")
+    config_path = DataFile("config.toml")
 
 
 # ------------------------------------------------------------------------------ loading

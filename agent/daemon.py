@@ -181,6 +181,8 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
                 entry.breaker.reset()
                 log.info("signer back", extra={"event": "signer.recovered", "signer": entry.name})
 
+    watch = HealthWatch(service)
+    scheduler.add_job(watch.check, "interval", seconds=1, id="health-watch", max_instances=1, coalesce=True)
     scheduler.add_job(retention, "interval", hours=1, id="retention", max_instances=1, coalesce=True)
     scheduler.add_job(probe_signers, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
                       id="signer-probe", max_instances=1, coalesce=True)
@@ -207,6 +209,30 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class HealthWatch:
+    """Logs one event each time the outlet's health changes colour (`health.changed`), so an
+    operator reading the log sees when sales had to halt and when they resumed: `blocked` at
+    error level, a degraded or offline state as a warning, the way back as info."""
+
+    LEVELS = {"red": logging.ERROR, "amber": logging.WARNING}
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+        self.last: tuple[str, str] | None = None
+
+    def check(self) -> None:
+        health = self.service.health()
+        now = (health["status"], health["state"])
+        if now == self.last:
+            return
+        before, self.last = self.last, now
+        fields = {"event": "health.changed", "status": now[0], "state": now[1], "mode": health["mode"],
+                  "from_status": before[0] if before else None, "from_state": before[1] if before else None}
+        if "reason" in health:
+            fields["reason"] = health["reason"]
+        log.log(self.LEVELS.get(now[1], logging.INFO), f"health {now[0]} ({now[1]})", extra=fields)
 
 
 def build_app(config: AgentConfig) -> web.Application:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import socket
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from fiscal.runtime.cli import clean_errors
 from fiscal.runtime.migrations import SchemaTooNew
 
 from .config import DATABASE_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
@@ -38,24 +38,21 @@ def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
 
 
-def domain_errors(fn):
-    """Domain and storage errors become one clean line, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CloudError as exc:
-            raise click.ClickException(exc.detail) from None
-        except (PermissionError, SchemaTooNew, StoreError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except sqlite3.Error as exc:
-            raise click.ClickException(f"database error: {exc}") from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("psycopg"):  # PostgreSQL's errors, without importing psycopg
-                first = str(exc).strip().splitlines()
-                raise click.ClickException(f"database error: {first[0] if first else type(exc).__name__}") from None
-            raise
-    return wrapper
+def _explain(exc: BaseException) -> str | None:
+    if isinstance(exc, CloudError):
+        return exc.detail
+    if isinstance(exc, (PermissionError, SchemaTooNew, StoreError)):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return f"database error: {exc}"
+    if type(exc).__module__.startswith("psycopg"):  # PostgreSQL's errors, without importing psycopg
+        lines = str(exc).strip().splitlines()
+        return f"database error: {lines[0] if lines else type(exc).__name__}"
+    return None
+
+
+# Domain and storage errors become one clean line, never a traceback.
+domain_errors = clean_errors(_explain)
 
 
 def _service(data_dir: Path, *, create: bool = False):

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+from fiscal.runtime.files import DataFile
+
 from fiscal.signing import generate_private_key, load_private_key, save_private_key
 
 DEFAULT_DATA_DIR = Path("./cloud-data")
@@ -62,17 +64,9 @@ class CloudConfig:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "cloud.sqlite3"
-
-    @property
-    def issuer_key_path(self) -> Path:
-        return self.data_dir / "issuer-key.pem"
-
-    @property
-    def admin_token_path(self) -> Path:
-        return self.data_dir / "admin.token"
+    db_path = DataFile("cloud.sqlite3")
+    issuer_key_path = DataFile("issuer-key.pem")
+    admin_token_path = DataFile("admin.token")
 
 
 def ensure_data_dir(path: Path) -> None:

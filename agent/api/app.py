@@ -308,6 +308,8 @@ def init_app(config: AgentConfig) -> web.Application:
     app.router.add_get(r"/v1/invoices/{id}/qr.{fmt:svg|png}", invoice_qr)
     from . import documents
     documents.add_routes(app)
+    from ..emcf.routes import add_routes as add_emcf_routes  # the DGI's e-MCF API under /api (own auth, own errors)
+    add_emcf_routes(app, config.emcf_pending_seconds)
     return app
 
 

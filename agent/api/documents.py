@@ -197,16 +197,17 @@ async def _stop_renderer(app: web.Application) -> None:
 def add_routes(app: web.Application) -> None:
     app[RENDERER] = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
     app.on_cleanup.append(_stop_renderer)
-    r = app.router
-    r.add_get("/v1/invoices/{id}/receipt.txt", receipt_txt)
-    r.add_get("/v1/invoices/{id}/receipt.pdf", receipt_pdf)
-    r.add_get("/v1/invoices/{id}/receipt.escpos", receipt_escpos)
-    r.add_post("/v1/reports/x", post_x)
-    r.add_post("/v1/reports/z", post_z)
-    r.add_get("/v1/reports", list_all)
-    r.add_get("/v1/reports/a", get_a)
-    r.add_get(r"/v1/reports/a.{fmt:txt|pdf}", get_a)
-    r.add_get(r"/v1/reports/x.{fmt:txt|pdf}", get_x)
-    r.add_get(r"/v1/reports/{id:[0-9a-f-]{36}}.{fmt:txt|pdf}", get_one)
-    r.add_get(r"/v1/reports/{id:[0-9a-f-]{36}}", get_one)
-    r.add_get("/v1/reports/{id}", get_one)
+    app.add_routes([
+        web.get("/v1/invoices/{id}/receipt.txt", receipt_txt),
+        web.get("/v1/invoices/{id}/receipt.pdf", receipt_pdf),
+        web.get("/v1/invoices/{id}/receipt.escpos", receipt_escpos),
+        web.post("/v1/reports/x", post_x),
+        web.post("/v1/reports/z", post_z),
+        web.get("/v1/reports", list_all),
+        web.get("/v1/reports/a", get_a),
+        web.get(r"/v1/reports/a.{fmt:txt|pdf}", get_a),
+        web.get(r"/v1/reports/x.{fmt:txt|pdf}", get_x),
+        web.get(r"/v1/reports/{id:[0-9a-f-]{36}}.{fmt:txt|pdf}", get_one),
+        web.get(r"/v1/reports/{id:[0-9a-f-]{36}}", get_one),
+        web.get("/v1/reports/{id}", get_one),
+    ])

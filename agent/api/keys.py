@@ -9,17 +9,25 @@ import uuid
 from datetime import datetime, timezone
 
 KEY_PREFIX = "stk_"
+# The APIs a key may call: the POS API (/v1), the local e-MCF API (/api, agent/emcf) or both.
+APIS = ("v1", "emcf", "both")
+
+
+def allows(scope: str, api: str) -> bool:
+    return scope == api or scope == "both"
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(conn: sqlite3.Connection, name: str) -> str:
+def create_key(conn: sqlite3.Connection, name: str, api: str = "both") -> str:
+    if api not in APIS:
+        raise ValueError(f"api is one of {', '.join(APIS)}, not {api!r}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     try:
-        conn.execute("INSERT INTO api_keys(id, name, key_hash, created_at) VALUES (?, ?, ?, ?)",
-                     (str(uuid.uuid4()), name, hash_key(key), datetime.now(timezone.utc).isoformat()))
+        conn.execute("INSERT INTO api_keys(id, name, key_hash, created_at, api) VALUES (?, ?, ?, ?, ?)",
+                     (str(uuid.uuid4()), name, hash_key(key), datetime.now(timezone.utc).isoformat(), api))
     except sqlite3.IntegrityError as exc:
         raise ValueError(f"a key named {name!r} already exists") from exc
     return key
@@ -27,7 +35,7 @@ def create_key(conn: sqlite3.Connection, name: str) -> str:
 
 def list_keys(conn: sqlite3.Connection) -> list[dict]:
     return [dict(r) | {"key_hash": None} for r in conn.execute(
-        "SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at")]
+        "SELECT id, name, created_at, revoked_at, api FROM api_keys ORDER BY created_at")]
 
 
 def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
@@ -36,11 +44,11 @@ def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
     return cur.rowcount > 0
 
 
-def lookup(conn: sqlite3.Connection, key: str) -> str | None:
-    """The key's name if it is valid and not revoked."""
-    row = conn.execute("SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+def lookup(conn: sqlite3.Connection, key: str, api: str = "v1") -> str | None:
+    """The key's name if it is valid, not revoked and allowed on `api`."""
+    row = conn.execute("SELECT name, api FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                        (hash_key(key),)).fetchone()
-    return row["name"] if row else None
+    return row["name"] if row and allows(row["api"], api) else None
 
 
 class KeyRing:
@@ -57,20 +65,26 @@ class KeyRing:
         self._conn = conn
         self._ttl = ttl
         self._clock = clock
-        self._valid: dict[str, tuple[str, float]] = {}
+        self._valid: dict[str, tuple[str, str, float]] = {}
 
-    def lookup(self, key: str) -> str | None:
+    def lookup(self, key: str, api: str = "v1") -> str | None:
+        """The key's name if it is valid and allowed on `api` ("v1" or "emcf")."""
+        found = self._find(key)
+        return found[0] if found is not None and allows(found[1], api) else None
+
+    def _find(self, key: str) -> tuple[str, str] | None:
+        """(name, api scope) of a valid key."""
         digest = hash_key(key)
         now = self._clock()
         hit = self._valid.get(digest)
-        if hit is not None and now - hit[1] < self._ttl:
-            return hit[0]
-        row = self._conn.execute("SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+        if hit is not None and now - hit[2] < self._ttl:
+            return hit[0], hit[1]
+        row = self._conn.execute("SELECT name, api FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                                  (digest,)).fetchone()
         if row is None:
             self._valid.pop(digest, None)
             return None
         if len(self._valid) > 1024:  # a bound, whatever happens: a few terminals per outlet
             self._valid.clear()
-        self._valid[digest] = (row["name"], now)
-        return row["name"]
+        self._valid[digest] = (row["name"], row["api"], now)
+        return row["name"], row["api"]

@@ -168,13 +168,16 @@ def keys() -> None:
 @keys.command("create")
 @data_option
 @click.argument("name")
+@click.option("--api", "api", type=click.Choice(["v1", "emcf", "both"]), default="both", show_default=True,
+              help="The API the key may call: the POS API (/v1), the local e-MCF API (/api) or both.")
 @domain_errors
-def keys_create(data_dir, name):
+def keys_create(data_dir, name, api):
     """Create an API key for a POS terminal and print it once.
 
     \b
     Example:
       stalela agent keys create --data /var/lib/stalela POS-01
+      stalela agent keys create --data /var/lib/stalela --api emcf ERP-01
     """
     from ..api.keys import create_key
 
@@ -182,7 +185,7 @@ def keys_create(data_dir, name):
     migrate(config.db_path)
     conn = connect(config.db_path)
     try:
-        key = create_key(conn, name)
+        key = create_key(conn, name, api)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -213,14 +216,14 @@ def keys_list(data_dir, as_json):
         conn.close()
     if as_json:
         emit_json({"data_dir": str(config.data_dir),
-                   "keys": [{"name": r["name"], "created_at": r["created_at"], "revoked_at": r["revoked_at"],
+                   "keys": [{"name": r["name"], "api": r["api"], "created_at": r["created_at"], "revoked_at": r["revoked_at"],
                              "active": r["revoked_at"] is None} for r in rows]})
         return
     if not rows:
         click.echo("no API keys (create one: stalela agent keys create --data DATA POS-01)")
     for r in rows:
         state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
-        click.echo(f"{r['name']}\tcreated {r['created_at']}\t{state}")
+        click.echo(f"{r['name']}\tapi {r['api']}\tcreated {r['created_at']}\t{state}")
 
 
 @keys.command("revoke")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import sqlite3
 from pathlib import Path
 
 import click
+
+from fiscal.runtime.cli import clean_errors
 
 from ..cloud_client import CloudError
 from ..config import AgentConfig, ConfigError, load_config
@@ -108,21 +109,18 @@ def _user() -> str:
         return str(os.geteuid())
 
 
-def domain_errors(func):
-    """Turn domain errors into clean CLI messages (no tracebacks) at the CLI boundary only."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except CloudError as exc:
-            raise click.ClickException(exc.detail) from None
-        except AgentError as exc:
-            raise click.ClickException(exc.detail) from None
-        except PermissionError as exc:
-            raise click.ClickException(permission_text(exc)) from None
-        except FileNotFoundError as exc:
-            raise click.ClickException(f"not found: {exc.filename}") from None
-    return wrapper
+def _explain(exc: BaseException) -> str | None:
+    if isinstance(exc, (CloudError, AgentError)):
+        return exc.detail
+    if isinstance(exc, PermissionError):
+        return permission_text(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {exc.filename}"
+    return None
+
+
+# Domain errors become clean CLI messages (no tracebacks) at the CLI boundary only.
+domain_errors = clean_errors(_explain)
 
 
 def clean_os_errors(exc: BaseException) -> click.ClickException | None:

@@ -176,6 +176,29 @@ MIGRATIONS: list[tuple[str, str]] = [
             WHERE type IN ('FA', 'EA') AND typeof(body) = 'text';
         CREATE INDEX invoices_reference_code ON invoices(reference_code) WHERE reference_code IS NOT NULL
     """),
+    ("0009_emcf", """
+        -- The local e-MCF API (agent/emcf). A key may be limited to one API: v1, emcf or both
+        -- (keys made before this migration keep working on both).
+        ALTER TABLE api_keys ADD COLUMN api TEXT NOT NULL DEFAULT 'both';
+        -- Phase 1 requests (POST /api/invoice) waiting for their confirm or cancel. Durable, so a
+        -- restart between the phases loses nothing. request_id is the one the confirm seals with
+        -- (exactly once), request the InvoiceRequest JSON it was computed from.
+        CREATE TABLE emcf_pending (
+            uid          TEXT PRIMARY KEY,
+            key_name     TEXT NOT NULL,
+            request_id   TEXT NOT NULL UNIQUE,
+            request      TEXT NOT NULL,
+            answer       TEXT NOT NULL,                      -- the phase 1 answer (JSON)
+            total        TEXT NOT NULL,
+            vtotal       TEXT NOT NULL,
+            state        TEXT NOT NULL,                      -- pending | confirming | confirmed | cancelled | expired
+            created_at   TEXT NOT NULL,
+            expires_at   REAL NOT NULL,                      -- Unix time
+            invoice_id   TEXT,
+            updated_at   TEXT NOT NULL
+        );
+        CREATE INDEX emcf_pending_key ON emcf_pending(key_name, state)
+    """),
 ]
 
 

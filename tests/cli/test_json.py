@@ -47,7 +47,7 @@ def test_agent_folder_commands(harness):
 
     keys = as_json("agent", "keys", "list", *data)
     assert [(k["name"], k["active"], k["revoked_at"]) for k in keys["keys"]] == [("POS-01", True, None)]
-    assert set(keys["keys"][0]) == {"name", "created_at", "revoked_at", "active"}
+    assert set(keys["keys"][0]) == {"name", "api", "created_at", "revoked_at", "active"}
     assert "key" not in json.dumps(keys["keys"][0]).replace('"key', "")  # no key material, not even a hash
 
 

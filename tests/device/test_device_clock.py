@@ -6,6 +6,8 @@ invoice an hour early in Kinshasa: this checks the two sides agree, end to end.
 """
 from __future__ import annotations
 
+import pytest
+
 from datetime import datetime, timezone
 
 from tests.device.device_support import SimDevice, device_agent
@@ -23,6 +25,7 @@ def _seal_and_bracket(agent, request_id: str) -> tuple[dict, datetime, datetime]
     return body, before, after
 
 
+@pytest.mark.clock_edges
 def test_device_invoice_time_is_the_real_time_in_kinshasa(agent, sim):
     agent.start()
     body, before, after = _seal_and_bracket(agent, "clock-1")

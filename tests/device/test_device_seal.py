@@ -1,10 +1,13 @@
 """Device mode through the real daemon and a simulated MCF on a real pseudo-terminal."""
 from __future__ import annotations
 
+import pytest
+
 from tests.device.device_support import MID, device_health, wait_for
 from tests.support import NIF, invoice
 
 
+@pytest.mark.clock_edges
 def test_device_mode_returns_the_devices_elements_unchanged(agent, sim):
     agent.start()
     status, body, _ = agent.post("/v1/invoices", invoice("dev-1", 3))

@@ -1,0 +1,160 @@
+"""Phase 1 requests waiting for their confirm or cancel (table emcf_pending, migration 0009_emcf).
+
+States: pending → confirming → confirmed, or pending → cancelled / expired. A pending request
+past its `expires_at` counts as expired wherever it is read. `confirming` is set before the seal
+and stays when the seal's outcome is unknown (a lost cloud answer): such a request can neither
+expire nor be cancelled, only confirmed again (the seal is exactly once per request_id).
+
+Writes run on the journal's writer thread (`Journal.run_in_writer`), serialized with sealing,
+so the pending limit's count and the insert are one transaction. Reads use the journal's reader.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from . import mapping
+from .mapping import EmcfError
+
+# The DGI allows about ten pending requests per point of sale (here: per API key).
+MAX_PENDING = 10
+# Finished requests (confirmed, cancelled, expired) are kept this long, so a confirm repeated
+# after a lost answer is still answered from them; then they are deleted.
+KEEP_SECONDS = 7 * 24 * 3600
+OPEN_STATES = ("pending", "confirming")
+
+
+@dataclass(frozen=True)
+class Pending:
+    uid: str
+    key_name: str
+    request_id: str
+    request: dict[str, Any]
+    answer: str
+    total: str
+    vtotal: str
+    state: str
+    created_at: str
+    expires_at: float
+    invoice_id: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Pending":
+        return cls(uid=row["uid"], key_name=row["key_name"], request_id=row["request_id"],
+                   request=json.loads(row["request"]), answer=row["answer"], total=row["total"],
+                   vtotal=row["vtotal"], state=row["state"], created_at=row["created_at"],
+                   expires_at=row["expires_at"], invoice_id=row["invoice_id"])
+
+    def effective_state(self, now: float) -> str:
+        return "expired" if self.state == "pending" and now >= self.expires_at else self.state
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class PendingStore:
+    def __init__(self, journal, lifetime: float, clock=time.time) -> None:
+        self._journal = journal
+        self._lifetime = lifetime
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def _write(self, fn):
+        return await asyncio.wrap_future(self._journal.run_in_writer(fn))
+
+    # ---------------------------------------------------------------- reads
+    def get(self, uid: str, key_name: str) -> Pending | None:
+        """The request `uid` of this key (another key's request is unknown to it)."""
+        row = self._journal.reader.execute("SELECT * FROM emcf_pending WHERE uid = ? AND key_name = ?",
+                                           (uid, key_name)).fetchone()
+        return Pending.from_row(row) if row else None
+
+    def open_requests(self, key_name: str) -> list[dict[str, str]]:
+        """[{uid, date}] of this key's requests still waiting for their confirm, oldest first."""
+        rows = self._journal.reader.execute(
+            "SELECT uid, created_at FROM emcf_pending WHERE key_name = ? AND (state = 'confirming' OR "
+            "(state = 'pending' AND expires_at > ?)) ORDER BY created_at", (key_name, self._clock())).fetchall()
+        return [{"uid": r["uid"], "date": r["created_at"]} for r in rows]
+
+    # ---------------------------------------------------------------- writes
+    async def add(self, *, uid: str, key_name: str, request_id: str, request: dict[str, Any], answer: str,
+                  total: str, vtotal: str) -> None:
+        """Record a phase 1 request; refused when the key already has MAX_PENDING open ones."""
+        now = self._clock()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM emcf_pending WHERE state NOT IN ('confirming') AND expires_at < ?",
+                         (now - KEEP_SECONDS,))
+            (count,) = conn.execute(
+                "SELECT count(*) FROM emcf_pending WHERE key_name = ? AND (state = 'confirming' OR "
+                "(state = 'pending' AND expires_at > ?))", (key_name, now)).fetchone()
+            if count >= MAX_PENDING:
+                raise EmcfError(mapping.TOO_MANY_PENDING,
+                                f"{count} requests are waiting for their confirm (at most {MAX_PENDING} per point "
+                                "of sale): confirm or cancel them, or wait for them to expire", 429)
+            stamp = _iso_now()
+            conn.execute(
+                "INSERT INTO emcf_pending(uid, key_name, request_id, request, answer, total, vtotal, state,"
+                " created_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (uid, key_name, request_id, json.dumps(request, ensure_ascii=False), answer, total, vtotal,
+                 stamp, now + self._lifetime, stamp))
+
+        await self._write(insert)
+
+    async def claim(self, uid: str) -> bool:
+        """pending (not expired) or confirming → confirming; False when the request left those
+        states meanwhile (a cancel, the expiry, another confirm that finished)."""
+        now = self._clock()
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE emcf_pending SET state = 'confirming', updated_at = ? WHERE uid = ? AND "
+                "(state = 'confirming' OR (state = 'pending' AND expires_at > ?))", (_iso_now(), uid, now)).rowcount
+
+        return await self._write(update) > 0
+
+    async def release(self, uid: str) -> None:
+        """confirming → pending: the seal was refused and nothing was sealed."""
+        await self._set(uid, "pending", "confirming")
+
+    async def confirmed(self, uid: str, invoice_id: str) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE emcf_pending SET state = 'confirmed', invoice_id = ?, updated_at = ? WHERE uid = ?",
+                         (invoice_id, _iso_now(), uid))
+
+        await self._write(update)
+
+    async def cancel(self, uid: str) -> bool:
+        """pending (not expired) → cancelled; False when it was not pending any more."""
+        now = self._clock()
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE emcf_pending SET state = 'cancelled', updated_at = ? WHERE uid = ? AND state = 'pending' "
+                "AND expires_at > ?", (_iso_now(), uid, now)).rowcount
+
+        return await self._write(update) > 0
+
+    async def expire(self, uid: str) -> None:
+        now = self._clock()
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE emcf_pending SET state = 'expired', updated_at = ? WHERE uid = ? AND "
+                         "state = 'pending' AND expires_at <= ?", (_iso_now(), uid, now))
+
+        await self._write(update)
+
+    async def _set(self, uid: str, state: str, from_state: str) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE emcf_pending SET state = ?, updated_at = ? WHERE uid = ? AND state = ?",
+                         (state, _iso_now(), uid, from_state))
+
+        await self._write(update)
