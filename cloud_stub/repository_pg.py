@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
+from .errors import Invalid
 from .repository import StoreError, Tx
 
 
@@ -221,6 +222,11 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
     """)),
 ])
 
+def _visible(*values: Any) -> tuple:
+    """Diagnostic texts with U+FFFD in place of U+0000 (see PgTx)."""
+    return tuple(v.replace("\x00", "\ufffd") if type(v) is str else v for v in values)
+
+
 # Advisory lock keys (any 64-bit numbers no other application on the database uses).
 _MIGRATION_LOCK = 0x5374_616C_0001
 _JOB_LOCK_BASE = 0x5374_616C_1000
@@ -232,8 +238,29 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+def _storable(sql: str, args: tuple) -> tuple:
+    """The parameters as PostgreSQL can take them (see PgTx: U+0000)."""
+    if not any(type(a) is str and "\x00" in a for a in args):
+        return args
+    if sql.startswith("SELECT"):
+        return _visible(*args)  # compared as the diagnostics store it; no ledger value has U+FFFD
+    raise _unstorable()
+
+
+def _unstorable() -> Invalid:
+    return Invalid("unstorable_text", "a text with the character U+0000 cannot be stored in this "
+                   "cloud's database (PostgreSQL); nothing was written")
+
+
 class PgTx(Tx):
-    """A transaction on the PostgreSQL store."""
+    """A transaction on the PostgreSQL store.
+
+    PostgreSQL's text cannot hold U+0000 (SQLite's can), and an uploaded invoice's strings may
+    carry one: the diagnostics (rejections, flags) keep U+FFFD in its place, a lookup compares
+    the value the same way (no id the cloud issues, nor any ledger key, holds U+FFFD), and any
+    other write of one is refused (`Invalid`, 422, the transaction rolled back) rather than
+    stored altered.
+    """
 
     _CODES_ORDER = "id"
 
@@ -241,16 +268,17 @@ class PgTx(Tx):
         self._c = conn
 
     def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        return self._c.execute(_pg(sql), args).fetchone()
+        return self._c.execute(_pg(sql), _storable(sql, args)).fetchone()
 
     def _all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        return self._c.execute(_pg(sql), args).fetchall()
+        return self._c.execute(_pg(sql), _storable(sql, args)).fetchall()
 
     def _run(self, sql: str, *args: Any) -> int:
-        return self._c.execute(_pg(sql), args).rowcount
+        return self._c.execute(_pg(sql), _storable(sql, args)).rowcount
 
     def _many(self, sql: str, rows: list[tuple]) -> None:
         if rows:
+            rows = [_storable(sql, row) for row in rows]
             with self._c.cursor() as cur:
                 cur.executemany(_pg(sql), rows)  # pipelined by psycopg: one round trip per batch
 
@@ -259,8 +287,19 @@ class PgTx(Tx):
         # instead of arriving in memory at once.
         with self._c.cursor(name="stream") as cur:
             cur.itersize = 2000
-            cur.execute(_pg(sql), args)
+            cur.execute(_pg(sql), _storable(sql, args))
             yield from cur
+
+    def insert_rejection(self, outlet_id: str, mode: str | None, authority_id: str | None,
+                         fiscal_number: int | None, reason: str, detail: str,
+                         invoice_hash: str | None, now: str) -> None:
+        super().insert_rejection(*_visible(outlet_id, mode, authority_id, fiscal_number, reason, detail,
+                                           invoice_hash, now))
+
+    def insert_flag(self, outlet_id: str, reason: str, credential_id: str | None, numbers: list,
+                    detail: str, now: str, authority_id: str | None = None) -> int:
+        return super().insert_flag(*_visible(outlet_id, reason, credential_id), numbers,
+                                   *_visible(detail, now, authority_id))
 
     def lock_outlet(self, outlet_id: str) -> None:
         self._run("SELECT 1 FROM counters WHERE outlet_id = ? FOR UPDATE", outlet_id)

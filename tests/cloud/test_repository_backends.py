@@ -277,3 +277,40 @@ def test_an_instance_with_another_issuer_key_is_refused(backend, tmp_path, clock
         CloudService(config("first")).close()  # the same key: opens
     finally:
         first.close()
+
+
+def test_text_with_u0000(backend):
+    """An uploaded string may carry U+0000, which PostgreSQL's text cannot hold: lookups find
+    nothing and diagnostics are kept (U+FFFD in its place) on both backends; a ledger entry with
+    one is refused on PostgreSQL (422, nothing written) rather than stored altered."""
+    from cloud_stub.errors import Invalid
+
+    store = backend()
+    postgresql = not isinstance(store, Store)
+    try:
+        with store.write() as tx:
+            seed(tx)
+            assert tx.credential("DC-\x00X") is None
+            assert tx.count_numbers_of_authority("DC-\x00X", 1, 9) == 0
+            tx.insert_rejection("KIN-01", "delegated", "DC-\x00X", 1, "unknown_credential", "no DC-\x00X",
+                                None, "2026-01-01T00:00:00+00:00")
+            flag = tx.insert_flag("KIN-01", "bad_signature", None, [1], "why \x00", "2026-01-01T00:00:00+00:00",
+                                  "DC-\x00X")
+            # The same authority finds its open flag again (an agent resending a batch raises no new one).
+            assert [f["id"] for f in tx.open_flags_of("KIN-01", "bad_signature", "DC-\x00X")] == [flag]
+        with store.read() as tx:
+            kept = "\ufffd" if postgresql else "\x00"
+            assert [(r["authority_id"], r["detail"]) for r in tx.rejections("KIN-01", 10)] == [
+                (f"DC-{kept}X", f"no DC-{kept}X")]
+        device = LedgerEntry(**{**vars(entry("KIN-01", 1, 1, mode="device")), "authority_id": "MID-\x00"})
+        if postgresql:
+            with pytest.raises(Invalid, match="U\\+0000"):
+                with store.write() as tx:
+                    tx.append(device)
+            with store.read() as tx:
+                assert tx.ledger_tail("KIN-01") is None  # nothing written
+        else:
+            with store.write() as tx:
+                tx.append(device)
+    finally:
+        store.close()
