@@ -80,3 +80,43 @@ def test_a_connection_the_server_dropped_is_replaced(store):
     assert dropped >= 1
     with store.read() as tx:  # not an error: the pool checked the connection and opened another
         assert tx.outlet_ids() == ["KIN-01", "KIN-02"]
+
+
+def test_instances_starting_together_migrate_once():
+    """Four stores open one empty database at once: each migration is applied and recorded once."""
+    with scratch_database() as url:
+        stores: list[PgStore] = []
+        errors: list[BaseException] = []
+
+        def open_one() -> None:
+            try:
+                stores.append(PgStore(url, pool_size=1))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        try:
+            assert not errors and len(stores) == 4
+            with stores[0].read() as tx:
+                assert [(r["version"], r["name"]) for r in tx._all(
+                    "SELECT version, name FROM schema_migrations ORDER BY version")] == [(1, "0001"), (2, "0002")]
+        finally:
+            for store in stores:
+                store.close()
+
+
+def test_a_database_of_a_newer_version_is_refused_unchanged():
+    from fiscal.runtime.migrations import SchemaTooNew
+
+    with scratch_database() as url:
+        PgStore(url, pool_size=1).close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, '0099', 'x')")
+        with pytest.raises(SchemaTooNew, match="99"):
+            PgStore(url, pool_size=1)
+        with psycopg.connect(url) as conn:
+            assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 99]
