@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -25,7 +26,7 @@ from .config import AgentConfig
 from .journal import Journal, credential_status
 from .renewal import CredentialKeeper
 from .service import AgentService, build_policy, open_journal
-from .signers import Probing, SignerPolicy
+from .signers import Probing, Settling, SignerPolicy
 from .signers.delegated import DelegatedSigner
 from .signers.queued import QueuedSigner
 from .sync import SyncWorker
@@ -175,11 +176,18 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
             lambda conn: discard_acknowledged(conn, config.retention_days)))
 
     async def probe_signers() -> None:
-        # One owner per source: re-close a signer's breaker as soon as its link answers again.
+        # One owner per source: re-close a signer's breaker as soon as its link answers again,
+        # then settle what that signer left open while it was away.
         for entry in service.policy.entries:
             if not entry.breaker.allows() and isinstance(entry.signer, Probing) and await entry.signer.probe():
                 entry.breaker.reset()
                 log.info("signer back", extra={"event": "signer.recovered", "signer": entry.name})
+            if entry.breaker.allows() and isinstance(entry.signer, Settling):
+                try:
+                    await entry.signer.settle()
+                except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+                    log.debug("nothing settled yet", extra={"event": "signer.settle_later", "signer": entry.name,
+                                                            "error": exc.__class__.__name__})
 
     watch = HealthWatch(service)
     scheduler.add_job(watch.check, "interval", seconds=1, id="health-watch", max_instances=1, coalesce=True)

@@ -361,7 +361,7 @@ class Journal:
         if earlier is not None:
             return earlier
         self._check_discarded(conn, req["request_id"])
-        if repository.has_intent(conn, "cloud_intents", req["request_id"]):
+        if repository.cloud_intent_open(conn, req["request_id"]):
             raise SealingBlocked(
                 "this request was sent to the cloud signer and its answer was lost; only the cloud can "
                 "tell whether it was sealed: retry the same request_id once the cloud is reachable",

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from fiscal.runtime.problems import problem
 
 from .bodies import (CredentialBody, DeviceBody, EnrollBody, MerchantBody, OutletBody, RevokeBody,
-                     SealBody, TokenBody, parse_body)
+                     SealBody, SupersededBody, TokenBody, parse_body)
 from fiscal.credential import BlockClosure
 
 from .config import CloudConfig, parse_duration
@@ -188,6 +188,14 @@ async def seal(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     invoice, created = await service.call(service.seal, agent, body.invoice, body.isf, body.id, body.deadline)
     return _json(invoice, 201 if created else 200)
+
+
+async def seal_superseded(request: web.Request) -> web.Response:
+    agent = await _agent(request)
+    body = await _body(request, SupersededBody)
+    service = request.app[SERVICE]
+    return _json(await service.call(service.superseded, agent, request.match_info["request_id"],
+                                    body.authority_id, body.fiscal_number))
 
 
 async def reconcile(request: web.Request) -> web.Response:
@@ -422,6 +430,7 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_get("/v1/credentials/{credential_id}", get_credential)
     r.add_post("/v1/credentials/{credential_id}/closure", close_credential)
     r.add_post("/v1/seal", seal)
+    r.add_post("/v1/seal-requests/{request_id}/superseded", seal_superseded)
     r.add_post("/v1/reconcile", reconcile)
     r.add_post("/v1/devices", provision_device)
     r.add_get("/v1/outlets/{outlet_id}", outlet)

@@ -47,6 +47,14 @@ class SealBody(Body):
     deadline: AwareDatetime | None = None
 
 
+class SupersededBody(Body):
+    """The agent sealed a sale with another signer after its online seal got no answer past the
+    deadline: which invoice it sealed instead."""
+
+    authority_id: Annotated[str, Field(min_length=1, max_length=64)]
+    fiscal_number: StrictInt
+
+
 class ReconcileBody(Body):
     invoices: Annotated[list[Any], Field(min_length=1)]
 

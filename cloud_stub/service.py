@@ -229,6 +229,28 @@ class CloudService:
             event("invoice.sealed", outlet_id=outlet["id"], fiscal_number=invoice["security"]["fiscal_number"])
         return invoice, created
 
+    def superseded(self, agent: dict, request_id: str, authority_id: str, fiscal_number: int) -> dict:
+        """The agent gave up waiting for an online seal (no answer past its deadline) and sealed
+        the sale with another signer. If the cloud did seal that request — before the deadline,
+        its answer lost on the way — the sale now holds two fiscal numbers: the outlet is flagged
+        `double_seal` for audit, naming both. Otherwise nothing was sealed here, and since the
+        cloud never commits a seal after its deadline, never will be."""
+        now = self.now()
+        outlet_id = agent["outlet_id"]
+        with self.store.write() as tx:
+            done = tx.seal_request(outlet_id, request_id)
+            if done is None:
+                return {"request_id": request_id, "sealed": False}
+            invoice = json.loads(tx.ledger_invoice(done["ledger_id"]))
+            ours = invoice["security"]["fiscal_number"]
+            flag_id = audit.flag_numbers(
+                tx, outlet_id, "double_seal", signer.authority_id(outlet_id), [ours],
+                f"request_id {request_id}: sealed online as {ours} (answer lost) and by the agent as "
+                f"{authority_id} {fiscal_number}", now)
+        if flag_id is not None:
+            event("outlet.flagged", outlet_id=outlet_id, flag_id=flag_id, reason="double_seal")
+        return {"request_id": request_id, "sealed": True, "fiscal_number": ours, "invoice_id": invoice["id"]}
+
     def reconcile_upload(self, agent: dict, raw: bytes) -> dict:
         """`POST /v1/reconcile` with the body as received.
 

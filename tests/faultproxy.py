@@ -9,6 +9,7 @@ Modes (set `proxy.mode` at any time):
   reset     forward the start of the request body, then reset the connection mid-upload
   twice     forward every request to the cloud twice (the cloud sees each batch twice)
   late      hold each request `late_seconds` before forwarding it (a slow link: the cloud sees it late)
+  lose      forward the request, then lose the cloud's answer (hold the connection silent)
 """
 from __future__ import annotations
 
@@ -114,6 +115,9 @@ class FaultProxy:
             if mode == "late":
                 await asyncio.sleep(self.late_seconds)
             answer = await self._forward(raw)
+            if mode == "lose":
+                await asyncio.sleep(3600)
+                return
             if mode == "twice":
                 answer = await self._forward(raw)
             writer.write(answer)

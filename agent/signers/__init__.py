@@ -2,7 +2,7 @@
 
 `device` lives with its driver glue in agent/device/signer.py; the others are here.
 """
-from .base import Breaker, Probing, Signer, SignerUnavailable
+from .base import Breaker, Probing, Settling, Signer, SignerUnavailable
 from .policy import PolicyEntry, SignerPolicy
 
-__all__ = ["Breaker", "PolicyEntry", "Probing", "Signer", "SignerPolicy", "SignerUnavailable"]
+__all__ = ["Breaker", "PolicyEntry", "Probing", "Settling", "Signer", "SignerPolicy", "SignerUnavailable"]

@@ -64,6 +64,14 @@ class Probing(Protocol):
     async def probe(self) -> bool: ...
 
 
+@runtime_checkable
+class Settling(Protocol):
+    """A signer with unfinished business to settle with its authority once it answers again
+    (the cloud: the attempts it never answered, superseded by another signer's seal)."""
+
+    async def settle(self) -> int: ...
+
+
 class Breaker:
     """One signer's circuit breaker. The cashier's budget is small, so a signer that just failed
     (device unplugged, cloud down) is skipped for `seconds` instead of making every following

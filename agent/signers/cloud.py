@@ -7,16 +7,25 @@ may seal it; the POS gets a 503 and retries the same request_id. A connection th
 be opened means nothing was sent: the next signer of the policy is tried at once.
 
 Each request carries a deadline (now + timeout) after which the cloud never commits it, checked
-last inside its sealing transaction. A cloud that is slow rather than gone therefore answers
-`deadline_passed` — nothing sealed, for certain — and the next signer seals the sale at once. The
-agent waits `clock_margin` past the deadline for that answer, to cover the two clocks' difference.
+last inside its sealing transaction. The agent waits `clock_margin` past the deadline (the two
+clocks may differ that much) for the answer. Then:
+
+* an answer `deadline_passed`: nothing was sealed, for certain; the next signer seals the sale;
+* no answer at all (the cloud vanished or froze mid-request): the cloud can no longer seal this
+  attempt, so the intent is marked `superseded` and the next signer seals the sale at once — the
+  cashier is never left with a stuck sale. Once the cloud answers again, `settle`
+  tells it which invoice replaced the attempt: had the cloud sealed it before the deadline and
+  lost the answer (it froze between its commit and its answer), the sale would hold two numbers,
+  and the cloud flags the outlet `double_seal` for audit, naming both.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -26,6 +35,9 @@ from ..cloud_client import CloudClient
 from ..errors import AgentError, IdempotencyConflict
 from ..journal import Journal, SealJob, SealOutcome
 from .base import SignerUnavailable
+
+
+log = logging.getLogger("stalela.agent")
 
 
 class CloudOutcomeUnknown(AgentError):
@@ -72,22 +84,24 @@ class CloudSigner:
         self.last_error = None if ok else "cloud not answering"
         return ok
 
-    def _intent(self, request_id: str, invoice_id: str):
+    def _intent(self, request_id: str, invoice_id: str, deadline: str):
         def fn(conn):
             row = conn.execute("SELECT invoice_id FROM cloud_intents WHERE request_id = ?", (request_id,)).fetchone()
-            if row:
+            if row:  # a retry: asked again, under a new deadline
+                conn.execute("UPDATE cloud_intents SET deadline = ?, state = 'sent' WHERE request_id = ?",
+                             (deadline, request_id))
                 return row["invoice_id"]
-            conn.execute("INSERT INTO cloud_intents(request_id, invoice_id, sent_at) VALUES (?, ?, ?)",
-                         (request_id, invoice_id, datetime.now(timezone.utc).isoformat()))
+            conn.execute("INSERT INTO cloud_intents(request_id, invoice_id, sent_at, deadline) VALUES (?, ?, ?, ?)",
+                         (request_id, invoice_id, datetime.now(timezone.utc).isoformat(), deadline))
             return invoice_id
         return fn
 
     async def seal(self, job: SealJob) -> SealOutcome:
         rid = job.request["request_id"]
-        invoice_id = await asyncio.wrap_future(self.journal.run_in_writer(self._intent(rid, str(uuid.uuid4()))))
         deadline = datetime.now(timezone.utc) + timedelta(seconds=self.timeout)
-        body = {"invoice": job.request, "isf": self.isf, "id": invoice_id,
-                "deadline": deadline.isoformat(timespec="milliseconds")}
+        stamp = deadline.isoformat(timespec="milliseconds")
+        invoice_id = await asyncio.wrap_future(self.journal.run_in_writer(self._intent(rid, str(uuid.uuid4()), stamp)))
+        body = {"invoice": job.request, "isf": self.isf, "id": invoice_id, "deadline": stamp}
         try:
             status, data, _ = await self.client.exchange("POST", "/v1/seal", json_body=body,
                                                          timeout=self.timeout + self.clock_margin)
@@ -97,10 +111,12 @@ class CloudSigner:
             self.last_error = f"cloud unreachable ({exc.__class__.__name__})"
             raise SignerUnavailable("cloud", self.last_error) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.last_error = f"no answer from the cloud ({exc.__class__.__name__})"
-            raise CloudOutcomeUnknown(
-                "the cloud did not answer in time; retry the same request_id (it will not be sealed twice)",
-                reason="cloud_outcome_unknown") from None
+            # Sent, and no answer by the deadline and the margin (or the link broke): past the
+            # deadline the cloud no longer commits this attempt, so another signer may seal the sale.
+            await self._after_deadline(deadline)
+            await self._supersede(rid)
+            self.last_error = f"no answer from the cloud before the deadline ({exc.__class__.__name__})"
+            raise SignerUnavailable("cloud", self.last_error) from None
         if status in (200, 201) and isinstance(data, dict):
             problems = verify_stalela_seal(data, self.issuer_public_key)
             if problems:
@@ -129,6 +145,41 @@ class CloudSigner:
         self.last_error = f"cloud error {status}"
         raise CloudOutcomeUnknown(f"the cloud answered {status}; retry the same request_id",
                                   reason="cloud_outcome_unknown")
+
+    async def _after_deadline(self, deadline: datetime) -> None:
+        """Wait, if need be, until the deadline has passed by the clock margin."""
+        left = (deadline - datetime.now(timezone.utc)).total_seconds() + self.clock_margin
+        if left > 0:
+            await asyncio.sleep(left)
+
+    async def _supersede(self, request_id: str) -> None:
+        await asyncio.wrap_future(self.journal.run_in_writer(lambda conn: conn.execute(
+            "UPDATE cloud_intents SET state = 'superseded' WHERE request_id = ?", (request_id,))))
+
+    async def settle(self) -> int:
+        """Tell the cloud, once it answers again, which invoice replaced each attempt it never
+        answered (POST /v1/seal-requests/{id}/superseded); the intent is then done with. Returns
+        how many were settled. A cloud that had sealed one flags the outlet `double_seal`."""
+        rows = self.journal.reader.execute(
+            "SELECT c.request_id, i.authority_id, i.fiscal_number FROM cloud_intents c"
+            " JOIN invoices i ON i.request_id = c.request_id AND i.status = 'sealed'"
+            " WHERE c.state = 'superseded'").fetchall()
+        settled = 0
+        for row in rows:
+            status, data, _ = await self.client.exchange(
+                "POST", f"/v1/seal-requests/{quote(row['request_id'], safe='')}/superseded",
+                json_body={"authority_id": row["authority_id"], "fiscal_number": row["fiscal_number"]},
+                timeout=self.timeout)
+            if status != 200 or not isinstance(data, dict):
+                break  # the cloud is not answering properly yet: next time
+            if data.get("sealed"):
+                log.error("the cloud had sealed a request the agent then sealed itself",
+                          extra={"event": "signer.double_seal", "request_id": row["request_id"],
+                                 "cloud_fiscal_number": data.get("fiscal_number"),
+                                 "authority_id": row["authority_id"], "fiscal_number": row["fiscal_number"]})
+            await self._forget(row["request_id"])
+            settled += 1
+        return settled
 
     async def _forget(self, request_id: str) -> None:
         await asyncio.wrap_future(self.journal.run_in_writer(

@@ -199,6 +199,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX emcf_pending_key ON emcf_pending(key_name, state)
     """),
+    ("0010_cloud_fallback", """
+        -- The deadline each online seal carries: the cloud never commits it after that time. An
+        -- intent left unanswered past its deadline (and the clock margin) is 'superseded': the
+        -- sale is sealed by the next signer, and the intent stays until the cloud has said whether
+        -- it sealed that request before its deadline (agent/signers/cloud.py).
+        ALTER TABLE cloud_intents ADD COLUMN deadline TEXT;
+        ALTER TABLE cloud_intents ADD COLUMN state TEXT NOT NULL DEFAULT 'sent'
+    """),
 ]
 
 

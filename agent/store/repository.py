@@ -31,8 +31,10 @@ def delete_draft(conn: sqlite3.Connection, request_id: str) -> None:
 INTENT_TABLES = ("cloud_intents", "device_intents")
 
 
-def has_intent(conn: sqlite3.Connection, table: str, request_id: str) -> bool:
-    return conn.execute(f"SELECT 1 FROM {_intents(table)} WHERE request_id = ?", (request_id,)).fetchone() is not None
+def cloud_intent_open(conn: sqlite3.Connection, request_id: str) -> bool:
+    """A request sent to the cloud signer that may still be sealed there (not superseded)."""
+    return conn.execute("SELECT 1 FROM cloud_intents WHERE request_id = ? AND state = 'sent'",
+                        (request_id,)).fetchone() is not None
 
 
 def settle_intent(conn: sqlite3.Connection, table: str, request_id: str) -> None:
