@@ -237,7 +237,7 @@ class CloudService:
         cloud never commits a seal after its deadline, never will be."""
         now = self.now()
         outlet_id = agent["outlet_id"]
-        with self.store.write() as tx:
+        with self._writing(outlet_id) as tx:  # the flag's duplicate check holds across instances
             done = tx.seal_request(outlet_id, request_id)
             if done is None:
                 return {"request_id": request_id, "sealed": False}
