@@ -314,3 +314,24 @@ def test_text_with_u0000(backend):
                 tx.append(device)
     finally:
         store.close()
+
+
+# Writes that do not belong to one outlet's counter, chains, ledger or flags: the registry's.
+# Every other write transaction of the service must hold the outlet's lock (`_writing`), or two
+# instances on one PostgreSQL database could interleave on the outlet.
+UNLOCKED_WRITES = {"_writing", "add_merchant", "add_outlet", "create_token", "revoke_credential", "enroll",
+                   "create_provisioning_token", "provision_with_token"}
+
+
+def test_outlet_scoped_writes_take_the_outlet_lock():
+    import ast
+    import inspect
+
+    from cloud_stub import service
+
+    source = inspect.getsource(service)
+    unlocked = {f.name for f in ast.walk(ast.parse(source)) if isinstance(f, ast.FunctionDef)
+                and "self.store.write()" in ast.get_source_segment(source, f)}
+    assert unlocked <= UNLOCKED_WRITES, (
+        f"{sorted(unlocked - UNLOCKED_WRITES)} open a write transaction without the outlet's lock: "
+        "use self._writing(outlet_id), or add the method here if it writes no outlet's state")
