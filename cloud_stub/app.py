@@ -395,7 +395,7 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(interval)
             try:
-                await service.call(service.audit)
+                await service.call(service.periodic_audit)
             except Exception:
                 if not failing:  # the first failure and the recovery, not every attempt
                     log.error("audit.failed", exc_info=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -11,11 +12,11 @@ from pathlib import Path
 import click
 
 from fiscal.runtime.cli import clean_errors
-
 from fiscal.runtime.migrations import SchemaTooNew
 
-from .config import DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
+from .config import DATABASE_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
 from .errors import CloudError
+from .repository import StoreError
 
 
 def _duration(ctx, param, value):
@@ -40,10 +41,13 @@ def json_option(fn):
 def _explain(exc: BaseException) -> str | None:
     if isinstance(exc, CloudError):
         return exc.detail
-    if isinstance(exc, (PermissionError, SchemaTooNew)):
+    if isinstance(exc, (PermissionError, SchemaTooNew, StoreError)):
         return str(exc)
     if isinstance(exc, sqlite3.Error):
         return f"database error: {exc}"
+    if type(exc).__module__.startswith("psycopg"):  # PostgreSQL's errors, without importing psycopg
+        lines = str(exc).strip().splitlines()
+        return f"database error: {lines[0] if lines else type(exc).__name__}"
     return None
 
 
@@ -54,11 +58,14 @@ domain_errors = clean_errors(_explain)
 def _service(data_dir: Path, *, create: bool = False):
     from .service import CloudService
 
-    if not create and not CloudConfig(data_dir=data_dir).db_path.exists():
+    # The same database as `serve` (PostgreSQL when the environment names one).
+    database_url = os.environ.get(DATABASE_URL_ENV) or None
+    if not database_url and not create and not CloudConfig(data_dir=data_dir).db_path.exists():
         raise click.ClickException(f"no cloud database in {data_dir} (create it with "
                                    "`stalela cloud merchant add` or `stalela cloud serve`)")
     # An administration command reconciles nothing: no verifier processes to start.
-    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0))
+    return CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0,
+                                    database_url=database_url))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,9 +97,12 @@ def cloud() -> None:
                    "encodings). Default: one per CPU; 0: check in the service process.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Least severe level logged.")
+@click.option("--database-url", envvar=DATABASE_URL_ENV, show_envvar=True, default=None,
+              help="A postgresql://user@host:port/dbname URL to keep the ledger in PostgreSQL (several "
+                   "instances may share it). Default: the SQLite file in the data folder.")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
-          workers: int | None, log_level: str) -> None:
+          workers: int | None, log_level: str, database_url: str | None) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr (readable text on a terminal); `cloud.ready` carries
@@ -109,7 +119,8 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     logs.configure(level=log_level)
     try:
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
-                        credential_validity=validity, gap_grace=gap_grace, verify_workers=workers))
+                        credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
+                        database_url=database_url or None))
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
         raise click.ClickException(_listen_error(host, port, exc)) from None

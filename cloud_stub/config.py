@@ -15,6 +15,7 @@ from fiscal.signing import generate_private_key, load_private_key, save_private_
 
 DEFAULT_DATA_DIR = Path("./cloud-data")
 DEFAULT_PORT = 8710
+DATABASE_URL_ENV = "STALELA_CLOUD_DATABASE_URL"
 TIME_ZONES = ("Africa/Kinshasa", "Africa/Lubumbashi")
 
 
@@ -53,6 +54,11 @@ class CloudConfig:
     # waiting at the start and the end of a batch; 8 measured a little better than 4).
     chunks_per_worker: int = 8
     admin_token: str | None = None
+    # Where the ledger lives: None = the SQLite file in the data folder (zero setup); a
+    # `postgresql://user@host:port/dbname` URL = that PostgreSQL database, which several service
+    # instances can share (docs/operations.md, "PostgreSQL"). The data folder still holds the
+    # issuer key and the admin token, which every instance on one database must share.
+    database_url: str | None = None
     clock: Callable[[], datetime] = field(default=utc_now, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,9 +1,15 @@
-"""Storage of the cloud ledger: every SQL statement of the service lives in this module.
+"""Storage of the cloud ledger: the repository interface, its SQL, and the SQLite backend.
 
-SQLite by default (WAL, `synchronous=FULL`, one connection per worker thread, the WAL copied
-back into the database by a background thread: see `Store`). The services
-only call `Store.write()` / `Store.read()` and the methods of `Tx`, so a PostgreSQL store can
-replace this one with the same methods (`BEGIN IMMEDIATE` becomes a row lock on the counter).
+The services only call a store's `write()` / `read()` (a `Repository`) and the methods of `Tx`.
+Two backends implement them with the same SQL (the `Tx` methods below, written in the subset
+SQLite and PostgreSQL share, `?` placeholders):
+  * SQLite, the embedded default (`Store`: WAL, `synchronous=FULL`, one connection per worker
+    thread, the WAL copied back into the database by a background thread). A write transaction
+    is `BEGIN IMMEDIATE`: it holds the database's write lock, so `Tx.lock_outlet` has nothing to add.
+  * PostgreSQL, for production and for several service instances on one database
+    (repository_pg.py). Write transactions run at READ COMMITTED and serialize per outlet on
+    `Tx.lock_outlet` (a row lock on the outlet's counter): what one process's lock did for SQLite,
+    the database does for every instance. `open_store` picks the backend from the database URL.
 
 The `ledger` table is append-only: this module has no UPDATE or DELETE statement on it, and
 triggers refuse both at the database level.
@@ -14,10 +20,10 @@ import json
 import logging
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator, Protocol
 
 from fiscal.protocol import chain_key
 from fiscal.runtime import migrations
@@ -236,20 +242,58 @@ class LedgerEntry:
     state: str | None = None
 
 
-class Tx:
-    """One transaction. Methods return plain dicts (rows) or scalars."""
+class StoreError(RuntimeError):
+    """The database cannot be opened (a bad URL, a server that does not answer): one line, no secret."""
 
-    def __init__(self, conn: sqlite3.Connection):
-        self._c = conn
+
+class Repository(Protocol):
+    """A store: transactions yielding a `Tx`. `Store` (SQLite) and `repository_pg.PgStore`."""
+
+    def write(self) -> ContextManager["Tx"]:
+        """A write transaction (outlet-scoped writes call `Tx.lock_outlet` first)."""
+
+    def read(self) -> ContextManager["Tx"]:
+        """A read transaction: one consistent snapshot."""
+
+    def run_once(self, job: str) -> ContextManager[bool]:
+        """True inside when this process holds the job's lock (a periodic job runs on one
+        instance at a time); False when another instance is running it."""
+
+    def close(self) -> None: ...
+
+
+class Tx:
+    """One transaction: the repository interface. Methods return plain dicts (rows) or scalars.
+
+    The SQL is shared by both backends; a backend supplies the five primitives below (and
+    `lock_outlet`), with `?` placeholders in the statements it receives.
+    """
+
+    # The order in which `invoice_codes` rows were inserted (SQLite's implicit rowid).
+    _CODES_ORDER = "rowid"
 
     def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        return self._c.execute(sql, args).fetchone()
+        raise NotImplementedError
 
     def _all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        return self._c.execute(sql, args).fetchall()
+        raise NotImplementedError
 
     def _run(self, sql: str, *args: Any) -> int:
-        return self._c.execute(sql, args).rowcount
+        """Run a statement; the number of rows it changed."""
+        raise NotImplementedError
+
+    def _many(self, sql: str, rows: list[tuple]) -> None:
+        """One statement over many parameter tuples."""
+        raise NotImplementedError
+
+    def _iter(self, sql: str, *args: Any) -> Iterator[dict[str, Any]]:
+        """Rows streamed (an outlet's whole ledger)."""
+        raise NotImplementedError
+
+    def lock_outlet(self, outlet_id: str) -> None:
+        """Serialize this write transaction with every other one on the outlet (its counter, its
+        chains, its ledger tail, its flags) until it ends, whichever process runs them."""
+        raise NotImplementedError
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -394,11 +438,15 @@ class Tx:
         found: dict[str, str] = {}
         for i in range(0, len(credential_ids), 500):
             chunk = credential_ids[i:i + 500]
-            cur = self._c.execute("SELECT id, document FROM credentials WHERE outlet_id = ? AND id IN "
-                                  f"({','.join('?' * len(chunk))})", (outlet_id, *chunk))
-            for row in cur:
+            for row in self._all("SELECT id, document FROM credentials WHERE outlet_id = ? AND id IN "
+                                 f"({','.join('?' * len(chunk))})", outlet_id, *chunk):
                 found[row["id"]] = row["document"]
         return found
+
+    def last_issued_document(self) -> str | None:
+        """The signed document of the credential issued last (any outlet), if any."""
+        row = self._one("SELECT document FROM credentials ORDER BY issued_at DESC, id DESC LIMIT 1")
+        return row["document"] if row else None
 
     def credential_by_request(self, agent_id: str, request_id: str) -> dict | None:
         return self._one("SELECT * FROM credentials WHERE agent_id = ? AND request_id = ?",
@@ -443,42 +491,40 @@ class Tx:
                          number_key)
 
     def append(self, e: LedgerEntry) -> int:
-        cur = self._c.execute(
+        return self._one(
             "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
             "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
-            "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (e.outlet_id, e.seq, e.recorded_at, e.mode, e.inv_type, e.authority_id, e.fiscal_number,
-             e.number_key, e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash,
-             e.ledger_hash, e.invoice, e.state))
-        return cur.lastrowid
+            "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            e.outlet_id, e.seq, e.recorded_at, e.mode, e.inv_type, e.authority_id, e.fiscal_number,
+            e.number_key, e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash,
+            e.ledger_hash, e.invoice, e.state)["id"]
 
     def by_number_keys(self, number_keys: list[str]) -> dict[str, dict]:
         """`by_number_key` for many keys at once: {number_key: {outlet_id, invoice_hash}} of those found."""
         found: dict[str, dict] = {}
         for i in range(0, len(number_keys), 500):
             chunk = number_keys[i:i + 500]
-            cur = self._c.execute("SELECT number_key, outlet_id, invoice_hash FROM ledger WHERE number_key IN "
-                                  f"({','.join('?' * len(chunk))})", chunk)
-            for row in cur:
+            for row in self._all("SELECT number_key, outlet_id, invoice_hash FROM ledger WHERE number_key IN "
+                                 f"({','.join('?' * len(chunk))})", *chunk):
                 found[row["number_key"]] = {"outlet_id": row["outlet_id"], "invoice_hash": row["invoice_hash"]}
         return found
 
     def append_many(self, rows: list[tuple]) -> None:
         """Append ledger rows, each a tuple in `LedgerEntry` field order, with one prepared statement."""
-        self._c.executemany(
+        self._many(
             "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
             "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
             "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def insert_codes(self, rows: list[tuple]) -> None:
         """Index appended entries: (outlet_id, code, inv_type, total, reference_code) each."""
-        self._c.executemany("INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code) "
-                            "VALUES (?, ?, ?, ?, ?)", rows)
+        self._many("INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code) "
+                   "VALUES (?, ?, ?, ?, ?)", rows)
 
     def invoice_by_code(self, outlet_id: str, code: str) -> dict | None:
         """The outlet's first ledger entry with this code: {inv_type, total}."""
         return self._one("SELECT inv_type, total FROM invoice_codes WHERE outlet_id = ? AND code = ? "
-                         "ORDER BY rowid LIMIT 1", outlet_id, code)
+                         f"ORDER BY {self._CODES_ORDER} LIMIT 1", outlet_id, code)
 
     def credited_totals(self, outlet_id: str, code: str) -> list[str]:
         """The totals of the outlet's credit notes that refer to `code`."""
@@ -499,13 +545,12 @@ class Tx:
                          "WHERE outlet_id = ? AND seq > ? ORDER BY seq LIMIT ?", outlet_id, after, limit)
 
     def ledger_rows(self, outlet_id: str) -> Iterator[dict]:
-        cur = self._c.execute("SELECT * FROM ledger WHERE outlet_id = ? ORDER BY seq", (outlet_id,))
-        yield from cur
+        yield from self._iter("SELECT * FROM ledger WHERE outlet_id = ? ORDER BY seq", outlet_id)
 
     def ledger_in_period(self, outlet_id: str, start: str, end: str) -> list[dict]:
         """The entries that count in the outlet's totals (not those of an unregistered device)."""
         return self._all("SELECT mode, inv_type, invoice FROM ledger WHERE outlet_id = ? "
-                         "AND sealed_at >= ? AND sealed_at < ? AND state IS NOT 'unregistered_device' "
+                         "AND sealed_at >= ? AND sealed_at < ? AND (state IS NULL OR state <> 'unregistered_device') "
                          "ORDER BY seq", outlet_id, start, end)
 
     def excluded_in_period(self, outlet_id: str, start: str, end: str) -> dict[str, int]:
@@ -528,9 +573,9 @@ class Tx:
         row = self._one(
             "SELECT MAX(n) AS n FROM ("
             " SELECT * FROM (SELECT fiscal_number AS n FROM ledger WHERE chain_key = ?"
-            "  ORDER BY id DESC LIMIT 1)"
+            "  ORDER BY id DESC LIMIT 1) head"
             " UNION ALL SELECT MAX(fiscal_number) FROM rejections"
-            "  WHERE outlet_id = ? AND reason = 'chain_break' AND mode = 'delegated')",
+            "  WHERE outlet_id = ? AND reason = 'chain_break' AND mode = 'delegated') highest",
             chain_key("delegated", outlet_id=outlet_id), outlet_id)
         return row["n"] or 0
 
@@ -548,11 +593,10 @@ class Tx:
 
     def insert_flag(self, outlet_id: str, reason: str, credential_id: str | None, numbers: list,
                     detail: str, now: str, authority_id: str | None = None) -> int:
-        cur = self._c.execute(
+        return self._one(
             "INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at, authority_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (outlet_id, reason, credential_id, json.dumps(numbers), detail, now, authority_id))
-        return cur.lastrowid
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            outlet_id, reason, credential_id, json.dumps(numbers), detail, now, authority_id)["id"]
 
     def open_flags_of(self, outlet_id: str, reason: str, authority_id: str) -> list[dict]:
         return self._all("SELECT * FROM flags WHERE outlet_id = ? AND reason = ? AND authority_id = ? "
@@ -587,6 +631,31 @@ class Tx:
                          outlet_id, limit)
 
 
+class SqliteTx(Tx):
+    """A transaction on the SQLite store."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._c = conn
+
+    def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        return self._c.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return self._c.execute(sql, args).fetchall()
+
+    def _run(self, sql: str, *args: Any) -> int:
+        return self._c.execute(sql, args).rowcount
+
+    def _many(self, sql: str, rows: list[tuple]) -> None:
+        self._c.executemany(sql, rows)
+
+    def _iter(self, sql: str, *args: Any) -> Iterator[dict[str, Any]]:
+        yield from self._c.execute(sql, args)
+
+    def lock_outlet(self, outlet_id: str) -> None:
+        pass  # `BEGIN IMMEDIATE` already holds the database's write lock
+
+
 # The WAL size (pages) at which a writing connection checkpoints by itself, inside its commit:
 # only if the background checkpointer fell this far behind (SQLite's default is 1,000).
 WRITER_CHECKPOINT_PAGES = 20_000
@@ -604,12 +673,13 @@ class Store:
     checkpoints by itself past `WRITER_CHECKPOINT_PAGES`, should the thread ever fall behind.
     """
 
-    def __init__(self, path: Path, background_checkpoints: bool = True):
+    def __init__(self, path: Path, background_checkpoints: bool = True, upto: int | None = None):
+        """`upto`: apply the migrations up to this version only (tests of an upgrade)."""
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all_conns: list[sqlite3.Connection] = []
-        self._migrate()
+        self._migrate(upto)
         self._wake = threading.Event()
         self._stopping = False
         self._checkpointer: threading.Thread | None = None
@@ -658,7 +728,7 @@ class Store:
         conn = self._conn()
         conn.execute(begin)
         try:
-            yield Tx(conn)
+            yield SqliteTx(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -674,10 +744,12 @@ class Store:
         """A read transaction: one consistent snapshot."""
         return self._transaction("BEGIN")
 
-    def _migrate(self) -> None:
-        # MIGRATIONS[i] is version i + 1, the numbering of the records the cloud kept before the
-        # shared runner (fiscal/runtime/migrations.py), so existing ledgers open unchanged.
-        migrations.migrate(self._conn(), [(i, f"{i:04d}", script) for i, script in enumerate(MIGRATIONS, 1)])
+    def run_once(self, job: str):
+        # One process per SQLite file runs the periodic jobs: nothing to share.
+        return nullcontext(True)
+
+    def _migrate(self, upto: int | None) -> None:
+        migrations.migrate(self._conn(), [m for m in sqlite_migrations() if upto is None or m[0] <= upto])
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -691,3 +763,26 @@ class Store:
             self._all_conns.clear()
         self._local = threading.local()
 
+
+def sqlite_migrations() -> list[tuple[int, str, str]]:
+    # MIGRATIONS[i] is version i + 1, the numbering of the records the cloud kept before the
+    # shared runner (fiscal/runtime/migrations.py), so existing ledgers open unchanged.
+    # repository_pg.PG_MIGRATIONS carries the same versions for PostgreSQL.
+    return [(i, f"{i:04d}", script) for i, script in enumerate(MIGRATIONS, 1)]
+
+
+def is_postgresql_url(url: str | None) -> bool:
+    return bool(url) and url.split(":", 1)[0] in ("postgresql", "postgres")
+
+
+def open_store(database_url: str | None, sqlite_path: Path, *, pool_size: int = 4) -> Repository:
+    """The store the configuration names: PostgreSQL for a `postgresql://` URL, else the SQLite
+    file in the data folder (the default: nothing to set up)."""
+    if not database_url:
+        return Store(sqlite_path)
+    if not is_postgresql_url(database_url):
+        raise StoreError(f"unsupported database URL scheme {database_url.split(':', 1)[0]!r}: "
+                         "use postgresql://user@host:port/dbname (or leave it unset for SQLite)")
+    from .repository_pg import PgStore  # psycopg is loaded only by those who use it
+
+    return PgStore(database_url, pool_size=pool_size)

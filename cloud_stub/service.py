@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
@@ -21,10 +21,10 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
-from .errors import DeadlinePassed, NotFound, Unauthorized
+from .errors import Conflict, DeadlinePassed, NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
-from .repository import Store, Tx
+from .repository import Tx, open_store
 from .verifier import UnreadableChunk, VerifierPool, default_size
 
 T = TypeVar("T")
@@ -33,10 +33,20 @@ T = TypeVar("T")
 class CloudService:
     def __init__(self, config: CloudConfig):
         self.config = config
-        ensure_data_dir(config.data_dir)
-        self.issuer = Issuer.from_key(load_or_create_issuer_key(config.issuer_key_path))
-        self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
-        self.store = Store(config.db_path)
+        # A PostgreSQL database is opened first: a bad URL is refused before the data folder is touched.
+        store = open_store(config.database_url, config.db_path, pool_size=config.workers) \
+            if config.database_url else None
+        try:
+            ensure_data_dir(config.data_dir)
+            self.issuer = Issuer.from_key(load_or_create_issuer_key(config.issuer_key_path))
+            self.admin_token = config.admin_token or load_or_create_admin_token(config.admin_token_path)
+            store = store or open_store(None, config.db_path)
+            _check_issuer(store, self.issuer, config)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+        self.store = store
         self._pool: ThreadPoolExecutor | None = None
         size = default_size() if config.verify_workers is None else config.verify_workers
         self.verifier: VerifierPool | None = VerifierPool(size).start() if size > 0 else None
@@ -51,6 +61,15 @@ class CloudService:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="cloud-db")
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    @contextmanager
+    def _writing(self, outlet_id: str) -> Iterator[Tx]:
+        """A write transaction holding the outlet's lock from its start (see Tx.lock_outlet):
+        its counter, chains, ledger tail and flags belong to this transaction alone, on every
+        instance sharing the database."""
+        with self.store.write() as tx:
+            tx.lock_outlet(outlet_id)
+            yield tx
 
     def close(self) -> None:
         if self._pool is not None:
@@ -108,7 +127,7 @@ class CloudService:
         with self.store.read() as tx:
             outlet_ids = [outlet_id] if outlet_id else tx.outlet_ids()
         for oid in outlet_ids:
-            with self.store.write() as tx:
+            with self._writing(oid) as tx:
                 new += audit.audit_outlet(tx, oid, self.now(), self.config.gap_grace)
         for flag_id in new:
             event("outlet.flagged", flag_id=flag_id)
@@ -134,12 +153,18 @@ class CloudService:
         with self.store.read() as tx:
             return registry.authenticate(tx, api_token)
 
+    def periodic_audit(self) -> list[int] | None:
+        """The server's periodic gap detection: on one instance at a time among those sharing
+        the database (None when another one is running it now)."""
+        with self.store.run_once("audit") as mine:
+            return self.audit() if mine else None
+
     def issue_credential(self, agent: dict, closure: BlockClosure | None = None,
                          block_size: int | None = None, request_id: str | None = None) -> tuple[dict, bool]:
         size = issuing.check_block_size(self.config.block_size if block_size is None else block_size,
                                         self.config.max_block_size)
         now = self.now()
-        with self.store.write() as tx:
+        with self._writing(agent["outlet_id"]) as tx:
             outlet = registry.get_outlet(tx, agent["outlet_id"])
             if closure is not None:
                 issuing.apply_closure(tx, agent, closure, now)
@@ -158,7 +183,7 @@ class CloudService:
     def close_credential(self, agent: dict, closure: BlockClosure) -> dict:
         """Record a block closure on its own (the agent moved on without needing a new credential)."""
         now = self.now()
-        with self.store.write() as tx:
+        with self._writing(agent["outlet_id"]) as tx:
             row = issuing.apply_closure(tx, agent, closure, now)
             audit.audit_outlet(tx, agent["outlet_id"], now, self.config.gap_grace)
         event("credential.closed", credential_id=closure.credential_id, last_used=closure.last_used)
@@ -184,7 +209,7 @@ class CloudService:
         chosen_isf = signer.resolve_isf(outlet, isf)
         lines, totals = signer.compute_totals(request, outlet, now)  # pure: outside the write lock
         try:
-            with self.store.write() as tx:
+            with self._writing(outlet["id"]) as tx:
                 invoice, created = signer.seal(tx, self.issuer, outlet, request, isf=chosen_isf,
                                                invoice_id=invoice_id, lines=lines, totals=totals, now=now)
                 if created and deadline is not None and self.now() > deadline:
@@ -193,7 +218,7 @@ class CloudService:
                                          "nothing was sealed")
         except signer.CreditRefused as exc:
             # The refusal rolled the seal back; the flag is its own transaction, so it stays.
-            with self.store.write() as tx:
+            with self._writing(outlet["id"]) as tx:
                 flag_id = audit.flag_numbers(tx, outlet["id"], exc.kind, signer.authority_id(outlet["id"]), [],
                                              f"online seal refused (request_id {request.request_id}): {exc.detail}",
                                              now)
@@ -212,7 +237,7 @@ class CloudService:
         cloud never commits a seal after its deadline, never will be."""
         now = self.now()
         outlet_id = agent["outlet_id"]
-        with self.store.write() as tx:
+        with self._writing(outlet_id) as tx:  # the flag's duplicate check holds across instances
             done = tx.seal_request(outlet_id, request_id)
             if done is None:
                 return {"request_id": request_id, "sealed": False}
@@ -267,7 +292,7 @@ class CloudService:
             outlet_id = registry.get_outlet(tx, agent["outlet_id"])["id"]
             keys = _signer_keys(tx, outlet_id, credential_ids)
         with checking(keys) as chunks:  # with the verifier, the workers start now
-            with self.store.write() as tx:
+            with self._writing(outlet_id) as tx:
                 outlet = registry.get_outlet(tx, agent["outlet_id"])
                 outcomes, rule_flags = reconcile.reconcile_batch(tx, self.issuer, outlet,
                                                                  _at_most(chunks, self.config.max_batch), keys, now)
@@ -285,14 +310,14 @@ class CloudService:
     def bind_device(self, outlet_id: str, mid: str, nif: str, status: str = "active",
                     firmware: dict | None = None) -> tuple[dict, bool]:
         """The operator binds an MCF to an outlet (admin API, CLI)."""
-        with self.store.write() as tx:
+        with self._writing(outlet_id) as tx:
             device, created = registry.bind_device(tx, outlet_id, mid, nif, status, firmware or {}, self.now(),
                                                    bound_by="admin")
         event("device.bound" if created else "device.updated", outlet_id=outlet_id, mid=mid, by="admin")
         return device, created
 
     def unbind_device(self, outlet_id: str, mid: str) -> dict:
-        with self.store.write() as tx:
+        with self._writing(outlet_id) as tx:
             device = registry.unbind_device(tx, outlet_id, mid, self.now())
         event("device.unbound", outlet_id=outlet_id, mid=mid)
         return device
@@ -343,6 +368,26 @@ class CloudService:
         with self.store.read() as tx:
             registry.get_outlet(tx, outlet_id)
             return [registry.device_view(r) for r in tx.devices(outlet_id)]
+
+
+def _check_issuer(store, issuer: Issuer, config: CloudConfig) -> None:
+    """Refuse to serve a database whose credentials another issuer key signed.
+
+    Every instance on one PostgreSQL database must hold the same `issuer-key.pem`: one with a
+    key of its own would sign credentials the others reject, and reject theirs."""
+    with store.read() as tx:
+        document = tx.last_issued_document()
+    if document is None:
+        return
+    try:
+        theirs = json.loads(document)["issuer_key_id"]
+    except (ValueError, KeyError, TypeError):
+        return  # a damaged document is reconciliation's finding, not a reason to refuse to start
+    if theirs != issuer.key_id:
+        raise Conflict("issuer_key_mismatch",
+                       f"this database's credentials are signed by issuer key {theirs}, but "
+                       f"{config.issuer_key_path} is key {issuer.key_id}: give every instance the same "
+                       "issuer-key.pem (docs/operations.md, \"The cloud on PostgreSQL\")")
 
 
 def _signer_keys(tx: Tx, outlet_id: str, credential_ids: Iterable[str]) -> dict[str, str]:

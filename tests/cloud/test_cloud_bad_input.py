@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 
 import pytest
 
@@ -19,11 +18,8 @@ def assert_problem(status: int, headers, data, expected: int) -> None:
 
 
 def count(cloud, table: str) -> int:
-    conn = sqlite3.connect(cloud.service.config.db_path)
-    try:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    finally:
-        conn.close()
+    with cloud.service.store.read() as tx:  # whichever backend the run uses (tests/cloud/conftest.py)
+        return tx._one(f"SELECT count(*) AS n FROM {table}")["n"]
 
 
 async def raw_request(cloud, head: bytes, body: bytes = b"") -> tuple[int, dict, dict]:

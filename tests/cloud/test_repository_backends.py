@@ -1,0 +1,337 @@
+"""The repository on both backends: SQLite (a file) and PostgreSQL (a schema of this run's database).
+
+The same `Tx` methods, the same migrations by version, the same append-only ledger, and an
+upgrade of a database that already holds data.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cloud_stub.repository import LedgerEntry, Store, StoreError, open_store, sqlite_migrations
+from cloud_stub.repository_pg import PG_MIGRATIONS, PgStore, redact
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """A function opening a store of the parametrized backend (same database at each call)."""
+    if request.param == "sqlite":
+        path = tmp_path / "cloud.sqlite3"
+        yield lambda upto=None: Store(path, background_checkpoints=False, upto=upto)
+        return
+    from tests.pg.server import scratch_schema
+
+    with scratch_schema(request.getfixturevalue("pg_database")) as url:
+        yield lambda upto=None: PgStore(url, pool_size=2, upto=upto)
+
+
+def entry(outlet: str, seq: int, number: int, *, state: str | None = "verified", mode: str = "delegated") -> LedgerEntry:
+    return LedgerEntry(outlet_id=outlet, seq=seq, recorded_at=f"2026-01-0{seq}T10:00:00+00:00", mode=mode,
+                       inv_type="FV", authority_id="DC-1", fiscal_number=number,
+                       number_key=f"stalela:{outlet}:{number}", chain_key=f"{mode}:{outlet}",
+                       sealed_at=f"2026-01-0{seq}T10:00:00+00:00", invoice_hash=f"h{number}",
+                       prev_ledger_hash="p", ledger_hash=f"l{number}", invoice="{}", state=state)
+
+
+def seed(tx, outlet: str = "KIN-01") -> None:
+    tx.insert_merchant("A1234567B", "Shop", {"name": "Shop"}, "2026-01-01T00:00:00+00:00")
+    tx.insert_outlet(outlet, "A1234567B", "Main", "Africa/Kinshasa", None, "2026-01-01T00:00:00+00:00")
+
+
+def test_both_backends_carry_the_same_migrations():
+    assert [(m[0], m[1]) for m in sqlite_migrations()] == [(m.version, m.name) for m in PG_MIGRATIONS]
+
+
+def test_the_same_queries_answer_the_same(backend):
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+            seed_b = tx.take_numbers("KIN-01", 5), tx.take_numbers("KIN-01", 1)
+            first = tx.append(entry("KIN-01", 1, 1))
+            tx.append_many([tuple(vars(entry("KIN-01", 2, 2, state=None)).values()),
+                            tuple(vars(entry("KIN-01", 3, 3, state="unregistered_device")).values())])
+            tx.insert_codes([("KIN-01", "C", "FV", "10.00", None), ("KIN-01", "C", "FT", "99.00", None),
+                             ("KIN-01", "R", "FA", "4.00", "C")])
+            flag = tx.insert_flag("KIN-01", "gap", None, [[4, 5]], "gap", "2026-01-02T00:00:00+00:00")
+        with store.read() as tx:
+            assert seed_b == (1, 6) and tx.next_number("KIN-01") == 7
+            assert isinstance(first, int) and tx.ledger_tail("KIN-01")["seq"] == 3
+            assert tx.chain_head("delegated:KIN-01")["fiscal_number"] == 3
+            assert set(tx.by_number_keys([f"stalela:KIN-01:{n}" for n in range(0, 1200)])) == {
+                "stalela:KIN-01:1", "stalela:KIN-01:2", "stalela:KIN-01:3"}
+            assert tx.invoice_by_code("KIN-01", "C") == {"inv_type": "FV", "total": "10.00"}  # the first one
+            assert tx.credited_totals("KIN-01", "C") == ["4.00"]
+            # An entry of an unregistered device stays out of the totals; one of no state counts.
+            period = tx.ledger_in_period("KIN-01", "2026-01-01", "2026-02-01")
+            assert len(period) == 2
+            assert tx.excluded_in_period("KIN-01", "2026-01-01", "2026-02-01") == {"unregistered_device": 1}
+            assert tx.highest_delegated_number("KIN-01") == 3
+            assert [f["id"] for f in tx.flags("KIN-01", open_only=True)] == [flag]
+            assert [r["seq"] for r in tx.ledger_rows("KIN-01")] == [1, 2, 3]
+            outlets = tx.outlets()
+            assert [(o["id"], o["invoices"], o["open_flags"], o["next_number"]) for o in outlets] == [
+                ("KIN-01", 3, 1, 7)]
+    finally:
+        store.close()
+
+
+def test_a_failed_transaction_changes_nothing(backend):
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+        with pytest.raises(RuntimeError):
+            with store.write() as tx:
+                tx.lock_outlet("KIN-01")
+                tx.take_numbers("KIN-01", 10)
+                raise RuntimeError("refused")
+        with store.read() as tx:
+            assert tx.next_number("KIN-01") == 1
+    finally:
+        store.close()
+
+
+def test_the_ledger_refuses_update_and_delete(backend):
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+            tx.append(entry("KIN-01", 1, 1))
+        for sql in ("UPDATE ledger SET invoice = '[]' WHERE seq = 1", "DELETE FROM ledger WHERE seq = 1"):
+            with pytest.raises(Exception, match="append-only"):
+                with store.write() as tx:
+                    tx._run(sql)
+        with store.read() as tx:
+            assert [r["invoice"] for r in tx.ledger_rows("KIN-01")] == ["{}"]
+    finally:
+        store.close()
+
+
+def test_a_number_key_is_used_once(backend):
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+            tx.append(entry("KIN-01", 1, 1))
+        with pytest.raises(Exception):
+            with store.write() as tx:
+                tx.append(entry("KIN-01", 2, 1))
+        with store.read() as tx:
+            assert tx.ledger_tail("KIN-01")["seq"] == 1
+    finally:
+        store.close()
+
+
+def test_upgrading_a_version_1_database_with_data(backend):
+    """Version 1 with a device bound by an agent and a ledger entry; opened by this version."""
+    old = backend(upto=1)
+    try:
+        with old.write() as tx:
+            seed(tx)
+            tx._run("INSERT INTO devices (mid, nif, outlet_id, status, firmware, provisioned_at, last_seen) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", "MID-7", "A1234567B", "KIN-01", "active", "{}",
+                    "2026-01-01T00:00:00+00:00", None)
+            invoice = {"security": {"code": "CODE-1"}, "totals": {"total": "11.60"}, "reference": None}
+            tx._run("INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, fiscal_number, "
+                    "number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "KIN-01", 1, "2026-01-01T10:00:00+00:00",
+                    "device", "FV", "MID-7", 70, "device:MID-7:70", "device:MID-7", "2026-01-01T10:00:00+00:00",
+                    "h", "p", "l", json.dumps(invoice))
+    finally:
+        old.close()
+    new = backend()
+    try:
+        with new.read() as tx:
+            assert [r["version"] for r in tx._all("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
+            assert [(d["mid"], d["bound_by"], d["unbound_at"]) for d in tx.devices("KIN-01")] == [
+                ("MID-7", "agent", None)]
+            assert tx.invoice_by_code("KIN-01", "CODE-1") == {"inv_type": "FV", "total": "11.60"}
+            assert [(f["reason"], f["authority_id"]) for f in tx.flags("KIN-01")] == [("device_review", "MID-7")]
+            assert [(r["seq"], r["state"]) for r in tx.ledger_rows("KIN-01")] == [(1, None)]
+    finally:
+        new.close()
+    again = backend()  # nothing left to apply: opens as it is
+    again.close()
+
+
+def test_a_periodic_job_runs_on_one_store_at_a_time(backend):
+    first, second = backend(), backend()
+    try:
+        with first.run_once("audit") as mine:
+            assert mine
+            with second.run_once("audit") as theirs:
+                # PostgreSQL: the other instance waits its turn. SQLite: one process per file.
+                assert theirs is isinstance(first, Store)
+        with second.run_once("audit") as theirs:
+            assert theirs
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_bad_database_url_is_one_clear_line(tmp_path):
+    with pytest.raises(StoreError, match="unsupported database URL scheme 'mysql'"):
+        open_store("mysql://root@127.0.0.1/x", tmp_path / "x.sqlite3")
+    with pytest.raises(StoreError) as caught:
+        open_store("postgresql://stalela:s3cret@127.0.0.1:1/nowhere", tmp_path / "x.sqlite3")
+    message = str(caught.value)
+    assert "cannot connect to the PostgreSQL database" in message and "s3cret" not in message
+    assert "\n" not in message
+    assert redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+def test_serve_refuses_a_bad_database_url(tmp_path):
+    for url, expected in (("postgresql://stalela:s3cret@127.0.0.1:1/nowhere", "cannot connect"),
+                          ("sqlite:///tmp/x", "unsupported database URL scheme")):
+        done = subprocess.run(
+            [sys.executable, "-m", "cloud_stub", "serve", "--data", str(tmp_path / "data"),
+             "--port", "0", "--workers", "0", "--database-url", url],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and expected in errors[0], done.stderr
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+        assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_the_periodic_audit_runs_on_one_instance_at_a_time(backend, tmp_path, clock):
+    """Two services on one database: the one that finds the job taken skips its turn."""
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.service import CloudService
+
+    store = backend()
+    url = getattr(store, "url", None)
+    store.close()
+    one, two = (CloudService(CloudConfig(data_dir=tmp_path / "cloud", database_url=url, verify_workers=0,
+                                         audit_interval=0, clock=clock)) for _ in range(2))
+    try:
+        with one.store.run_once("audit"):
+            assert two.periodic_audit() == ([] if url is None else None)
+        assert two.periodic_audit() == []
+    finally:
+        one.close()
+        two.close()
+
+
+def test_the_administration_commands_use_the_database_the_environment_names(backend, tmp_path):
+    """`stalela cloud merchant add` / `outlet add` write where `serve` reads (STALELA_CLOUD_DATABASE_URL)."""
+    import os
+
+    store = backend()
+    url = getattr(store, "url", None)
+    store.close()
+    env = dict(os.environ)
+    env.pop("STALELA_CLOUD_DATABASE_URL", None)
+    if url is not None:
+        env["STALELA_CLOUD_DATABASE_URL"] = url
+    data = tmp_path / "data"
+    for args in (["merchant", "add", "--nif", "A1234567B", "--name", "SHOP"],
+                 ["outlet", "add", "--merchant", "A1234567B", "--id", "KIN-09", "--name", "NINE"]):
+        done = subprocess.run([sys.executable, "-m", "cloud_stub", *args, "--data", str(data)],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+    store = backend() if url is not None else Store(data / "cloud.sqlite3", background_checkpoints=False)
+    try:
+        with store.read() as tx:
+            assert tx.outlet_ids() == ["KIN-09"]
+    finally:
+        store.close()
+    # The SQLite file holds the ledger only when no database URL is set.
+    assert (data / "cloud.sqlite3").exists() is (url is None)
+
+
+def test_an_instance_with_another_issuer_key_is_refused(backend, tmp_path, clock):
+    """One database, two data folders with two issuer keys: the second refuses to start, in
+    words, once the first has issued a credential (its credentials would not verify elsewhere)."""
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.errors import Conflict
+    from cloud_stub.service import CloudService
+
+    from cloud_helpers import new_key
+
+    store = backend()
+    url = getattr(store, "url", None)
+    store.close()
+
+    def config(folder: str) -> CloudConfig:
+        data = tmp_path / folder
+        if url is None and folder != "first":  # SQLite: the same file, another folder's key
+            data.mkdir()
+            (data / "cloud.sqlite3").symlink_to(tmp_path / "first" / "cloud.sqlite3")
+        return CloudConfig(data_dir=data, database_url=url, verify_workers=0, audit_interval=0, clock=clock)
+
+    first = CloudService(config("first"))
+    try:
+        first.add_merchant("A1234567B", "SHOP")
+        first.add_outlet("KIN-01", "A1234567B", "ONE", isf="ISF-1")
+        token = first.create_token("KIN-01")["token"]
+        CloudService(config("before")).close()  # no credential yet: nothing to compare with
+        enrolled = first.enroll(token, new_key()[1], "box")
+        first.issue_credential(first.authenticate(enrolled["agent_token"]), block_size=5)
+        with pytest.raises(Conflict, match="signed by issuer key .* but .* is key"):
+            CloudService(config("after"))
+        CloudService(config("first")).close()  # the same key: opens
+    finally:
+        first.close()
+
+
+def test_text_with_u0000(backend):
+    """An uploaded string may carry U+0000, which PostgreSQL's text cannot hold: lookups find
+    nothing and diagnostics are kept (U+FFFD in its place) on both backends; a ledger entry with
+    one is refused on PostgreSQL (422, nothing written) rather than stored altered."""
+    from cloud_stub.errors import Invalid
+
+    store = backend()
+    postgresql = not isinstance(store, Store)
+    try:
+        with store.write() as tx:
+            seed(tx)
+            assert tx.credential("DC-\x00X") is None
+            assert tx.count_numbers_of_authority("DC-\x00X", 1, 9) == 0
+            tx.insert_rejection("KIN-01", "delegated", "DC-\x00X", 1, "unknown_credential", "no DC-\x00X",
+                                None, "2026-01-01T00:00:00+00:00")
+            flag = tx.insert_flag("KIN-01", "bad_signature", None, [1], "why \x00", "2026-01-01T00:00:00+00:00",
+                                  "DC-\x00X")
+            # The same authority finds its open flag again (an agent resending a batch raises no new one).
+            assert [f["id"] for f in tx.open_flags_of("KIN-01", "bad_signature", "DC-\x00X")] == [flag]
+        with store.read() as tx:
+            kept = "\ufffd" if postgresql else "\x00"
+            assert [(r["authority_id"], r["detail"]) for r in tx.rejections("KIN-01", 10)] == [
+                (f"DC-{kept}X", f"no DC-{kept}X")]
+        device = LedgerEntry(**{**vars(entry("KIN-01", 1, 1, mode="device")), "authority_id": "MID-\x00"})
+        if postgresql:
+            with pytest.raises(Invalid, match="U\\+0000"):
+                with store.write() as tx:
+                    tx.append(device)
+            with store.read() as tx:
+                assert tx.ledger_tail("KIN-01") is None  # nothing written
+        else:
+            with store.write() as tx:
+                tx.append(device)
+    finally:
+        store.close()
+
+
+# Writes that do not belong to one outlet's counter, chains, ledger or flags: the registry's.
+# Every other write transaction of the service must hold the outlet's lock (`_writing`), or two
+# instances on one PostgreSQL database could interleave on the outlet.
+UNLOCKED_WRITES = {"_writing", "add_merchant", "add_outlet", "create_token", "revoke_credential", "enroll",
+                   "create_provisioning_token", "provision_with_token"}
+
+
+def test_outlet_scoped_writes_take_the_outlet_lock():
+    import ast
+    import inspect
+
+    from cloud_stub import service
+
+    source = inspect.getsource(service)
+    unlocked = {f.name for f in ast.walk(ast.parse(source)) if isinstance(f, ast.FunctionDef)
+                and "self.store.write()" in ast.get_source_segment(source, f)}
+    assert unlocked <= UNLOCKED_WRITES, (
+        f"{sorted(unlocked - UNLOCKED_WRITES)} open a write transaction without the outlet's lock: "
+        "use self._writing(outlet_id), or add the method here if it writes no outlet's state")
