@@ -51,6 +51,17 @@ class CloudConfig:
     # waiting at the start and the end of a batch; 8 measured a little better than 4).
     chunks_per_worker: int = 8
     admin_token: str | None = None
+    # DGI forwarding (docs/dgi-forwarding.md): off without a URL, so the quick start is unchanged.
+    dgi_url: str | None = None
+    dgi_concurrency: int = 32  # outlets forwarded at the same time by this instance
+    dgi_rate: float = 0.0  # calls per second per outlet (0: only the DGI's own 429s slow us down)
+    dgi_timeout: float = 30.0  # seconds for one call to the DGI
+    dgi_lease: timedelta = timedelta(seconds=30)  # how long an instance holds an outlet unrenewed
+    dgi_poll: float = 1.0  # seconds between looks for new ledger entries when idle
+    dgi_backoff_cap: float = 300.0  # longest wait between attempts after failures (seconds)
+    # The DGI answers `GET /api/invoice/{uid}` (the simulator does): a lost confirm answer is
+    # resolved by asking. Without it, an uncertain confirm is quarantined for an operator.
+    dgi_lookup: bool = True
     clock: Callable[[], datetime] = field(default=utc_now, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +78,11 @@ class CloudConfig:
     @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin.token"
+
+    @property
+    def dgi_tokens_path(self) -> Path:
+        """{outlet id: the e-MCF token (JWT) the DGI issued for the outlet's point of sale}, mode 0600."""
+        return self.data_dir / "dgi-tokens.json"
 
 
 def ensure_data_dir(path: Path) -> None:

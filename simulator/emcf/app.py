@@ -39,6 +39,8 @@ STORE = web.AppKey("store", Store)
 FAULTS = web.AppKey("faults", Switchboard)
 LIMITS = web.AppKey("limits", Limits)
 WINDOWS = web.AppKey("windows", dict)
+RETRY_UNTIL = web.AppKey("retry_until", dict)  # point of sale -> monotonic time its Retry-After ends
+COUNTS = web.AppKey("counts", dict)  # since start (not persisted): 429s, ignored Retry-After, limits hit
 POS = web.RequestKey("pos", object)
 NIF_OF_DGI = "DGI"
 
@@ -69,9 +71,6 @@ async def faults_and_auth(request: web.Request, handler: Callable[[web.Request],
         return web.Response(status=503, text="Service Unavailable")
     if faults.take("error_5xx"):
         return web.Response(status=500, text="Internal Server Error")
-    if faults.take("r429"):
-        return error("RATE_LIMIT", "too many requests", 429,
-                     {"Retry-After": str(faults.levels["retry_after"])})
     header = request.headers.get("Authorization", "").strip()
     token = header[7:].strip() if header[:7].lower() == "bearer " else header  # raw token accepted too
     if not token:
@@ -82,9 +81,15 @@ async def faults_and_auth(request: web.Request, handler: Callable[[web.Request],
         pos = verify(request.app[STORE].secret, token)
     except TokenError as exc:
         return error(exc.code, exc.desc, 401)
-    if limits.rate > 0 and not _within_rate(request.app[WINDOWS], (pos.nif, pos.isf), limits.rate):
-        return error("RATE_LIMIT", "too many requests for this point of sale", 429,
-                     {"Retry-After": str(faults.levels["retry_after"])})
+    key, counts, until = (pos.nif, pos.isf), request.app[COUNTS], request.app[RETRY_UNTIL]
+    if time.monotonic() < until.get(key, 0.0):
+        # Asked to wait and did not: what the tests check the forwarder never does.
+        counts["retry_after_ignored"] = counts.get("retry_after_ignored", 0) + 1
+        return _slow_down(request, key, "you were asked to wait (Retry-After)")
+    if faults.take("r429"):
+        return _slow_down(request, key, "too many requests")
+    if limits.rate > 0 and not _within_rate(request.app[WINDOWS], key, limits.rate):
+        return _slow_down(request, key, "too many requests for this point of sale")
     request[POS] = pos
     request.app[STORE].expire(time.time())
     try:
@@ -95,6 +100,14 @@ async def faults_and_auth(request: web.Request, handler: Callable[[web.Request],
         if exc.status < 400:
             raise
         return error("HTTP_ERROR", exc.reason, exc.status)
+
+
+def _slow_down(request: web.Request, key: tuple[str, str], desc: str) -> web.Response:
+    seconds = request.app[FAULTS].levels["retry_after"]
+    request.app[RETRY_UNTIL][key] = time.monotonic() + seconds
+    counts = request.app[COUNTS]
+    counts["answered_429"] = counts.get("answered_429", 0) + 1
+    return error("RATE_LIMIT", desc, 429, {"Retry-After": str(seconds)})
 
 
 def _within_rate(windows: dict, key: tuple[str, str], rate: float) -> bool:
@@ -160,6 +173,8 @@ async def submit(request: web.Request) -> web.Response:
     if request.app[FAULTS].take("refuse"):
         raise Refusal("INVOICE_REFUSED", "the DGI refuses this invoice (simulated refusal)")
     if len(store.pending(pos.nif, pos.isf)) >= limits.max_pending:
+        counts = request.app[COUNTS]
+        counts["pending_limit"] = counts.get("pending_limit", 0) + 1
         raise Refusal("PENDING_LIMIT", f"{limits.max_pending} requests are pending confirmation for this "
                       "point of sale: confirm or cancel them first", 429)
     uid = str(uuid.uuid4())
@@ -247,7 +262,7 @@ async def sim_faults_set(request: web.Request) -> web.Response:
 
 
 async def sim_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STORE].stats())
+    return web.json_response({**request.app[STORE].stats(), "since_start": dict(request.app[COUNTS])})
 
 
 async def _not_found(request: web.Request) -> web.Response:
@@ -260,6 +275,8 @@ def make_app(store: Store, faults: Switchboard | None = None, limits: Limits | N
     app[FAULTS] = faults or Switchboard()
     app[LIMITS] = limits or Limits()
     app[WINDOWS] = {}
+    app[RETRY_UNTIL] = {}
+    app[COUNTS] = {}
     r = app.router
     r.add_get("/api/info/status", info_status)
     r.add_get("/api/info/taxGroups", info_tax_groups)
