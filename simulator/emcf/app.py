@@ -225,6 +225,9 @@ async def confirm(request: web.Request) -> web.Response:
     moment = _now()
     elements = request.app[STORE].confirm(row, moment.strftime("%Y-%m-%d %H:%M:%S"),
                                           moment.strftime("%Y%m%d%H%M%S"))
+    held = request.app[FAULTS].levels["confirm_delay_ms"]
+    if held:
+        await asyncio.sleep(held / 1000)  # normalized already: only the answer is late
     if request.app[FAULTS].take("lost_confirm"):
         return _drop(request)  # normalized: only the answer is lost
     return web.json_response(elements)

@@ -3,7 +3,7 @@
 * shots (``error_5xx``, ``r429``, ``lost_confirm``, ``expired_token``, ``refuse``): the value is
   how many of the next requests (for ``lost_confirm``: confirms; for ``refuse``: phase-1
   requests) it hits; each hit uses one up;
-* levels (``slow_ms``, ``retry_after``) and ``down`` (``503`` or ``drop``): stay until cleared, or
+* levels (``slow_ms``, ``retry_after``, ``confirm_delay_ms``) and ``down`` (``503`` or ``drop``): stay until cleared, or
   for the next N requests when set as ``NAME=VALUE:N``.
 
 Set with ``--fault`` at start, ``POST /_sim/faults`` (one ``NAME=VALUE[:N]`` or ``clear`` per
@@ -14,10 +14,11 @@ from __future__ import annotations
 import threading
 
 SHOTS = ("error_5xx", "r429", "lost_confirm", "expired_token", "refuse")
-LEVELS = ("slow_ms", "retry_after")
+LEVELS = ("slow_ms", "retry_after", "confirm_delay_ms")
 DOWN = ("down",)
 NAMES = SHOTS + LEVELS + DOWN
 DOWN_MODES = ("503", "drop", "off")
+LEVEL_DEFAULTS = {"slow_ms": 0, "retry_after": 1, "confirm_delay_ms": 0}
 
 HELP: dict[str, str] = {
     "error_5xx": "answer the next N requests with HTTP 500 (nothing done)",
@@ -26,6 +27,7 @@ HELP: dict[str, str] = {
     "expired_token": "answer the next N requests as if their token had expired (401)",
     "refuse": "refuse the next N phase-1 requests permanently (errorCode INVOICE_REFUSED)",
     "slow_ms": "answer every request this many ms late",
+    "confirm_delay_ms": "confirms are done (normalized) at once, their answers wait this many ms",
     "retry_after": "seconds the 429 answers ask to wait (Retry-After) [1]",
     "down": "503: answer every request 503; drop: close every connection unanswered; off: up",
 }
@@ -55,7 +57,7 @@ class Switchboard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.shots: dict[str, int] = {name: 0 for name in SHOTS}
-        self.levels: dict[str, int] = {"slow_ms": 0, "retry_after": 1}
+        self.levels: dict[str, int] = dict(LEVEL_DEFAULTS)
         self.down = "off"
         self._left: dict[str, int] = {}  # level/down name -> requests left before it clears
 
@@ -80,7 +82,7 @@ class Switchboard:
     def clear(self) -> None:
         with self._lock:
             self.shots = {name: 0 for name in SHOTS}
-            self.levels = {"slow_ms": 0, "retry_after": 1}
+            self.levels = dict(LEVEL_DEFAULTS)
             self.down = "off"
             self._left.clear()
 
@@ -103,7 +105,7 @@ class Switchboard:
                     if name == "down":
                         self.down = "off"
                     else:
-                        self.levels[name] = 0 if name == "slow_ms" else 1
+                        self.levels[name] = LEVEL_DEFAULTS[name]
             return down, slow
 
     def snapshot(self) -> dict:
