@@ -93,12 +93,15 @@ def cloud() -> None:
               help="Outlets forwarded at the same time by this instance.")
 @click.option("--dgi-rate", default=0.0, show_default=True, type=click.FloatRange(0, 100_000),
               help="Calls per second per outlet to the DGI (0: as fast as the DGI's 429s allow).")
+@click.option("--dgi-lease", default="30s", show_default=True, callback=_duration,
+              help="How long an instance holds an outlet's queue without renewing it: after a crash, "
+                   "another instance (or the restarted one) takes the outlet over after this long.")
 @click.option("--dgi-poll", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
               help="Seconds between looks for new ledger entries to forward when idle.")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
           workers: int | None, dgi_url: str | None, dgi_concurrency: int, dgi_rate: float,
-          dgi_poll: float) -> None:
+          dgi_lease, dgi_poll: float) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr; `cloud.ready` carries the port. Stops cleanly on
@@ -117,7 +120,8 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     try:
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
                         credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
-                        dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll))
+                        dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll,
+                        dgi_lease=dgi_lease))
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
         raise click.ClickException(_listen_error(host, port, exc)) from None

@@ -95,7 +95,8 @@ def run(state_path: Path, host: str, port: int, max_pending: int, pending_ttl: f
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Held answers (confirm_delay_ms, slow_ms) must not hold the stop up.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)

@@ -47,7 +47,11 @@ class EmcfSim:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         if self.proc:
             self.log.close()
         self.proc = None
@@ -133,7 +137,7 @@ def wait_forwarded(cloud: CloudProcess, total: int, timeout: float = 300, settle
 
 def start_cloud(data_dir: Path, sim: EmcfSim, *extra: str) -> CloudProcess:
     cloud = CloudProcess(data_dir)
-    cloud.start(30, "--workers", "0", "--dgi-url", sim.url, "--dgi-poll", "0.2", *extra)
+    cloud.start(30, "--workers", "0", "--dgi-url", sim.url, "--dgi-poll", "0.2", "--dgi-lease", "3s", *extra)
     return cloud
 
 

@@ -53,7 +53,7 @@ def _wait(predicate, timeout: float = 60) -> None:
 
 
 def test_sigkill_of_the_cloud_mid_confirm_then_restart_normalizes_each_invoice_once(tmp_path, procs):
-    ledger, sim = _setup(tmp_path, procs, 4, 25, "--fault", "confirm_delay_ms=30000")
+    ledger, sim = _setup(tmp_path, procs, 4, 25, "--fault", "confirm_delay_ms=10000")
     cloud = _cloud(tmp_path, procs, sim, ledger)
     # The DGI normalized the outlets' first invoices; their answers are held: the cloud is mid-confirm.
     _wait(lambda: sim.stats()["normalized"] >= 4)
@@ -61,7 +61,7 @@ def test_sigkill_of_the_cloud_mid_confirm_then_restart_normalizes_each_invoice_o
     held = sim.stats()["normalized"]
     assert _cloud_normalized(cloud) == 0 < held  # normalized at the DGI, unknown to the cloud
     sim.fault("clear")
-    cloud.start(30, "--workers", "0", "--dgi-url", sim.url, "--dgi-poll", "0.2")
+    cloud.start(30, "--workers", "0", "--dgi-url", sim.url, "--dgi-poll", "0.2", "--dgi-lease", "3s")
     wait_forwarded(cloud, 100)
     check_exactly_once_in_order(sim, ledger)
     assert sim.stats()["normalized"] == 100 and _cloud_normalized(cloud) == 100
