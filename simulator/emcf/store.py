@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_pos ON requests (nif, isf, status, created_at);
 CREATE INDEX IF NOT EXISTS requests_rn ON requests (nif, isf, rn);
+-- Expiry runs before every call: it must not read the whole table.
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_at) WHERE status = 'pending';
 """
 
 

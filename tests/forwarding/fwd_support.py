@@ -57,6 +57,16 @@ class EmcfSim:
         self.proc = None
 
     def token(self, nif: str, isf: str, ttl: int = 86400) -> str:
+        """Issued in this process with the simulator's own secret (as `sim emcf token` does)."""
+        from simulator.emcf.store import Store
+        from simulator.emcf.tokens import issue
+        store = Store(self.state)
+        try:
+            return issue(store.secret, nif, isf, ttl)
+        finally:
+            store.close()
+
+    def token_by_cli(self, nif: str, isf: str, ttl: int = 86400) -> str:
         return stalela("sim", "emcf", "token", "--state", str(self.state), "--nif", nif, "--isf", isf,
                        "--ttl", str(ttl)).stdout.strip()
 
@@ -79,9 +89,12 @@ class EmcfSim:
         return [dict(zip(("nif", "isf", "rn", "uid", "code", "counters", "nim"), r)) for r in rows]
 
 
-def fill_ledger(data_dir: Path, outlets: int, per_outlet: int, nif: str = "A1234567B") -> dict[str, list[str]]:
-    """Outlets OUT-001.. with `per_outlet` cloud-sealed invoices each, through the cloud service
-    in this process (the cloud process is not running yet). Returns {outlet: [invoice id in seq order]}."""
+def fill_ledger(data_dir: Path, outlets: int, per_outlet: int, nif: str = "A1234567B",
+                batch: int = 500) -> dict[str, list[str]]:
+    """Outlets OUT-001.. with `per_outlet` cloud-sealed invoices each, sealed by the cloud's own
+    signer in this process (the cloud process is not running yet), `batch` per transaction.
+    Returns {outlet: [invoice id in ledger order]}."""
+    from cloud_stub import registry, signer
     from cloud_stub.config import CloudConfig
     from cloud_stub.service import CloudService
     from fiscal.models import InvoiceRequest
@@ -96,31 +109,44 @@ def fill_ledger(data_dir: Path, outlets: int, per_outlet: int, nif: str = "A1234
         for o in range(1, outlets + 1):
             outlet_id = f"OUT-{o:03d}"
             service.add_outlet(outlet_id, nif, outlet_id, isf=f"ISF-{o:03d}")
-            ids = []
-            for n in range(per_outlet):
-                request = InvoiceRequest.model_validate({
-                    "request_id": f"{outlet_id}-{n}", "type": "FV", "invoice_number": f"F-{n}",
-                    "pos_terminal_id": "POS-01", "operator": {"id": "1", "name": "JAN"},
-                    "items": [{"name": "EAU", "type": "BIE", "tax_group": "B", "unit_price": f"{100 + n % 50}.00",
-                               "quantity": "2"}],
-                    "payments": [{"method": "E", "amount": f"{2 * (100 + n % 50)}.00"}]})
-                invoice, _ = service.seal({"outlet_id": outlet_id}, request, None, f"{outlet_id}-INV-{n:06d}")
-                ids.append(invoice["id"])
+            with service.store.read() as tx:
+                outlet = registry.get_outlet(tx, outlet_id)
+            ids: list[str] = []
+            for start in range(0, per_outlet, batch):
+                now = service.now()
+                with service.store.write() as tx:
+                    for n in range(start, min(per_outlet, start + batch)):
+                        request = InvoiceRequest.model_validate({
+                            "request_id": f"{outlet_id}-{n}", "type": "FV", "invoice_number": f"F-{n}",
+                            "pos_terminal_id": "POS-01", "operator": {"id": "1", "name": "JAN"},
+                            "items": [{"name": "EAU", "type": "BIE", "tax_group": "B",
+                                       "unit_price": f"{100 + n % 50}.00", "quantity": "2"}],
+                            "payments": [{"method": "E", "amount": f"{2 * (100 + n % 50)}.00"}]})
+                        lines, totals = signer.compute_totals(request, outlet, now)
+                        invoice, _ = signer.seal(tx, service.issuer, outlet, request, isf=outlet["isf"],
+                                                 invoice_id=f"{outlet_id}-INV-{n:06d}", lines=lines,
+                                                 totals=totals, now=now)
+                        ids.append(invoice["id"])
             out[outlet_id] = ids
     finally:
         service.close()
     return out
 
 
-def set_tokens(cloud: CloudProcess, sim: EmcfSim, outlets: dict[str, list[str]], nif: str = "A1234567B") -> None:
+def set_tokens(cloud_data: Path, sim: EmcfSim, outlets: dict[str, list[str]], nif: str = "A1234567B") -> None:
+    """Each outlet's e-MCF token in the cloud's token file (what `stalela cloud dgi token` writes)."""
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.forwarder import save_token
+    path = CloudConfig(data_dir=cloud_data).dgi_tokens_path
     for outlet_id in outlets:
-        isf = "ISF-" + outlet_id.split("-")[1]
-        stalela("cloud", "dgi", "token", "--data", str(cloud.data_dir), "--outlet", outlet_id, "--token-file", "-",
-                stdin=sim.token(nif, isf))
+        save_token(path, outlet_id, sim.token(nif, "ISF-" + outlet_id.split("-")[1]))
 
 
 def dgi_status(cloud: CloudProcess) -> list[dict]:
-    return json.loads(stalela("cloud", "dgi", "status", "--data", str(cloud.data_dir), "--json").stdout)
+    """Every outlet's forwarding status, through the cloud's API (the admin token)."""
+    admin = cloud.admin_token()
+    outlets = cloud.get("/v1/admin/outlets", admin)["outlets"]
+    return [cloud.get(f"/v1/outlets/{o['id']}/dgi?limit=1000", admin) for o in outlets]
 
 
 def wait_forwarded(cloud: CloudProcess, total: int, timeout: float = 300, settled: tuple[str, ...] = (

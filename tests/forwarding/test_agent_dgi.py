@@ -44,7 +44,7 @@ def test_the_agent_shows_the_dgi_answer_once_the_cloud_forwarded_its_invoice(wor
     # Without a DGI token for the outlet nothing is forwarded: the agent says what it knows.
     assert _dgi(agent, bodies[0]["id"])["state"] in ("not_uploaded", "queued")
     stalela("cloud", "dgi", "token", "--data", str(cloud.data_dir), "--outlet", OUTLET, "--token-file", "-",
-            stdin=sim.token(NIF, bodies[0]["isf"]))
+            stdin=sim.token_by_cli(NIF, bodies[0]["isf"]))
     deadline = time.monotonic() + 60
     while _dgi(agent, bodies[-1]["id"])["state"] != "normalized":
         assert time.monotonic() < deadline, _dgi(agent, bodies[-1]["id"])

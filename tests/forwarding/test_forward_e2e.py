@@ -41,7 +41,7 @@ def _run(tmp_path, sim, clouds, outlets: int, per_outlet: int, *sim_args: str, f
         emcf.fault(f)
     cloud = start_cloud(tmp_path / "cloud", emcf)
     clouds.append(cloud)
-    set_tokens(cloud, emcf, ledger)
+    set_tokens(tmp_path / "cloud", emcf, ledger)
     return ledger, emcf, cloud
 
 

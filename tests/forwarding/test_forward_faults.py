@@ -33,7 +33,7 @@ def _cloud(tmp_path, procs, sim, ledger, tokens: bool = True):
     cloud = start_cloud(tmp_path / "cloud", sim)
     procs.append(cloud)
     if tokens:
-        set_tokens(cloud, sim, ledger)
+        set_tokens(tmp_path / "cloud", sim, ledger)
     return cloud
 
 
@@ -84,7 +84,7 @@ def test_the_dgi_rate_limit_is_respected(tmp_path, procs):
     ledger, sim = _setup(tmp_path, procs, 3, 8, "--rate", "5")
     cloud = start_cloud(tmp_path / "cloud", sim, "--dgi-rate", "4")
     procs.append(cloud)
-    set_tokens(cloud, sim, ledger)
+    set_tokens(tmp_path / "cloud", sim, ledger)
     wait_forwarded(cloud, 24)
     check_exactly_once_in_order(sim, ledger)
     assert sim.stats()["since_start"].get("answered_429", 0) == 0

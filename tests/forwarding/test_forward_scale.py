@@ -22,7 +22,7 @@ def _forward_all(tmp_path, procs, outlets: int, per_outlet: int, timeout: float)
     procs.append(sim)
     cloud = start_cloud(tmp_path / "cloud", sim)
     procs.append(cloud)
-    set_tokens(cloud, sim, ledger)
+    set_tokens(tmp_path / "cloud", sim, ledger)
     total = outlets * per_outlet
     rows = wait_forwarded(cloud, total, timeout=timeout)
     assert sum(r["counts"].get("normalized", 0) for r in rows) == total
@@ -48,7 +48,7 @@ def test_two_cloud_instances_on_one_database_forward_each_invoice_once(tmp_path,
     procs.append(sim)
     first = start_cloud(tmp_path / "cloud", sim)
     procs.append(first)
-    set_tokens(first, sim, ledger)
+    set_tokens(tmp_path / "cloud", sim, ledger)
     second = start_cloud(tmp_path / "cloud", sim)  # same data folder, another port and process
     procs.append(second)
     wait_forwarded(first, 180)
