@@ -168,6 +168,8 @@ class Forwarder:
         self._stop = asyncio.Event()
         self._tokens: dict[str, str] = {}
         self._tokens_stamp: tuple[int, int] | None = None
+        self._renewed: set[str] = set()  # outlets whose token changed since the last round
+        self._loaded = False
         self._session: aiohttp.ClientSession | None = None
 
     async def db(self, fn, *args: Any) -> Any:
@@ -186,9 +188,13 @@ class Forwarder:
             stamp = None
         if stamp != self._tokens_stamp:
             try:
-                self._tokens = load_tokens(path)
+                tokens = load_tokens(path)
             except (OSError, ValueError) as exc:
                 log.error("dgi.tokens_unreadable", extra={"fields": {"error": str(exc)}})
+            else:
+                if self._loaded:  # at start, back-offs (a Retry-After) still hold
+                    self._renewed |= {o for o, t in tokens.items() if self._tokens.get(o) != t}
+                self._tokens, self._loaded = tokens, True
             self._tokens_stamp = stamp
         return self._tokens
 
@@ -219,6 +225,9 @@ class Forwarder:
     async def _round(self, limit: int) -> None:
         tokens = self.tokens()
         await self.db(forwarding.add_queues, self.now())
+        if self._renewed:
+            await self.db(forwarding.clear_back_off, sorted(self._renewed), self.now())
+            self._renewed = set()
         free = limit - len(self.active)
         candidates = [o for o in sorted(tokens) if o not in self.active]
         claimed = await self.db(forwarding.claim, self.owner, candidates, self.now(), self.config.dgi_lease, free)
@@ -294,6 +303,8 @@ class Forwarder:
         if work.mode == "device":
             return await self.db(forwarding.record_device, work, self.owner, self.now())
         sub = work.submission
+        if sub is not None and sub["state"] in ("normalized", "device_reported", "quarantined"):
+            return await self.db(forwarding.pass_settled, work, self.owner, self.now())
         if sub is not None and sub["state"] == "submitted" and sub["uid"]:
             known = await self._resolve(work, client, sub["uid"])
             if known == "confirmed":

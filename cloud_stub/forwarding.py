@@ -90,6 +90,20 @@ def _done(tx, work: Work, owner: str, now: str) -> bool:
     return queue is not None and queue["lease_owner"] == owner
 
 
+def pass_settled(store: Store, work: Work, owner: str, now: datetime) -> bool:
+    """An entry already settled whose queue did not advance (its instance lost the lease right
+    then): only advance. Sending it again could normalize it twice."""
+    with store.write() as tx:
+        return _done(tx, work, owner, ts(now))
+
+
+def clear_back_off(store: Store, outlet_ids: list[str], now: datetime) -> None:
+    """A new token for these outlets: try them now, not after the back-off the old one earned."""
+    with store.write() as tx:
+        for outlet_id in outlet_ids:
+            tx.dgi_clear_failures(outlet_id, ts(now))
+
+
 def record_device(store: Store, work: Work, owner: str, now: datetime) -> bool:
     """The MCF reports its own invoices to the DGI: nothing to send, only to note."""
     at = ts(now)

@@ -165,3 +165,21 @@ def test_a_permanent_refusal_is_quarantined_visible_and_released_by_an_operator(
     again = stalela("cloud", "dgi", "release", "--data", str(cloud.data_dir), "--outlet", outlet_id,
                     "--seq", str(q["seq"]), check=False)
     assert again.returncode == 1 and "not quarantined" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_refused_token_backs_off_without_quarantine_and_a_new_token_resumes_at_once(tmp_path, procs):
+    ledger, sim = _setup(tmp_path, procs, 1, 5)
+    from cloud_stub.config import CloudConfig
+    from cloud_stub.forwarder import save_token
+    tokens = CloudConfig(data_dir=tmp_path / "cloud").dgi_tokens_path
+    save_token(tokens, "OUT-001", sim.token("A1234567B", "ISF-001", ttl=-60))  # expired already
+    cloud = _cloud(tmp_path, procs, sim, ledger, tokens=False)
+    _wait(lambda: "token" in (dgi_status(cloud)[0]["last_error"] or ""))
+    status = dgi_status(cloud)[0]
+    assert status["quarantined"] == [] and sim.stats()["normalized"] == 0
+    # The operator renews it: forwarding resumes now, not after the 60 s back-off.
+    stalela("cloud", "dgi", "token", "--data", str(cloud.data_dir), "--outlet", "OUT-001", "--token-file", "-",
+            stdin=sim.token("A1234567B", "ISF-001"))
+    rows = wait_forwarded(cloud, 5, timeout=30)
+    assert rows[0]["counts"] == {"normalized": 5}
+    check_exactly_once_in_order(sim, ledger)

@@ -33,13 +33,9 @@ def _forward_all(tmp_path, procs, outlets: int, per_outlet: int, timeout: float)
     assert stats["since_start"].get("retry_after_ignored", 0) == 0
 
 
-def test_1000_invoices_from_20_outlets_arrive_once_each_in_order(tmp_path, procs):
-    _forward_all(tmp_path, procs, 20, 50, timeout=300)
-
-
-@pytest.mark.slow
 def test_10000_invoices_from_20_outlets_arrive_once_each_in_order(tmp_path, procs):
-    _forward_all(tmp_path, procs, 20, 500, timeout=1800)
+    # ≈ 25 s on the shared 2-core development machine: small enough to run by default.
+    _forward_all(tmp_path, procs, 20, 500, timeout=900)
 
 
 def test_two_cloud_instances_on_one_database_forward_each_invoice_once(tmp_path, procs):
