@@ -560,12 +560,19 @@ def dgi_status(data_dir: Path, outlet_id: str | None, as_json: bool) -> None:
       stalela cloud dgi status --data ./cloud-data --outlet KIN-01 --json
     """
     from . import forwarding
+    from .forwarder import load_tokens
 
     service = _service(data_dir)
     try:
         rows = [forwarding.outlet_status(service.store, outlet_id)] if outlet_id else forwarding.all_status(service.store)
     finally:
         service.close()
+    try:
+        tokens = load_tokens(CloudConfig(data_dir=data_dir).dgi_tokens_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in rows:
+        r["has_token"] = r["outlet_id"] in tokens  # whether it is forwarded at all (never the token)
     if as_json:
         click.echo(json.dumps(rows if outlet_id is None else rows[0], indent=2, ensure_ascii=False))
         return
@@ -575,6 +582,7 @@ def dgi_status(data_dir: Path, outlet_id: str | None, as_json: bool) -> None:
         c = r["counts"]
         click.echo(f"{r['outlet_id']:16} waiting {r['waiting']:>6}  normalized {c.get('normalized', 0):>6}  "
                    f"device {c.get('device_reported', 0):>5}  quarantined {c.get('quarantined', 0):>4}"
+                   + ("" if r["has_token"] else "  (no DGI token: not forwarded)")
                    + (f"  last error: {r['last_error']}" if r["last_error"] else ""))
         if outlet_id:
             for q in r["quarantined"]:
