@@ -326,14 +326,21 @@ class Forwarder:
                 data = await client.call("GET", f"/api/invoice/{uid}")
             except Refused as exc:
                 if exc.status == 404:
-                    return "gone"
+                    # A uid it gave us and no longer knows (or no such lookup at all): only a
+                    # person can tell whether it was normalized.
+                    return "uncertain"
                 raise Transient(f"the DGI cannot tell request {uid}'s status ({exc.code})") from None
             status = data.get("status")
-            if status == "confirmed" and data.get("codeDEFDGI"):
+            if status == "confirmed":
+                if not data.get("codeDEFDGI"):
+                    raise Transient(f"the DGI says request {uid} is confirmed but gives no code")
                 await self.db(forwarding.record_normalized, work, self.owner, uid, data, self.now())
                 event("dgi.resolved", outlet_id=work.outlet_id, seq=work.seq, uid=uid)
                 return "confirmed"
-            return "pending" if status == "pending" else "gone"
+            if status == "pending":
+                return "pending"
+            # Only a request known to be dead may be replaced by a new one.
+            return "gone" if status in ("expired", "cancelled") else "uncertain"
         pending = await client.call("GET", "/api/invoice")
         uids = {e.get("uid") for e in pending.get("pendingRequestsList") or [] if isinstance(e, dict)}
         return "pending" if uid in uids else "uncertain"
