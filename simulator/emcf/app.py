@@ -181,6 +181,8 @@ async def submit(request: web.Request) -> web.Response:
     store.create(uid=uid, nif=pos.nif, isf=pos.isf, rn=checked["rn"], type_=checked["type"], body=body,
                  total=str(checked["total"]), vtotal=str(checked["vtotal"]), now=time.time(),
                  ttl=limits.pending_ttl)
+    if request.app[FAULTS].take("lost_submit"):
+        return _drop(request)  # pending at the DGI: only the answer is lost
     return web.json_response({"uid": uid, "total": float(checked["total"]), "vtotal": float(checked["vtotal"]),
                               **checked["figures"]})
 

@@ -1,10 +1,10 @@
 """The e-MCF simulator's fault switchboard: what the DGI's service does wrong, live.
 
-* shots (``error_5xx``, ``r429``, ``lost_confirm``, ``expired_token``, ``refuse``): the value is
-  how many of the next requests (for ``lost_confirm``: confirms; for ``refuse``: phase-1
-  requests) it hits; each hit uses one up;
-* levels (``slow_ms``, ``retry_after``, ``confirm_delay_ms``) and ``down`` (``503`` or ``drop``): stay until cleared, or
-  for the next N requests when set as ``NAME=VALUE:N``.
+* shots (``error_5xx``, ``r429``, ``lost_submit``, ``lost_confirm``, ``expired_token``,
+  ``refuse``): the value is how many of the next requests (for ``lost_confirm``: confirms; for
+  ``refuse`` and ``lost_submit``: phase-1 requests) it hits; each hit uses one up;
+* levels (``slow_ms``, ``retry_after``, ``confirm_delay_ms``) and ``down`` (``503`` or
+  ``drop``): stay until cleared, or for the next N requests when set as ``NAME=VALUE:N``.
 
 Set with ``--fault`` at start, ``POST /_sim/faults`` (one ``NAME=VALUE[:N]`` or ``clear`` per
 line) while it runs, or ``stalela sim emcf fault --url URL NAME=VALUE``.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-SHOTS = ("error_5xx", "r429", "lost_confirm", "expired_token", "refuse")
+SHOTS = ("error_5xx", "r429", "lost_submit", "lost_confirm", "expired_token", "refuse")
 LEVELS = ("slow_ms", "retry_after", "confirm_delay_ms")
 DOWN = ("down",)
 NAMES = SHOTS + LEVELS + DOWN
@@ -23,6 +23,7 @@ LEVEL_DEFAULTS = {"slow_ms": 0, "retry_after": 1, "confirm_delay_ms": 0}
 HELP: dict[str, str] = {
     "error_5xx": "answer the next N requests with HTTP 500 (nothing done)",
     "r429": "answer the next N requests with 429 Too Many Requests and Retry-After",
+    "lost_submit": "the next N phase-1 requests are taken (pending), then the connection drops unanswered",
     "lost_confirm": "the next N confirms are done (normalized), then the connection drops unanswered",
     "expired_token": "answer the next N requests as if their token had expired (401)",
     "refuse": "refuse the next N phase-1 requests permanently (errorCode INVOICE_REFUSED)",

@@ -102,6 +102,15 @@ def test_lost_confirm_answers_are_resolved_by_lookup_not_by_a_second_normalizati
     assert log.count('"dgi.resolved"') == 6
 
 
+def test_lost_phase_one_answers_leave_strays_that_are_cancelled_not_confirmed(tmp_path, procs):
+    ledger, sim = _setup(tmp_path, procs, 2, 10, "--fault", "lost_submit=3")
+    cloud = _cloud(tmp_path, procs, sim, ledger)
+    wait_forwarded(cloud, 20)
+    check_exactly_once_in_order(sim, ledger)
+    _wait(lambda: sim.stats()["requests"].get("cancelled", 0) == 3)  # the strays, at the next take-up
+    assert sim.stats()["requests"] == {"confirmed": 20, "cancelled": 3}
+
+
 def test_5xx_an_outage_and_dropped_connections_lose_nothing(tmp_path, procs):
     ledger, sim = _setup(tmp_path, procs, 3, 15, "--fault", "error_5xx=5", "--fault", "down=503:8")
     cloud = _cloud(tmp_path, procs, sim, ledger)
