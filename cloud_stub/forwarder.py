@@ -33,7 +33,6 @@ import random
 import socket
 import time
 import uuid
-from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, AsyncIterator

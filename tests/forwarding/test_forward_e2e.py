@@ -2,15 +2,10 @@
 in per-outlet order, within the DGI's limits, across faults and a SIGKILL of the cloud."""
 from __future__ import annotations
 
-import json
-import signal
-import time
-import urllib.request
-
 import pytest
 
-from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, dgi_status, fill_ledger,
-                                          set_tokens, stalela, start_cloud, wait_forwarded)
+from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, fill_ledger, set_tokens,
+                                          start_cloud, wait_forwarded)
 
 
 @pytest.fixture
