@@ -180,3 +180,25 @@ def test_the_cli_refuses_bad_input_in_one_line(tmp_path):
     res = _cli("run", "--state", str(tmp_path / "s.sqlite3"), "--fault", "down=maybe")
     assert res.returncode == 2 and "down must be" in res.stderr
     assert "lost_confirm" in _cli("faults").stdout
+
+
+@pytest.mark.parametrize("raw", [
+    b"[]", b'"x"', b"not json", b"\xff\xfe", b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "items": "x"}',
+    b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "items": [1]}',
+    b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "items": [{"name": "X", "type": "BIE", '
+    b'"price": NaN, "quantity": 1, "taxGroup": "B"}]}',
+    b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "items": [{"name": "X", "type": "BIE", '
+    b'"price": Infinity, "quantity": 1, "taxGroup": "B"}]}',
+    b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "items": [{"name": "X", "type": "BIE", '
+    b'"price": 1e300, "quantity": 1, "taxGroup": "B"}]}',
+    b'{"nif": "A1234567B", "rn": ["R"], "mode": "ttc", "type": "FV", "items": []}',
+    b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "client": "x", "items": []}',
+    b'{"nif": "A1234567B", "rn": "R", "mode": "ttc", "type": "FV", "payment": [{"name": 1}], "items": []}',
+])
+async def test_malformed_bodies_get_an_error_code_never_a_5xx(emcf, raw):
+    client, auth, _ = await emcf()
+    resp = await client.post("/api/invoice", data=raw, headers=auth)
+    answer = await resp.json(content_type=None)
+    assert 400 <= resp.status < 500 and answer["errorCode"] and answer["errorDesc"]
+    resp = await client.put("/api/invoice/x/confirm", data=raw, headers=auth)
+    assert 400 <= resp.status < 500 and (await resp.json(content_type=None))["errorCode"]
