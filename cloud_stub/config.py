@@ -58,6 +58,7 @@ class CloudConfig:
     dgi_timeout: float = 30.0  # seconds for one call to the DGI
     dgi_lease: timedelta = timedelta(seconds=30)  # how long an instance holds an outlet unrenewed
     dgi_poll: float = 1.0  # seconds between looks for new ledger entries when idle
+    dgi_slice: int = 100  # entries an instance forwards for one outlet before taking another turn
     dgi_backoff_cap: float = 300.0  # longest wait between attempts after failures (seconds)
     # The DGI answers `GET /api/invoice/{uid}` (the simulator does): a lost confirm answer is
     # resolved by asking. Without it, an uncertain confirm is quarantined for an operator.

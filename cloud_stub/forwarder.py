@@ -165,6 +165,7 @@ class Forwarder:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.active: dict[str, asyncio.Task] = {}
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
         self._tokens: dict[str, str] = {}
         self._tokens_stamp: tuple[int, int] | None = None
         self._renewed: set[str] = set()  # outlets whose token changed since the last round
@@ -211,10 +212,11 @@ class Forwarder:
                     if not failing:
                         log.error("dgi.round_failed", exc_info=True)
                     failing = True
-                try:
-                    await asyncio.wait_for(self._stop.wait(), self.config.dgi_poll)
+                try:  # the next round: after dgi_poll, or as soon as an outlet's worker ends
+                    await asyncio.wait_for(self._wake.wait(), self.config.dgi_poll)
                 except asyncio.TimeoutError:
                     pass
+                self._wake.clear()
         finally:
             for task in list(self.active.values()):
                 task.cancel()
@@ -233,10 +235,15 @@ class Forwarder:
         for outlet_id in claimed:
             task = asyncio.create_task(self._outlet(outlet_id, tokens[outlet_id]))
             self.active[outlet_id] = task
-            task.add_done_callback(lambda _t, o=outlet_id: self.active.pop(o, None))
+            task.add_done_callback(lambda _t, o=outlet_id: self._ended(o))
+
+    def _ended(self, outlet_id: str) -> None:
+        self.active.pop(outlet_id, None)
+        self._wake.set()  # a free place: claim the next outlet now rather than at the next poll
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     # -- one outlet -------------------------------------------------------------------------
 
@@ -248,7 +255,11 @@ class Forwarder:
         try:
             await self._cancel_strays(outlet_id, client)
             renewed = time.monotonic()
-            while not self._stop.is_set():
+            # A slice of entries, then the outlet goes back to the queue (behind the outlets that
+            # waited longest): with more outlets than `dgi_concurrency`, all of them move on.
+            for _ in range(max(1, self.config.dgi_slice)):
+                if self._stop.is_set():
+                    return
                 work = await self.db(forwarding.next_work, outlet_id)
                 if work is None:
                     return
