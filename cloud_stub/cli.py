@@ -96,12 +96,15 @@ def cloud() -> None:
 @click.option("--dgi-lease", default="30s", show_default=True, callback=_duration,
               help="How long an instance holds an outlet's queue without renewing it: after a crash, "
                    "another instance (or the restarted one) takes the outlet over after this long.")
+@click.option("--dgi-lookup/--no-dgi-lookup", default=True, show_default=True,
+              help="The DGI answers GET /api/invoice/{uid}: a lost confirm answer is resolved by asking. "
+                   "Without it such an entry is quarantined for an operator.")
 @click.option("--dgi-poll", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
               help="Seconds between looks for new ledger entries to forward when idle.")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
           workers: int | None, dgi_url: str | None, dgi_concurrency: int, dgi_rate: float,
-          dgi_lease, dgi_poll: float) -> None:
+          dgi_lease, dgi_lookup: bool, dgi_poll: float) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr; `cloud.ready` carries the port. Stops cleanly on
@@ -121,7 +124,7 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
                         credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
                         dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll,
-                        dgi_lease=dgi_lease))
+                        dgi_lease=dgi_lease, dgi_lookup=dgi_lookup))
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
         raise click.ClickException(_listen_error(host, port, exc)) from None

@@ -192,3 +192,17 @@ def test_a_refused_token_backs_off_without_quarantine_and_a_new_token_resumes_at
     rows = wait_forwarded(cloud, 5, timeout=30)
     assert rows[0]["counts"] == {"normalized": 5}
     check_exactly_once_in_order(sim, ledger)
+
+
+def test_without_the_dgi_lookup_a_lost_confirm_is_quarantined_never_sent_twice(tmp_path, procs):
+    ledger, sim = _setup(tmp_path, procs, 2, 10, "--fault", "lost_confirm=2")
+    cloud = start_cloud(tmp_path / "cloud", sim, "--no-dgi-lookup")
+    procs.append(cloud)
+    set_tokens(tmp_path / "cloud", sim, ledger)
+    rows = wait_forwarded(cloud, 20)
+    uncertain = [q for r in rows for q in r["quarantined"]]
+    assert [q["error_code"] for q in uncertain] == ["DGI_UNCERTAIN"] * 2
+    stats = sim.stats()
+    # The DGI did normalize them (their answers were lost); nobody sent them a second time.
+    assert stats["normalized"] == 20 and stats["rn_normalized_twice"] == 0
+    assert {q["invoice_id"] for q in uncertain} <= {c["rn"] for c in sim.confirmed()}
