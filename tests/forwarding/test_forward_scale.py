@@ -55,3 +55,23 @@ def test_two_cloud_instances_on_one_database_forward_each_invoice_once(tmp_path,
     owners = {line.split('"owner": "')[1].split('"')[0] for line in logs[0].read_text().splitlines()
               if '"dgi.forwarder_started"' in line}
     assert len(owners) == 2
+
+
+def test_with_more_outlets_than_places_outlets_take_turns(tmp_path, procs):
+    # One place, three outlets of 250: each turn forwards at most 100 entries (dgi_slice), then
+    # the outlet that waited longest goes next; no outlet waits for another's whole backlog.
+    ledger = fill_ledger(tmp_path / "cloud", 3, 250)
+    sim = EmcfSim(tmp_path / "emcf.sqlite3").start()
+    procs.append(sim)
+    set_tokens(tmp_path / "cloud", sim, ledger)
+    cloud = start_cloud(tmp_path / "cloud", sim, "--dgi-concurrency", "1")
+    procs.append(cloud)
+    wait_forwarded(cloud, 750, timeout=300)
+    check_exactly_once_in_order(sim, ledger)
+    order = [c["isf"] for c in sim.confirmed()]
+    runs, longest = 1, 1
+    for before, after in zip(order, order[1:]):
+        runs = runs + 1 if after == before else 1
+        longest = max(longest, runs)
+    assert longest <= 100
+    assert len(set(order[:300])) == 3  # every outlet had a turn within the first 300
