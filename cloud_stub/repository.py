@@ -268,6 +268,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX dgi_events_entry ON dgi_events(outlet_id, seq, id);
     CREATE UNIQUE INDEX dgi_events_once ON dgi_events(outlet_id, seq) WHERE kind IN ('normalized', 'device_reported');
+    -- An invoice by its id (the agent asks what the DGI said of it) before the forwarder reached
+    -- it. PostgreSQL: an expression index on ((invoice::jsonb ->> 'id')).
+    CREATE INDEX ledger_invoice_id ON ledger(outlet_id, json_extract(invoice, '$.id'));
     CREATE TRIGGER dgi_events_no_update BEFORE UPDATE ON dgi_events
         BEGIN SELECT RAISE(ABORT, 'DGI events are append-only'); END;
     CREATE TRIGGER dgi_events_no_delete BEFORE DELETE ON dgi_events
@@ -776,8 +779,9 @@ class Tx:
                          outlet_id, seq)
 
     def ledger_seq_of_invoice(self, outlet_id: str, invoice_id: str) -> int | None:
-        # SQLite's json_extract (PostgreSQL: invoice::jsonb ->> 'id'); only for an invoice the
-        # forwarder has not reached yet, which has no dgi_submissions row to find it by.
+        # SQLite's json_extract (PostgreSQL: invoice::jsonb ->> 'id'), served by the expression
+        # index ledger_invoice_id; only for an invoice the forwarder has not reached yet, which
+        # has no dgi_submissions row to find it by.
         row = self._one("SELECT seq FROM ledger WHERE outlet_id = ? AND json_extract(invoice, '$.id') = ?",
                         outlet_id, invoice_id)
         return row["seq"] if row else None
