@@ -20,7 +20,7 @@ from .config import CloudConfig, parse_duration
 from .errors import PROBLEM_BASE, CloudError, Forbidden, Invalid, NotFound, Unauthorized
 from .logs import event, log
 from .registry import PROVISIONING_PREFIX
-from . import reports
+from . import forwarding, reports
 from .service import CloudService
 
 CONFIG = web.AppKey("config", CloudConfig)
@@ -284,6 +284,32 @@ async def provision_device(request: web.Request) -> web.Response:
     return _json(device, 201 if created else 200)
 
 
+async def outlet_dgi(request: web.Request) -> web.Response:
+    """DGI forwarding of one outlet (admin and the outlet's agent): queue, counts, quarantine."""
+    outlet_id = await _outlet_scope(request)
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    service = request.app[SERVICE]
+    return _json(await service.call(forwarding.outlet_status, service.store, outlet_id, limit))
+
+
+async def outlet_invoice_dgi(request: web.Request) -> web.Response:
+    """What the DGI answered for one invoice: `{state, code, counters, nim, ...}`."""
+    outlet_id = await _outlet_scope(request)
+    service = request.app[SERVICE]
+    return _json(await service.call(forwarding.invoice_dgi, service.store, outlet_id,
+                                    request.match_info["invoice_id"]))
+
+
+async def admin_dgi_release(request: web.Request) -> web.Response:
+    await _admin(request)
+    outlet_id = request.match_info["outlet_id"]
+    text = request.query.get("seq")
+    seq = None if text in (None, "") else _int_param(request, "seq", 1, 1, 2**62)
+    service = request.app[SERVICE]
+    released = await service.call(forwarding.release, service.store, outlet_id, seq, "operator (api)", service.now())
+    return _json({"outlet_id": outlet_id, "released": released})
+
+
 # -- admin ----------------------------------------------------------------------------------
 
 
@@ -441,6 +467,9 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_get("/v1/outlets/{outlet_id}/flags", outlet_flags)
     r.add_get("/v1/outlets/{outlet_id}/rejections", outlet_rejections)
     r.add_get("/v1/outlets/{outlet_id}/devices", outlet_devices)
+    r.add_get("/v1/outlets/{outlet_id}/dgi", outlet_dgi)
+    r.add_get("/v1/outlets/{outlet_id}/invoices/{invoice_id}/dgi", outlet_invoice_dgi)
+    r.add_post("/v1/admin/outlets/{outlet_id}/dgi/release", admin_dgi_release)
     r.add_post("/v1/admin/merchants", admin_add_merchant)
     r.add_get("/v1/admin/outlets", admin_outlets)
     r.add_post("/v1/admin/outlets", admin_add_outlet)

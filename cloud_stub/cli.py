@@ -100,9 +100,25 @@ def cloud() -> None:
 @click.option("--database-url", envvar=DATABASE_URL_ENV, show_envvar=True, default=None,
               help="A postgresql://user@host:port/dbname URL to keep the ledger in PostgreSQL (several "
                    "instances may share it). Default: the SQLite file in the data folder.")
+@click.option("--dgi-url", default=None, metavar="URL",
+              help="The DGI's e-MCF base URL: forward every sealed invoice there (off without it). "
+                   "Tokens per outlet: `stalela cloud dgi token`.")
+@click.option("--dgi-concurrency", default=32, show_default=True, type=click.IntRange(1, 10_000),
+              help="Outlets forwarded at the same time by this instance.")
+@click.option("--dgi-rate", default=0.0, show_default=True, type=click.FloatRange(0, 100_000),
+              help="Calls per second per outlet to the DGI (0: as fast as the DGI's 429s allow).")
+@click.option("--dgi-lease", default="30s", show_default=True, callback=_duration,
+              help="How long an instance holds an outlet's queue without renewing it: after a crash, "
+                   "another instance (or the restarted one) takes the outlet over after this long.")
+@click.option("--dgi-lookup/--no-dgi-lookup", default=True, show_default=True,
+              help="The DGI answers GET /api/invoice/{uid}: a lost confirm answer is resolved by asking. "
+                   "Without it such an entry is quarantined for an operator.")
+@click.option("--dgi-poll", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
+              help="Seconds between looks for new ledger entries to forward when idle.")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
-          workers: int | None, log_level: str, database_url: str | None) -> None:
+          workers: int | None, log_level: str, database_url: str | None, dgi_url: str | None,
+          dgi_concurrency: int, dgi_rate: float, dgi_lease, dgi_lookup: bool, dgi_poll: float) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr (readable text on a terminal); `cloud.ready` carries
@@ -111,6 +127,7 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     \b
     Example:
       stalela cloud serve --data ./cloud-data --port 8710 --workers 2
+      stalela cloud serve --data ./cloud-data --dgi-url https://emcf.example/ --dgi-concurrency 64
     """
     from . import logs
     from .server import run
@@ -120,7 +137,9 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     try:
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
                         credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
-                        database_url=database_url or None))
+                        database_url=database_url or None,
+                        dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll,
+                        dgi_lease=dgi_lease, dgi_lookup=dgi_lookup))
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
         raise click.ClickException(_listen_error(host, port, exc)) from None
@@ -491,3 +510,125 @@ def verify_cmd(data_dir: Path, outlet_id: str) -> None:
             click.echo(problem, err=True)
         raise click.ClickException(f"ledger of {outlet_id} is NOT valid ({len(result['problems'])} problem(s))")
     click.echo(f"ledger of {outlet_id} valid: {result['entries']} entries")
+
+
+# -- DGI forwarding (docs/dgi-forwarding.md) --------------------------------------------------
+
+
+@cloud.group()
+def dgi() -> None:
+    """Forwarding to the DGI's e-MCF: tokens, status, quarantine release.
+
+    \b
+    Example:
+      stalela cloud dgi token --data ./cloud-data --outlet KIN-01 --token-file pos.jwt
+      stalela cloud dgi status --data ./cloud-data
+      stalela cloud dgi release --data ./cloud-data --outlet KIN-01 --seq 42
+    """
+
+
+@dgi.command("token")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet whose point of sale the token is for.")
+@click.option("--token-file", type=click.File("r"), help="File holding the e-MCF token the DGI issued ('-': stdin).")
+@click.option("--remove", is_flag=True, help="Forget the outlet's token (its forwarding stops).")
+@domain_errors
+def dgi_token(data_dir: Path, outlet_id: str, token_file, remove: bool) -> None:
+    """Set the e-MCF token (JWT) of an outlet's point of sale; a running cloud picks it up.
+
+    The token is a secret: it is read from a file or stdin, never from the command line.
+
+    \b
+    Example:
+      stalela cloud dgi token --data ./cloud-data --outlet KIN-01 --token-file pos.jwt
+      stalela cloud dgi token --data ./cloud-data --outlet KIN-01 --remove
+    """
+    from .forwarder import save_token
+
+    if remove == (token_file is not None):
+        raise click.UsageError("give --token-file or --remove (one of them)")
+    service = _service(data_dir)
+    try:
+        service.outlet(outlet_id)  # refuses an unknown outlet with a clear line
+    finally:
+        service.close()
+    token = None
+    if token_file is not None:
+        token = token_file.read().strip()
+        if not token or not (token.isascii() and token.isprintable()) or " " in token:
+            raise click.ClickException("the token file holds no token (printable ASCII, no spaces)")
+    try:
+        save_token(CloudConfig(data_dir=data_dir).dgi_tokens_path, outlet_id, token)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"DGI token of {outlet_id} {'removed' if remove else 'set'}")
+
+
+@dgi.command("status")
+@data_option
+@click.option("--outlet", "outlet_id", help="Only this outlet (and list its quarantined entries).")
+@json_option
+@domain_errors
+def dgi_status(data_dir: Path, outlet_id: str | None, as_json: bool) -> None:
+    """Forwarding per outlet: entries waiting, normalized, device-reported, quarantined, last error.
+
+    \b
+    Example:
+      stalela cloud dgi status --data ./cloud-data
+      stalela cloud dgi status --data ./cloud-data --outlet KIN-01 --json
+    """
+    from . import forwarding
+    from .forwarder import load_tokens
+
+    service = _service(data_dir)
+    try:
+        rows = [forwarding.outlet_status(service.store, outlet_id)] if outlet_id else forwarding.all_status(service.store)
+    finally:
+        service.close()
+    try:
+        tokens = load_tokens(CloudConfig(data_dir=data_dir).dgi_tokens_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in rows:
+        r["has_token"] = r["outlet_id"] in tokens  # whether it is forwarded at all (never the token)
+    if as_json:
+        click.echo(json.dumps(rows if outlet_id is None else rows[0], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no outlets")
+    for r in rows:
+        c = r["counts"]
+        click.echo(f"{r['outlet_id']:16} waiting {r['waiting']:>6}  normalized {c.get('normalized', 0):>6}  "
+                   f"device {c.get('device_reported', 0):>5}  quarantined {c.get('quarantined', 0):>4}"
+                   + ("" if r["has_token"] else "  (no DGI token: not forwarded)")
+                   + (f"  last error: {r['last_error']}" if r["last_error"] else ""))
+        if outlet_id:
+            for q in r["quarantined"]:
+                click.echo(f"  seq {q['seq']:>6}  {q['invoice_id']}  {q['error_code']}: {q['error_desc']}")
+
+
+@dgi.command("release")
+@data_option
+@click.option("--outlet", "outlet_id", required=True, help="The outlet.")
+@click.option("--seq", type=click.IntRange(min=1), help="The ledger entry to send again [all quarantined].")
+@domain_errors
+def dgi_release(data_dir: Path, outlet_id: str, seq: int | None) -> None:
+    """Send quarantined entries to the DGI again (after the cause was fixed).
+
+    \b
+    Example:
+      stalela cloud dgi release --data ./cloud-data --outlet KIN-01 --seq 42
+      stalela cloud dgi release --data ./cloud-data --outlet KIN-01
+    """
+    from . import forwarding
+
+    service = _service(data_dir)
+    try:
+        released = forwarding.release(service.store, outlet_id, seq, "operator (cli)", service.now())
+    finally:
+        service.close()
+    if not released:
+        click.echo(f"{outlet_id}: nothing quarantined")
+        return
+    click.echo(f"{outlet_id}: released {len(released)} entr{'y' if len(released) == 1 else 'ies'} "
+               f"(seq {', '.join(map(str, released))})")

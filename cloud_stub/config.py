@@ -59,6 +59,18 @@ class CloudConfig:
     # instances can share (docs/operations.md, "PostgreSQL"). The data folder still holds the
     # issuer key and the admin token, which every instance on one database must share.
     database_url: str | None = None
+    # DGI forwarding (docs/dgi-forwarding.md): off without a URL, so the quick start is unchanged.
+    dgi_url: str | None = None
+    dgi_concurrency: int = 32  # outlets forwarded at the same time by this instance
+    dgi_rate: float = 0.0  # calls per second per outlet (0: only the DGI's own 429s slow us down)
+    dgi_timeout: float = 30.0  # seconds for one call to the DGI
+    dgi_lease: timedelta = timedelta(seconds=30)  # how long an instance holds an outlet unrenewed
+    dgi_poll: float = 1.0  # seconds between looks for new ledger entries when idle
+    dgi_slice: int = 100  # entries an instance forwards for one outlet before taking another turn
+    dgi_backoff_cap: float = 300.0  # longest wait between attempts after failures (seconds)
+    # The DGI answers `GET /api/invoice/{uid}` (the simulator does): a lost confirm answer is
+    # resolved by asking. Without it, an uncertain confirm is quarantined for an operator.
+    dgi_lookup: bool = True
     clock: Callable[[], datetime] = field(default=utc_now, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +79,11 @@ class CloudConfig:
     db_path = DataFile("cloud.sqlite3")
     issuer_key_path = DataFile("issuer-key.pem")
     admin_token_path = DataFile("admin.token")
+
+    @property
+    def dgi_tokens_path(self) -> Path:
+        """{outlet id: the e-MCF token (JWT) the DGI issued for the outlet's point of sale}, mode 0600."""
+        return self.data_dir / "dgi-tokens.json"
 
 
 def ensure_data_dir(path: Path) -> None:

@@ -216,6 +216,73 @@ MIGRATIONS: list[str] = [
                strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'), mid
         FROM devices ORDER BY outlet_id, mid;
     """,
+    # 3: DGI forwarding (docs/dgi-forwarding.md). Plain SQL that PostgreSQL takes as it is
+    # (AUTOINCREMENT aside, as in version 1): times are UTC ISO-8601 text, compared as text.
+    """
+    -- One row per outlet: how far the forwarder got in the outlet's ledger (next_seq), who holds
+    -- the outlet (a lease, so several cloud instances share the work without double sending),
+    -- and when it may try again after a refusal of service (429, 5xx, network).
+    CREATE TABLE dgi_queues (
+        outlet_id TEXT PRIMARY KEY,
+        next_seq INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until TEXT,
+        not_before TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at TEXT NOT NULL
+    );
+    -- One row per ledger entry the forwarder took up: where it is with the DGI. `uid` is stored
+    -- (state `submitted`) before the confirm is sent, so that a lost answer or a crash is
+    -- resolved by asking the DGI about that request, never by normalizing the invoice again.
+    CREATE TABLE dgi_submissions (
+        outlet_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ledger_id INTEGER NOT NULL,
+        invoice_id TEXT NOT NULL,
+        rn TEXT NOT NULL,
+        state TEXT NOT NULL,
+        uid TEXT,
+        total TEXT,
+        vtotal TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error_code TEXT,
+        error_desc TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (outlet_id, seq)
+    );
+    CREATE INDEX dgi_submissions_invoice ON dgi_submissions(outlet_id, invoice_id);
+    CREATE INDEX dgi_submissions_state ON dgi_submissions(outlet_id, state, seq);
+    -- What the DGI answered and what operators decided, beside the ledger (never in it):
+    -- append-only like the ledger.
+    CREATE TABLE dgi_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outlet_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ledger_id INTEGER NOT NULL,
+        invoice_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        uid TEXT,
+        code TEXT,
+        counters TEXT,
+        nim TEXT,
+        date_time TEXT,
+        qr_code TEXT,
+        error_code TEXT,
+        error_desc TEXT,
+        actor TEXT,
+        recorded_at TEXT NOT NULL
+    );
+    CREATE INDEX dgi_events_entry ON dgi_events(outlet_id, seq, id);
+    CREATE UNIQUE INDEX dgi_events_once ON dgi_events(outlet_id, seq) WHERE kind IN ('normalized', 'device_reported');
+    -- An invoice by its id (the agent asks what the DGI said of it) before the forwarder reached
+    -- it. PostgreSQL: an expression index on ((invoice::jsonb ->> 'id')).
+    CREATE INDEX ledger_invoice_id ON ledger(outlet_id, json_extract(invoice, '$.id'));
+    CREATE TRIGGER dgi_events_no_update BEFORE UPDATE ON dgi_events
+        BEGIN SELECT RAISE(ABORT, 'DGI events are append-only'); END;
+    CREATE TRIGGER dgi_events_no_delete BEFORE DELETE ON dgi_events
+        BEGIN SELECT RAISE(ABORT, 'DGI events are append-only'); END;
+    """,
 ]
 
 
@@ -629,6 +696,147 @@ class Tx:
     def rejections(self, outlet_id: str, limit: int) -> list[dict]:
         return self._all("SELECT * FROM rejections WHERE outlet_id = ? ORDER BY id DESC LIMIT ?",
                          outlet_id, limit)
+
+    # -- DGI forwarding (forwarding.py) --------------------------------------------------------
+
+    def dgi_add_queues(self, now: str) -> None:
+        """A queue for each outlet that has none yet, starting at its first ledger entry."""
+        self._run("INSERT INTO dgi_queues (outlet_id, next_seq, updated_at) "
+                  "SELECT o.id, 1, ? FROM outlets o WHERE NOT EXISTS "
+                  "(SELECT 1 FROM dgi_queues q WHERE q.outlet_id = o.id)", now)
+
+    def dgi_claimable(self, outlet_ids: list[str], now: str, limit: int) -> list[str]:
+        """Outlets among `outlet_ids` with work (a ledger entry not yet taken up, or a released
+        one), not leased by anyone and not waiting out a back-off."""
+        found: list[str] = []
+        for i in range(0, len(outlet_ids), 500):
+            chunk = outlet_ids[i:i + 500]
+            found += [r["outlet_id"] for r in self._all(
+                "SELECT q.outlet_id FROM dgi_queues q WHERE q.outlet_id IN "
+                f"({','.join('?' * len(chunk))}) "
+                "AND (q.lease_until IS NULL OR q.lease_until < ?) "
+                "AND (q.not_before IS NULL OR q.not_before <= ?) "
+                "AND (EXISTS (SELECT 1 FROM ledger l WHERE l.outlet_id = q.outlet_id AND l.seq >= q.next_seq) "
+                "  OR EXISTS (SELECT 1 FROM dgi_submissions s WHERE s.outlet_id = q.outlet_id "
+                "             AND s.state = 'released')) "
+                "ORDER BY q.updated_at LIMIT ?", *chunk, now, now, limit)]
+        return found[:limit]
+
+    def dgi_take_lease(self, outlet_id: str, owner: str, now: str, until: str) -> bool:
+        return self._run("UPDATE dgi_queues SET lease_owner = ?, lease_until = ? WHERE outlet_id = ? "
+                         "AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?)",
+                         owner, until, outlet_id, now, owner) == 1
+
+    def dgi_renew_lease(self, outlet_id: str, owner: str, until: str) -> bool:
+        return self._run("UPDATE dgi_queues SET lease_until = ? WHERE outlet_id = ? AND lease_owner = ?",
+                         until, outlet_id, owner) == 1
+
+    def dgi_drop_lease(self, outlet_id: str, owner: str, now: str) -> None:
+        self._run("UPDATE dgi_queues SET lease_owner = NULL, lease_until = NULL, updated_at = ? "
+                  "WHERE outlet_id = ? AND lease_owner = ?", now, outlet_id, owner)
+
+    def dgi_queue(self, outlet_id: str) -> dict | None:
+        return self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?", outlet_id)
+
+    def dgi_queues(self) -> list[dict]:
+        return self._all("SELECT * FROM dgi_queues ORDER BY outlet_id")
+
+    def dgi_back_off(self, outlet_id: str, owner: str, not_before: str, error: str, now: str) -> None:
+        self._run("UPDATE dgi_queues SET not_before = ?, failures = failures + 1, last_error = ?, "
+                  "updated_at = ? WHERE outlet_id = ? AND lease_owner = ?", not_before, error, now, outlet_id, owner)
+
+    def dgi_advance(self, outlet_id: str, owner: str, seq: int, now: str) -> bool:
+        """Move the queue past `seq` (fenced by the lease); clears the back-off."""
+        return self._run("UPDATE dgi_queues SET next_seq = ?, failures = 0, last_error = NULL, not_before = NULL, "
+                         "updated_at = ? WHERE outlet_id = ? AND lease_owner = ? AND next_seq <= ?",
+                         seq + 1, now, outlet_id, owner, seq) == 1
+
+    def dgi_clear_failures(self, outlet_id: str, now: str) -> None:
+        self._run("UPDATE dgi_queues SET failures = 0, last_error = NULL, not_before = NULL, updated_at = ? "
+                  "WHERE outlet_id = ?", now, outlet_id)
+
+    def ledger_entries_from(self, outlet_id: str, seq: int, limit: int) -> list[dict]:
+        return self._all("SELECT id, seq, mode, invoice FROM ledger WHERE outlet_id = ? AND seq >= ? "
+                         "ORDER BY seq LIMIT ?", outlet_id, seq, limit)
+
+    def ledger_entry(self, outlet_id: str, seq: int) -> dict | None:
+        return self._one("SELECT id, seq, mode, invoice FROM ledger WHERE outlet_id = ? AND seq = ?", outlet_id, seq)
+
+    def dgi_submission(self, outlet_id: str, seq: int) -> dict | None:
+        return self._one("SELECT * FROM dgi_submissions WHERE outlet_id = ? AND seq = ?", outlet_id, seq)
+
+    def dgi_released(self, outlet_id: str) -> dict | None:
+        return self._one("SELECT * FROM dgi_submissions WHERE outlet_id = ? AND state = 'released' "
+                         "ORDER BY seq LIMIT 1", outlet_id)
+
+    def dgi_submitted_uids(self, outlet_id: str) -> set[str]:
+        return {r["uid"] for r in self._all("SELECT uid FROM dgi_submissions WHERE outlet_id = ? "
+                                            "AND state = 'submitted' AND uid IS NOT NULL", outlet_id)}
+
+    def dgi_put_submission(self, *, outlet_id: str, seq: int, ledger_id: int, invoice_id: str, rn: str,
+                           state: str, now: str, uid: str | None = None, total: str | None = None,
+                           vtotal: str | None = None, error_code: str | None = None,
+                           error_desc: str | None = None) -> None:
+        """Insert or move a submission to `state` (attempts count the times it went to the DGI)."""
+        self._run("INSERT INTO dgi_submissions (outlet_id, seq, ledger_id, invoice_id, rn, state, uid, total, vtotal, "
+                  "attempts, error_code, error_desc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                  "ON CONFLICT (outlet_id, seq) DO UPDATE SET state = excluded.state, uid = excluded.uid, "
+                  "total = excluded.total, vtotal = excluded.vtotal, "
+                  "attempts = dgi_submissions.attempts + excluded.attempts, error_code = excluded.error_code, "
+                  "error_desc = excluded.error_desc, updated_at = excluded.updated_at",
+                  outlet_id, seq, ledger_id, invoice_id, rn, state, uid, total, vtotal,
+                  1 if state == "submitted" else 0, error_code, error_desc, now)
+
+    def dgi_add_event(self, *, outlet_id: str, seq: int, ledger_id: int, invoice_id: str, kind: str, now: str,
+                      uid: str | None = None, code: str | None = None, counters: str | None = None,
+                      nim: str | None = None, date_time: str | None = None, qr_code: str | None = None,
+                      error_code: str | None = None, error_desc: str | None = None,
+                      actor: str | None = None) -> None:
+        self._run("INSERT INTO dgi_events (outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, "
+                  "date_time, qr_code, error_code, error_desc, actor, recorded_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, date_time, qr_code,
+                  error_code, error_desc, actor, now)
+
+    def dgi_state_counts(self, outlet_id: str) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._all(
+            "SELECT state, COUNT(*) AS n FROM dgi_submissions WHERE outlet_id = ? GROUP BY state", outlet_id)}
+
+    def dgi_quarantined(self, outlet_id: str | None, limit: int) -> list[dict]:
+        sql = "SELECT * FROM dgi_submissions WHERE state = 'quarantined'"
+        args: list[Any] = []
+        if outlet_id is not None:
+            sql += " AND outlet_id = ?"
+            args.append(outlet_id)
+        return self._all(sql + " ORDER BY outlet_id, seq LIMIT ?", *args, limit)
+
+    def dgi_release(self, outlet_id: str, seq: int, now: str) -> bool:
+        return self._run("UPDATE dgi_submissions SET state = 'released', updated_at = ? "
+                         "WHERE outlet_id = ? AND seq = ? AND state = 'quarantined'", now, outlet_id, seq) == 1
+
+    def dgi_submission_by_invoice(self, outlet_id: str, invoice_id: str) -> dict | None:
+        return self._one("SELECT * FROM dgi_submissions WHERE outlet_id = ? AND invoice_id = ? "
+                         "ORDER BY seq LIMIT 1", outlet_id, invoice_id)
+
+    def dgi_answer(self, outlet_id: str, seq: int) -> dict | None:
+        """The DGI's elements for an entry: its `normalized` event."""
+        return self._one("SELECT * FROM dgi_events WHERE outlet_id = ? AND seq = ? AND kind = 'normalized'",
+                         outlet_id, seq)
+
+    def ledger_seq_of_invoice(self, outlet_id: str, invoice_id: str) -> int | None:
+        # SQLite's json_extract (PostgreSQL: invoice::jsonb ->> 'id'), served by the expression
+        # index ledger_invoice_id; only for an invoice the forwarder has not reached yet, which
+        # has no dgi_submissions row to find it by.
+        row = self._one("SELECT seq FROM ledger WHERE outlet_id = ? AND json_extract(invoice, '$.id') = ?",
+                        outlet_id, invoice_id)
+        return row["seq"] if row else None
+
+    def dgi_next_seq(self, outlet_id: str) -> int:
+        row = self._one("SELECT next_seq FROM dgi_queues WHERE outlet_id = ?", outlet_id)
+        return row["next_seq"] if row else 1
+
+    def ledger_count(self, outlet_id: str) -> int:
+        return self._one("SELECT COUNT(*) AS n FROM ledger WHERE outlet_id = ?", outlet_id)["n"]
 
 
 class SqliteTx(Tx):

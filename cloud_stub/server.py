@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .app import SERVICE, init_app
 from .config import CloudConfig
+from .forwarder import forwarder_ctx
 from .logs import event
 
 
@@ -19,6 +20,7 @@ async def serve(config: CloudConfig, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = init_app(config)
+    app.cleanup_ctx.append(forwarder_ctx)  # DGI forwarding, when a DGI URL is configured
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()  # opens the database and the issuer key (created on first run)
     # Everything loaded so far lives as long as the process: keep it out of the cyclic

@@ -424,3 +424,9 @@ def set_fault(control: Path, assignments: tuple[str, ...]) -> None:
     control.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(control, ("\n".join(assignments) + "\n").encode("utf-8"))
     click.echo(f"sent to {control}: {' '.join(assignments)}")
+
+
+# The simulated DGI e-MCF (HTTP) lives in simulator/emcf/; its commands hang under `sim emcf`.
+from .emcf.cli import emcf as _emcf  # noqa: E402  (after `sim` is defined)
+
+sim.add_command(_emcf)

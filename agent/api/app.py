@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..errors import AgentError, InvalidInvoice, SealingBlocked
 from fiscal.models import MAX_ITEMS
 from ..config import AgentConfig
+from ..dgi import DGI, answers_ctx
 from ..service import AgentService
 from . import keys, status
 from .openapi import openapi_document
@@ -219,6 +220,8 @@ async def get_invoice(request: web.Request) -> web.Response:
     body = request.app[SERVICE].get_invoice(request.match_info["id"])
     if body is None:
         return problem(404, "Not found", "no invoice with this id", "/problems/not-found")
+    if DGI in request.app:  # what the DGI answered, through the cloud (agent/dgi.py)
+        body["dgi"] = await request.app[DGI].of(body)
     return web.json_response(body)
 
 
@@ -297,6 +300,7 @@ def init_app(config: AgentConfig) -> web.Application:
     app = web.Application(middlewares=[problems_middleware, auth_middleware],
                           client_max_size=config.max_body_bytes)
     app[METRICS] = _metrics()
+    app.cleanup_ctx.append(answers_ctx(config))
     app.router.add_get("/", status.status_page)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)

@@ -117,6 +117,11 @@ def openapi_document() -> dict[str, Any]:
     components = dict(schemas.get("$defs", {}))
     components["Problem"] = PROBLEM
     components.update(EMCF_SCHEMAS)
+    # GET /v1/invoices/{id} adds the DGI's answer through the cloud (agent/dgi.py).
+    from ..dgi import DGI_SCHEMA
+    sealed_schema = dict(components["SealedInvoice"])
+    sealed_schema["properties"] = {**sealed_schema["properties"], "dgi": DGI_SCHEMA}
+    components["SealedInvoice"] = sealed_schema
     sealed = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/SealedInvoice"}}}}
     auth = [{"bearer": []}]
     return {

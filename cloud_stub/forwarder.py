@@ -1,0 +1,412 @@
+"""The DGI forwarder: every sealed invoice of the ledger to the DGI's e-MCF, once.
+
+One queue per outlet, worked in ledger order by whichever cloud instance holds the outlet's
+lease (forwarding.py); outlets are worked concurrently (`dgi_concurrency` per instance).
+For each entry:
+
+* device-sealed: the MCF reports to the DGI itself, so the entry is only marked
+  `device_reported`;
+* otherwise phase 1 (`POST /api/invoice`); the DGI's totals must equal the ledger's, or the
+  request is cancelled and the entry quarantined; `uid` is committed (`submitted`) *before*
+  the confirm is sent; then `PUT .../confirm` and the answer is recorded as a `normalized`
+  event beside the ledger entry.
+
+A confirm whose answer never came (a lost answer, a timeout, the cloud killed mid-call) leaves
+the entry `submitted`: the next attempt first asks the DGI about that `uid` (or, without that
+lookup, looks for it in the pending list) and records what it says instead of normalizing the
+invoice a second time. When an instance takes an outlet up, pending requests it does not know
+(phase 1 answered, the process died before `uid` was committed) are cancelled: they were never
+confirmed, and they count against the DGI's 10 pending requests.
+
+Failures of service (network, 5xx, 429, the pending limit, a token the DGI refuses) back the
+outlet off (`not_before`: Retry-After when the DGI gives one, otherwise exponential with
+jitter) with nothing lost; a refusal of the invoice itself (any other `errorCode` in phase 1)
+quarantines the entry for an operator (`stalela cloud dgi release`) and the queue goes on.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from . import forwarding
+from .config import CloudConfig
+from .dgi_body import as_amount, emcf_request, our_totals
+from .forwarding import Work
+from .logs import event, log
+
+BACKOFF_BASE = 0.5  # seconds; doubles with each consecutive failure of an outlet, up to the cap
+RETRY_MARGIN = 0.05  # seconds added to the DGI's Retry-After
+TOKEN_BACKOFF = 60.0  # a token the DGI refuses needs an operator: look again only now and then
+
+
+class Transient(Exception):
+    """The DGI could not take the call now: back the outlet off (`delay`: what the DGI asked)."""
+
+    def __init__(self, message: str, delay: float | None = None):
+        super().__init__(message)
+        self.delay = delay
+
+
+class Refused(Exception):
+    """The DGI refused the call itself: `{errorCode, errorDesc}`."""
+
+    def __init__(self, code: str, desc: str, status: int):
+        super().__init__(f"{code}: {desc}")
+        self.code = code
+        self.desc = desc
+        self.status = status
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """{outlet id: e-MCF token}; refused if others can read the file (they are secrets)."""
+    if not path.exists():
+        return {}
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+    data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError(f"{path} must be a JSON object of outlet id -> token")
+    return data
+
+
+def save_token(path: Path, outlet_id: str, token: str | None) -> None:
+    """Set (or, with None, remove) one outlet's token; the file stays mode 0600."""
+    tokens = load_tokens(path)
+    if token is None:
+        tokens.pop(outlet_id, None)
+    else:
+        tokens[outlet_id] = token
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(tokens, indent=2, sort_keys=True).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class DgiClient:
+    """The e-MCF API for one outlet's point of sale (its token), with an optional pace."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, rate: float, timeout: float):
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._next_at = 0.0
+
+    async def call(self, method: str, path: str, body: Any = None) -> dict:
+        if self.interval:
+            wait = self._next_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_at = max(time.monotonic(), self._next_at) + self.interval
+        try:
+            async with self.session.request(method, self.base + path, json=body, headers=self.headers,
+                                            timeout=self.timeout) as resp:
+                raw = await resp.read()
+                status, after = resp.status, resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise Transient(f"no answer from the DGI ({type(exc).__name__})") from None
+        if status == 429:
+            raise Transient("the DGI asks to slow down (429)", retry_after(after))
+        if status >= 500:
+            raise Transient(f"the DGI answered HTTP {status}", retry_after(after))
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise Transient(f"the DGI answered HTTP {status} without JSON") from None
+        if isinstance(data, dict) and "errorCode" in data:
+            code, desc = str(data.get("errorCode")), str(data.get("errorDesc") or "")
+            if status == 401 or code.startswith("TOKEN"):
+                raise Transient(f"the DGI refuses the outlet's token ({code}): renew it with "
+                                "`stalela cloud dgi token`", TOKEN_BACKOFF)
+            if code in ("PENDING_LIMIT", "RATE_LIMIT"):
+                raise Transient(f"the DGI asks to slow down ({code})", retry_after(after))
+            raise Refused(code, desc, status)
+        if status >= 400 or not isinstance(data, dict):
+            raise Transient(f"the DGI answered HTTP {status} with an unexpected body")
+        return data
+
+
+class Forwarder:
+    """The forwarding loop of one cloud instance (started by server.py when a DGI URL is set)."""
+
+    def __init__(self, service, config: CloudConfig):
+        self.service = service
+        self.config = config
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.active: dict[str, asyncio.Task] = {}
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tokens: dict[str, str] = {}
+        self._tokens_stamp: tuple[int, int] | None = None
+        self._renewed: set[str] = set()  # outlets whose token changed since the last round
+        self._loaded = False
+        self._session: aiohttp.ClientSession | None = None
+
+    async def db(self, fn, *args: Any) -> Any:
+        return await self.service.call(fn, self.service.store, *args)
+
+    def now(self):
+        return self.service.now()
+
+    def tokens(self) -> dict[str, str]:
+        """The token file, read again whenever it changes (a renewed token needs no restart)."""
+        path = self.config.dgi_tokens_path
+        try:
+            st = path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._tokens_stamp:
+            try:
+                tokens = load_tokens(path)
+            except (OSError, ValueError) as exc:
+                log.error("dgi.tokens_unreadable", extra={"fields": {"error": str(exc)}})
+            else:
+                if self._loaded:  # at start, back-offs (a Retry-After) still hold
+                    self._renewed |= {o for o, t in tokens.items() if self._tokens.get(o) != t}
+                self._tokens, self._loaded = tokens, True
+            self._tokens_stamp = stamp
+        return self._tokens
+
+    async def run(self) -> None:
+        limit = max(1, self.config.dgi_concurrency)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit * 2))
+        event("dgi.forwarder_started", url=self.config.dgi_url, owner=self.owner)
+        failing = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._round(limit)
+                    failing = False
+                except Exception:
+                    if not failing:
+                        log.error("dgi.round_failed", exc_info=True)
+                    failing = True
+                try:  # the next round: after dgi_poll, or as soon as an outlet's worker ends
+                    await asyncio.wait_for(self._wake.wait(), self.config.dgi_poll)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            for task in list(self.active.values()):
+                task.cancel()
+            await asyncio.gather(*self.active.values(), return_exceptions=True)
+            await self._session.close()
+
+    async def _round(self, limit: int) -> None:
+        tokens = self.tokens()
+        await self.db(forwarding.add_queues, self.now())
+        if self._renewed:
+            await self.db(forwarding.clear_back_off, sorted(self._renewed), self.now())
+            self._renewed = set()
+        free = limit - len(self.active)
+        candidates = [o for o in sorted(tokens) if o not in self.active]
+        claimed = await self.db(forwarding.claim, self.owner, candidates, self.now(), self.config.dgi_lease, free)
+        for outlet_id in claimed:
+            task = asyncio.create_task(self._outlet(outlet_id, tokens[outlet_id]))
+            self.active[outlet_id] = task
+            task.add_done_callback(lambda _t, o=outlet_id: self._ended(o))
+
+    def _ended(self, outlet_id: str) -> None:
+        self.active.pop(outlet_id, None)
+        self._wake.set()  # a free place: claim the next outlet now rather than at the next poll
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- one outlet -------------------------------------------------------------------------
+
+    async def _outlet(self, outlet_id: str, token: str) -> None:
+        assert self._session is not None
+        client = DgiClient(self._session, self.config.dgi_url or "", token, self.config.dgi_rate,
+                           self.config.dgi_timeout)
+        work: Work | None = None
+        try:
+            await self._cancel_strays(outlet_id, client)
+            renewed = time.monotonic()
+            # A slice of entries, then the outlet goes back to the queue (behind the outlets that
+            # waited longest): with more outlets than `dgi_concurrency`, all of them move on.
+            for _ in range(max(1, self.config.dgi_slice)):
+                if self._stop.is_set():
+                    return
+                work = await self.db(forwarding.next_work, outlet_id)
+                if work is None:
+                    return
+                # Renewed when a third of it is gone, not per entry: one write less per invoice
+                # (each recording is fenced by the lease anyway).
+                if time.monotonic() - renewed > self.config.dgi_lease.total_seconds() / 3:
+                    if not await self.db(forwarding.renew, outlet_id, self.owner, self.now(), self.config.dgi_lease):
+                        return  # another instance took the outlet over
+                    renewed = time.monotonic()
+                if not await self._forward(work, client):
+                    return
+        except Transient as exc:
+            failures = work.failures if work is not None else 0
+            # A small margin over Retry-After: our clock starts after the DGI's answer left it.
+            delay = exc.delay + RETRY_MARGIN if exc.delay is not None else self._backoff(failures)
+            await self.db(forwarding.back_off, outlet_id, self.owner, delay, str(exc), self.now())
+            event("dgi.back_off", outlet_id=outlet_id, seconds=round(delay, 3), reason=str(exc))
+        except Exception:
+            log.error("dgi.outlet_failed", exc_info=True, extra={"fields": {"outlet_id": outlet_id}})
+            await self.db(forwarding.back_off, outlet_id, self.owner, self._backoff(work.failures if work else 0),
+                          "internal error (logged)", self.now())
+        finally:
+            await asyncio.shield(self.db(forwarding.drop, outlet_id, self.owner, self.now()))
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential with jitter: outlets that failed together do not all come back together."""
+        ceiling = min(self.config.dgi_backoff_cap, BACKOFF_BASE * 2 ** min(failures, 20))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _cancel_strays(self, outlet_id: str, client: DgiClient) -> None:
+        """Cancel pending requests this cloud does not know: phase 1 answered, `uid` never
+        committed (a crash). Never confirmed, so nothing is lost; they would hold pending slots."""
+        pending = await client.call("GET", "/api/invoice")
+        listed = pending.get("pendingRequestsList") or []
+        if not listed:
+            return
+        known = await self.db(forwarding.known_uids, outlet_id)
+        for each in listed:
+            uid = each.get("uid") if isinstance(each, dict) else None
+            if uid and uid not in known:
+                await self._cancel(client, uid)
+
+    async def _cancel(self, client: DgiClient, uid: str) -> None:
+        try:
+            await client.call("PUT", f"/api/invoice/{uid}/cancel")
+        except Refused:
+            pass  # not pending any more (expired, cancelled): what we wanted
+
+    async def _forward(self, work: Work, client: DgiClient) -> bool:
+        """Take one entry to its end (normalized, device_reported, quarantined). False: stop the outlet."""
+        if work.mode == "device":
+            return await self.db(forwarding.record_device, work, self.owner, self.now())
+        sub = work.submission
+        if sub is not None and sub["state"] in ("normalized", "device_reported", "quarantined"):
+            return await self.db(forwarding.pass_settled, work, self.owner, self.now())
+        if sub is not None and sub["state"] == "submitted" and sub["uid"]:
+            known = await self._resolve(work, client, sub["uid"])
+            if known == "confirmed":
+                return True
+            if known == "uncertain":
+                return await self._quarantine(work, "DGI_UNCERTAIN", "the confirm's answer was lost and the DGI "
+                                              "cannot be asked about the request: check it with the DGI, then "
+                                              "release", sub["uid"])
+            if known == "pending":
+                return await self._confirm(work, client, sub["uid"], sub["total"], sub["vtotal"])
+            await self.db(forwarding.forget_uid, work, self.now())
+        return await self._submit(work, client)
+
+    async def _resolve(self, work: Work, client: DgiClient, uid: str) -> str:
+        """What became of a request whose confirm may have been sent: confirmed (recorded now),
+        pending, gone (expired or cancelled: submit anew) or uncertain."""
+        if self.config.dgi_lookup:
+            try:
+                data = await client.call("GET", f"/api/invoice/{uid}")
+            except Refused as exc:
+                if exc.status == 404:
+                    # A uid it gave us and no longer knows (or no such lookup at all): only a
+                    # person can tell whether it was normalized.
+                    return "uncertain"
+                raise Transient(f"the DGI cannot tell request {uid}'s status ({exc.code})") from None
+            status = data.get("status")
+            if status == "confirmed":
+                if not data.get("codeDEFDGI"):
+                    raise Transient(f"the DGI says request {uid} is confirmed but gives no code")
+                await self.db(forwarding.record_normalized, work, self.owner, uid, data, self.now())
+                event("dgi.resolved", outlet_id=work.outlet_id, seq=work.seq, uid=uid)
+                return "confirmed"
+            if status == "pending":
+                return "pending"
+            # Only a request known to be dead may be replaced by a new one.
+            return "gone" if status in ("expired", "cancelled") else "uncertain"
+        pending = await client.call("GET", "/api/invoice")
+        uids = {e.get("uid") for e in pending.get("pendingRequestsList") or [] if isinstance(e, dict)}
+        return "pending" if uid in uids else "uncertain"
+
+    async def _submit(self, work: Work, client: DgiClient) -> bool:
+        try:
+            answer = await client.call("POST", "/api/invoice", emcf_request(work.invoice))
+        except Refused as exc:
+            return await self._quarantine(work, exc.code, exc.desc)
+        uid = answer.get("uid")
+        total, vtotal = as_amount(answer.get("total")), as_amount(answer.get("vtotal"))
+        if not isinstance(uid, str) or not uid or total is None or vtotal is None:
+            raise Transient("the DGI's phase-1 answer lacks uid, total or vtotal")
+        ours = our_totals(work.invoice)
+        if (total, vtotal) != ours:
+            await self._cancel(client, uid)
+            return await self._quarantine(work, "TOTALS_DIFFER", f"the DGI computes total {total} VAT {vtotal}, "
+                                          f"the ledger {ours[0]} VAT {ours[1]}")
+        if not await self.db(forwarding.record_submitted, work, self.owner, uid, str(total), str(vtotal), self.now()):
+            await self._cancel(client, uid)  # another instance holds the outlet now
+            return False
+        work.submission = {"uid": uid, "total": str(total), "vtotal": str(vtotal)}
+        return await self._confirm(work, client, uid, str(total), str(vtotal))
+
+    async def _confirm(self, work: Work, client: DgiClient, uid: str, total: str, vtotal: str) -> bool:
+        try:
+            elements = await client.call("PUT", f"/api/invoice/{uid}/confirm",
+                                         {"total": float(total), "vtotal": float(vtotal)})
+        except Refused as exc:
+            if exc.code == "NOT_PENDING" or exc.status in (404, 409):
+                return True  # the next pass asks the DGI what became of it (`submitted` is kept)
+            await self._cancel(client, uid)
+            return await self._quarantine(work, exc.code, exc.desc, uid)
+        if not elements.get("codeDEFDGI"):
+            raise Transient("the DGI's confirm answer lacks codeDEFDGI")
+        return await self.db(forwarding.record_normalized, work, self.owner, uid, elements, self.now())
+
+    async def _quarantine(self, work: Work, code: str, desc: str, uid: str | None = None) -> bool:
+        event("dgi.quarantined", level=logging.WARNING, outlet_id=work.outlet_id, seq=work.seq,
+              invoice_id=work.invoice_id, error_code=code)
+        return await self.db(forwarding.record_quarantine, work, self.owner, code, desc[:500], self.now(), uid)
+
+
+async def forwarder_ctx(app) -> AsyncIterator[None]:
+    """aiohttp cleanup context: run the forwarder beside the API when a DGI URL is configured."""
+    from .app import CONFIG, SERVICE
+
+    config = app[CONFIG]
+    if not config.dgi_url:
+        yield
+        return
+    forwarder = Forwarder(app[SERVICE], config)
+    task = asyncio.create_task(forwarder.run())
+    yield
+    forwarder.stop()
+    try:
+        await asyncio.wait_for(task, 30)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        task.cancel()

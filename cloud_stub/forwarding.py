@@ -1,0 +1,261 @@
+"""DGI forwarding's state in the cloud database: one transaction per function.
+
+The asynchronous loop (forwarder.py) calls these through `CloudService.call`; the CLI and the
+HTTP API read and release through them too. Every write that belongs to an outlet's work is
+fenced by that outlet's lease (`lease_owner`), so two instances never both drive one outlet.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .errors import NotFound
+from .repository import Store
+
+FINAL = ("normalized", "device_reported")
+
+
+def ts(moment: datetime) -> str:
+    """UTC, fixed width: these strings are compared as text in SQL."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class Work:
+    """One ledger entry the forwarder must take to the DGI (or mark device-reported)."""
+
+    outlet_id: str
+    seq: int
+    ledger_id: int
+    mode: str
+    invoice: dict
+    submission: dict | None
+    failures: int
+
+    @property
+    def invoice_id(self) -> str:
+        return str(self.invoice.get("id", f"seq-{self.seq}"))
+
+    @property
+    def rn(self) -> str:
+        return self.invoice_id
+
+
+def add_queues(store: Store, now: datetime) -> None:
+    with store.write() as tx:
+        tx.dgi_add_queues(ts(now))
+
+
+def claim(store: Store, owner: str, outlet_ids: list[str], now: datetime, lease: timedelta, limit: int) -> list[str]:
+    if not outlet_ids or limit <= 0:
+        return []
+    with store.write() as tx:
+        candidates = tx.dgi_claimable(outlet_ids, ts(now), limit)
+        return [o for o in candidates if tx.dgi_take_lease(o, owner, ts(now), ts(now + lease))]
+
+
+def renew(store: Store, outlet_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
+    with store.write() as tx:
+        return tx.dgi_renew_lease(outlet_id, owner, ts(now + lease))
+
+
+def drop(store: Store, outlet_id: str, owner: str, now: datetime) -> None:
+    with store.write() as tx:
+        tx.dgi_drop_lease(outlet_id, owner, ts(now))
+
+
+def next_work(store: Store, outlet_id: str) -> Work | None:
+    """A released entry first (the operator asked for it), else the queue's next entry."""
+    with store.read() as tx:
+        queue = tx.dgi_queue(outlet_id)
+        if queue is None:
+            return None
+        released = tx.dgi_released(outlet_id)
+        seq = released["seq"] if released else queue["next_seq"]
+        entry = tx.ledger_entry(outlet_id, seq)
+        if entry is None:
+            return None
+        submission = released or tx.dgi_submission(outlet_id, seq)
+        return Work(outlet_id, seq, entry["id"], entry["mode"], json.loads(entry["invoice"]), submission,
+                    queue["failures"])
+
+
+def _done(tx, work: Work, owner: str, now: str) -> bool:
+    """Past this entry: advance the queue if it was the queue's next one. False if the lease is lost."""
+    tx.dgi_advance(work.outlet_id, owner, work.seq, now)
+    queue = tx.dgi_queue(work.outlet_id)
+    return queue is not None and queue["lease_owner"] == owner
+
+
+def pass_settled(store: Store, work: Work, owner: str, now: datetime) -> bool:
+    """An entry already settled whose queue did not advance (its instance lost the lease right
+    then): only advance. Sending it again could normalize it twice."""
+    with store.write() as tx:
+        return _done(tx, work, owner, ts(now))
+
+
+def clear_back_off(store: Store, outlet_ids: list[str], now: datetime) -> None:
+    """A new token for these outlets: try them now, not after the back-off the old one earned."""
+    with store.write() as tx:
+        for outlet_id in outlet_ids:
+            tx.dgi_clear_failures(outlet_id, ts(now))
+
+
+def record_device(store: Store, work: Work, owner: str, now: datetime) -> bool:
+    """The MCF reports its own invoices to the DGI: nothing to send, only to note."""
+    at = ts(now)
+    with store.write() as tx:
+        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                              invoice_id=work.invoice_id, rn=work.rn, state="device_reported", now=at)
+        _add_once(tx, work, "device_reported", at)
+        return _done(tx, work, owner, at)
+
+
+def _add_once(tx, work: Work, kind: str, at: str, **fields: Any) -> None:
+    try:
+        tx.dgi_add_event(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                         invoice_id=work.invoice_id, kind=kind, now=at, **fields)
+    except sqlite3.IntegrityError:
+        pass  # recorded already (an instance that lost its lease got the same answer): once is enough
+
+
+def record_submitted(store: Store, work: Work, owner: str, uid: str, total: str, vtotal: str,
+                     now: datetime) -> bool:
+    """Phase 1 answered: keep `uid` before confirming. False (nothing kept) if the lease is lost."""
+    at = ts(now)
+    with store.write() as tx:
+        queue = tx.dgi_queue(work.outlet_id)
+        if queue is None or queue["lease_owner"] != owner:
+            return False
+        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                              invoice_id=work.invoice_id, rn=work.rn, state="submitted", uid=uid,
+                              total=total, vtotal=vtotal, now=at)
+    return True
+
+
+def forget_uid(store: Store, work: Work, now: datetime) -> None:
+    """The DGI no longer has the request (expired, cancelled): submit the invoice anew."""
+    with store.write() as tx:
+        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                              invoice_id=work.invoice_id, rn=work.rn, state="submitting", now=ts(now))
+
+
+def record_normalized(store: Store, work: Work, owner: str, uid: str, elements: dict, now: datetime) -> bool:
+    at = ts(now)
+    with store.write() as tx:
+        sub = work.submission or {}
+        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                              invoice_id=work.invoice_id, rn=work.rn, state="normalized", uid=uid,
+                              total=sub.get("total"), vtotal=sub.get("vtotal"), now=at)
+        _add_once(tx, work, "normalized", at, uid=uid, code=_text(elements.get("codeDEFDGI")),
+                  counters=_text(elements.get("counters")), nim=_text(elements.get("nim")),
+                  date_time=_text(elements.get("dateTime")), qr_code=_text(elements.get("qrCode")))
+        return _done(tx, work, owner, at)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def record_quarantine(store: Store, work: Work, owner: str, code: str, desc: str, now: datetime,
+                      uid: str | None = None) -> bool:
+    at = ts(now)
+    with store.write() as tx:
+        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                              invoice_id=work.invoice_id, rn=work.rn, state="quarantined", uid=uid,
+                              error_code=code, error_desc=desc, now=at)
+        tx.dgi_add_event(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                         invoice_id=work.invoice_id, kind="quarantined", uid=uid, error_code=code,
+                         error_desc=desc, now=at)
+        return _done(tx, work, owner, at)
+
+
+def back_off(store: Store, outlet_id: str, owner: str, delay: float, error: str, now: datetime) -> None:
+    with store.write() as tx:
+        tx.dgi_back_off(outlet_id, owner, ts(now + timedelta(seconds=delay)), error[:500], ts(now))
+
+
+def known_uids(store: Store, outlet_id: str) -> set[str]:
+    with store.read() as tx:
+        return tx.dgi_submitted_uids(outlet_id)
+
+
+# -- reading and releasing (operators, agents) ---------------------------------------------
+
+
+def _submission_view(row: dict) -> dict:
+    return {"seq": row["seq"], "invoice_id": row["invoice_id"], "rn": row["rn"], "state": row["state"],
+            "uid": row["uid"], "attempts": row["attempts"], "error_code": row["error_code"],
+            "error_desc": row["error_desc"], "updated_at": row["updated_at"]}
+
+
+def outlet_status(store: Store, outlet_id: str, limit: int = 100) -> dict:
+    with store.read() as tx:
+        if tx.outlet(outlet_id) is None:
+            raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
+        queue = tx.dgi_queue(outlet_id)
+        counts = tx.dgi_state_counts(outlet_id)
+        entries = tx.ledger_count(outlet_id)
+        quarantined = tx.dgi_quarantined(outlet_id, limit)
+    next_seq = queue["next_seq"] if queue else 1
+    return {
+        "outlet_id": outlet_id,
+        "ledger_entries": entries,
+        "next_seq": next_seq,
+        "waiting": max(0, entries - next_seq + 1),
+        "counts": counts,
+        "failures": queue["failures"] if queue else 0,
+        "last_error": queue["last_error"] if queue else None,
+        "not_before": queue["not_before"] if queue else None,
+        "leased_by": queue["lease_owner"] if queue else None,
+        "quarantined": [_submission_view(r) for r in quarantined],
+    }
+
+
+def all_status(store: Store) -> list[dict]:
+    with store.read() as tx:
+        ids = tx.outlet_ids()
+    return [outlet_status(store, o, limit=1000) for o in ids]
+
+
+def release(store: Store, outlet_id: str, seq: int | None, actor: str, now: datetime) -> list[int]:
+    """Send quarantined entries again: one (`seq`) or all of the outlet's. Returns the seqs released."""
+    at = ts(now)
+    with store.write() as tx:
+        if tx.outlet(outlet_id) is None:
+            raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
+        rows = tx.dgi_quarantined(outlet_id, 100_000)
+        if seq is not None:
+            rows = [r for r in rows if r["seq"] == seq]
+            if not rows:
+                raise NotFound("not_quarantined", f"entry {seq} of outlet {outlet_id} is not quarantined")
+        for r in rows:
+            tx.dgi_release(outlet_id, r["seq"], at)
+            tx.dgi_add_event(outlet_id=outlet_id, seq=r["seq"], ledger_id=r["ledger_id"], invoice_id=r["invoice_id"],
+                             kind="released", uid=r["uid"], actor=actor, now=at)
+        tx.dgi_clear_failures(outlet_id, at)
+        return [r["seq"] for r in rows]
+
+
+def invoice_dgi(store: Store, outlet_id: str, invoice_id: str) -> dict:
+    """What the DGI knows of one invoice: `{state, ...}` (the elements once normalized)."""
+    with store.read() as tx:
+        sub = tx.dgi_submission_by_invoice(outlet_id, invoice_id)
+        if sub is None:
+            seq = tx.ledger_seq_of_invoice(outlet_id, invoice_id)
+            if seq is None:
+                raise NotFound("invoice_not_found", f"no invoice {invoice_id} in outlet {outlet_id}'s ledger")
+            return {"invoice_id": invoice_id, "seq": seq, "state": "queued"}
+        answer = tx.dgi_answer(outlet_id, sub["seq"]) if sub["state"] == "normalized" else None
+    out: dict[str, Any] = {"invoice_id": invoice_id, "seq": sub["seq"], "state": sub["state"]}
+    if sub["state"] == "submitting":
+        out["state"] = "queued"
+    if sub["state"] == "quarantined":
+        out.update(error_code=sub["error_code"], error_desc=sub["error_desc"])
+    if answer is not None:
+        out.update(uid=answer["uid"], code=answer["code"], counters=answer["counters"], nim=answer["nim"],
+                   date_time=answer["date_time"], qr_code=answer["qr_code"], recorded_at=answer["recorded_at"])
+    return out

@@ -1,0 +1,150 @@
+"""The e-MCF simulator's state in one SQLite file, so that a restart keeps it.
+
+Requests (pending, confirmed, cancelled, expired), each point of sale's NIM and counters, the
+token secret. WAL with `synchronous=NORMAL`: the state survives the simulator's own crash or
+SIGKILL (what the tests do to it), not a power cut of the machine, which a simulator need not.
+One connection, used from the event loop's thread only.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pos (
+    nif TEXT NOT NULL, isf TEXT NOT NULL, nim TEXT NOT NULL UNIQUE, total INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (nif, isf)
+);
+CREATE TABLE IF NOT EXISTS type_counters (
+    nif TEXT NOT NULL, isf TEXT NOT NULL, type TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (nif, isf, type)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    uid TEXT PRIMARY KEY,
+    nif TEXT NOT NULL,
+    isf TEXT NOT NULL,
+    rn TEXT NOT NULL,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL,
+    total TEXT NOT NULL,
+    vtotal TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    confirm_seq INTEGER UNIQUE,
+    date_time TEXT,
+    code TEXT,
+    counters TEXT,
+    nim TEXT,
+    qr_code TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_pos ON requests (nif, isf, status, created_at);
+CREATE INDEX IF NOT EXISTS requests_rn ON requests (nif, isf, rn);
+-- Expiry runs before every call: it must not read the whole table.
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_at) WHERE status = 'pending';
+"""
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.executescript(SCHEMA)
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+        if row is None:
+            self.conn.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (secrets.token_hex(32),))
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+        self.secret = bytes.fromhex(row["value"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- points of sale ---------------------------------------------------------------------
+
+    def nim(self, nif: str, isf: str) -> str:
+        """The NIM the DGI assigned to this point of sale (assigned on first sight)."""
+        row = self.conn.execute("SELECT nim FROM pos WHERE nif = ? AND isf = ?", (nif, isf)).fetchone()
+        if row is not None:
+            return row["nim"]
+        digest = hashlib.sha256(f"{nif}/{isf}".encode()).hexdigest().upper()
+        nim = f"EM{digest[:8]}"
+        self.conn.execute("INSERT OR IGNORE INTO pos (nif, isf, nim) VALUES (?, ?, ?)", (nif, isf, nim))
+        return nim
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        self.conn.execute("UPDATE requests SET status = 'expired' WHERE status = 'pending' AND expires_at <= ?",
+                          (now,))
+
+    def pending(self, nif: str, isf: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT uid, rn, created_at FROM requests WHERE nif = ? AND isf = ? "
+                                 "AND status = 'pending' ORDER BY created_at", (nif, isf)).fetchall()
+
+    def create(self, *, uid: str, nif: str, isf: str, rn: str, type_: str, body: dict, total: str,
+               vtotal: str, now: float, ttl: float) -> None:
+        self.conn.execute(
+            "INSERT INTO requests (uid, nif, isf, rn, type, status, body, total, vtotal, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+            (uid, nif, isf, rn, type_, json.dumps(body, ensure_ascii=False), total, vtotal, now, now + ttl))
+
+    def get(self, uid: str, nif: str, isf: str) -> sqlite3.Row | None:
+        """A request of this point of sale (another's is as unknown as a made-up uid)."""
+        return self.conn.execute("SELECT * FROM requests WHERE uid = ? AND nif = ? AND isf = ?",
+                                 (uid, nif, isf)).fetchone()
+
+    def confirm(self, row: sqlite3.Row, date_time: str, qr_stamp: str) -> dict[str, Any]:
+        """Normalize a pending request: counters, code, QR, in one transaction."""
+        nif, isf = row["nif"], row["isf"]
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            nim = self.nim(nif, isf)
+            self.conn.execute("UPDATE pos SET total = total + 1 WHERE nif = ? AND isf = ?", (nif, isf))
+            total = self.conn.execute("SELECT total FROM pos WHERE nif = ? AND isf = ?", (nif, isf)).fetchone()[0]
+            self.conn.execute("INSERT INTO type_counters (nif, isf, type, n) VALUES (?, ?, ?, 1) "
+                              "ON CONFLICT (nif, isf, type) DO UPDATE SET n = n + 1", (nif, isf, row["type"]))
+            n = self.conn.execute("SELECT n FROM type_counters WHERE nif = ? AND isf = ? AND type = ?",
+                                  (nif, isf, row["type"])).fetchone()[0]
+            seq = self.conn.execute("SELECT COALESCE(MAX(confirm_seq), 0) + 1 FROM requests").fetchone()[0]
+            code = self._code(row["uid"])
+            elements = {"dateTime": date_time, "qrCode": f"RDCDEF01;{nim};{code};{nif};{qr_stamp}",
+                        "codeDEFDGI": code, "counters": f"{n}/{total} {row['type']}", "nim": nim}
+            self.conn.execute("UPDATE requests SET status = 'confirmed', confirm_seq = ?, date_time = ?, code = ?, "
+                              "counters = ?, nim = ?, qr_code = ? WHERE uid = ?",
+                              (seq, date_time, code, elements["counters"], nim, elements["qrCode"], row["uid"]))
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return elements
+
+    def set_status(self, uid: str, status: str) -> None:
+        self.conn.execute("UPDATE requests SET status = ? WHERE uid = ?", (status, uid))
+
+    def _code(self, uid: str) -> str:
+        """24 characters A-Z/2-7, unique per request: what receipts print in groups of 4."""
+        digest = hmac.new(self.secret, uid.encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest).decode("ascii")[:24]
+
+    # -- for tests and `sim emcf status` ----------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        by_status = {r["status"]: r["n"] for r in self.conn.execute(
+            "SELECT status, COUNT(*) AS n FROM requests GROUP BY status")}
+        doubles = self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM requests WHERE status = 'confirmed' "
+            "GROUP BY nif, isf, rn HAVING COUNT(*) > 1)").fetchone()[0]
+        points = self.conn.execute("SELECT COUNT(*) FROM pos").fetchone()[0]
+        return {"requests": by_status, "normalized": by_status.get("confirmed", 0),
+                "rn_normalized_twice": doubles, "points_of_sale": points}
