@@ -318,6 +318,10 @@ def main() -> None:
     from . import device as device_bench
     print("device mode: simulated MCF, wire timing…", file=sys.stderr, flush=True)
     device_table = "\n\n## Device mode\n\n" + device_bench.render(device_bench.run(args.runs, args.quick))
+    # The local e-MCF API's two-phase round trip beside /v1/invoices (bench/emcf.py).
+    from . import emcf as emcf_bench
+    print("local e-MCF API: two-phase round trip…", file=sys.stderr, flush=True)
+    emcf_table = "\n\n## Local e-MCF API (agent)\n\n" + emcf_bench.render(emcf_bench.run(args.runs, args.quick))
     forward_table = ""
     if args.forward:
         from . import forward as forward_bench
@@ -337,8 +341,8 @@ def main() -> None:
     notes = notes_path.read_text() if notes_path.exists() else ""
     header += f"- `./dev bench` took {(time.perf_counter() - started) / 60:.0f} minutes\n\n"
     args.out.write_text(header + "## Delegated sealing (agent)\n\n" + table + scale_table + sync_table
-                        + device_table + forward_table + "\n\n" + notes)
-    print(table + scale_table + sync_table + device_table + forward_table)
+                        + device_table + emcf_table + forward_table + "\n\n" + notes)
+    print(table + scale_table + sync_table + device_table + emcf_table + forward_table)
 
 
 if __name__ == "__main__":
