@@ -810,7 +810,8 @@ class Tx:
         whole transaction. False if nothing was added."""
         return self._run("INSERT INTO dgi_events (outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, "
                          "nim, date_time, qr_code, error_code, error_desc, actor, recorded_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + (" ON CONFLICT DO NOTHING" if once else ""),
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                         + (" ON CONFLICT DO NOTHING" if once else ""),
                          outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, date_time, qr_code,
                          error_code, error_desc, actor, now) == 1
 
