@@ -3,11 +3,16 @@
 The asynchronous loop (forwarder.py) calls these through `CloudService.call`; the CLI and the
 HTTP API read and release through them too. Every write that belongs to an outlet's work is
 fenced by that outlet's lease (`lease_owner`), so two instances never both drive one outlet.
+
+On PostgreSQL (READ COMMITTED) a write first locks the outlet's queue row (`dgi_lock_queue`),
+so a lease it checks stays its own until the commit, and `claim`'s conditional UPDATE, waiting
+for a row another instance is changing, re-reads the lease that instance committed: an outlet
+is leased to one instance at a time. Leases are taken in outlet order (no two claims deadlock).
+These writes touch no counter, chain or ledger row: they do not take the outlet's sealing lock.
 """
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -54,7 +59,8 @@ def claim(store: Store, owner: str, outlet_ids: list[str], now: datetime, lease:
         return []
     with store.write() as tx:
         candidates = tx.dgi_claimable(outlet_ids, ts(now), limit)
-        return [o for o in candidates if tx.dgi_take_lease(o, owner, ts(now), ts(now + lease))]
+        taken = {o for o in sorted(candidates) if tx.dgi_take_lease(o, owner, ts(now), ts(now + lease))}
+        return [o for o in candidates if o in taken]  # the longest waiting first
 
 
 def renew(store: Store, outlet_id: str, owner: str, now: datetime, lease: timedelta) -> bool:
@@ -94,13 +100,14 @@ def pass_settled(store: Store, work: Work, owner: str, now: datetime) -> bool:
     """An entry already settled whose queue did not advance (its instance lost the lease right
     then): only advance. Sending it again could normalize it twice."""
     with store.write() as tx:
+        tx.dgi_lock_queue(work.outlet_id)
         return _done(tx, work, owner, ts(now))
 
 
 def clear_back_off(store: Store, outlet_ids: list[str], now: datetime) -> None:
     """A new token for these outlets: try them now, not after the back-off the old one earned."""
     with store.write() as tx:
-        for outlet_id in outlet_ids:
+        for outlet_id in sorted(outlet_ids):
             tx.dgi_clear_failures(outlet_id, ts(now))
 
 
@@ -108,6 +115,7 @@ def record_device(store: Store, work: Work, owner: str, now: datetime) -> bool:
     """The MCF reports its own invoices to the DGI: nothing to send, only to note."""
     at = ts(now)
     with store.write() as tx:
+        tx.dgi_lock_queue(work.outlet_id)
         tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
                               invoice_id=work.invoice_id, rn=work.rn, state="device_reported", now=at)
         _add_once(tx, work, "device_reported", at)
@@ -115,11 +123,9 @@ def record_device(store: Store, work: Work, owner: str, now: datetime) -> bool:
 
 
 def _add_once(tx, work: Work, kind: str, at: str, **fields: Any) -> None:
-    try:
-        tx.dgi_add_event(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                         invoice_id=work.invoice_id, kind=kind, now=at, **fields)
-    except sqlite3.IntegrityError:
-        pass  # recorded already (an instance that lost its lease got the same answer): once is enough
+    # Nothing added if recorded already (an instance that lost its lease got the same answer).
+    tx.dgi_add_event(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                     invoice_id=work.invoice_id, kind=kind, now=at, once=True, **fields)
 
 
 def record_submitted(store: Store, work: Work, owner: str, uid: str, total: str, vtotal: str,
@@ -127,7 +133,7 @@ def record_submitted(store: Store, work: Work, owner: str, uid: str, total: str,
     """Phase 1 answered: keep `uid` before confirming. False (nothing kept) if the lease is lost."""
     at = ts(now)
     with store.write() as tx:
-        queue = tx.dgi_queue(work.outlet_id)
+        queue = tx.dgi_lock_queue(work.outlet_id)
         if queue is None or queue["lease_owner"] != owner:
             return False
         tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
@@ -139,6 +145,7 @@ def record_submitted(store: Store, work: Work, owner: str, uid: str, total: str,
 def forget_uid(store: Store, work: Work, now: datetime) -> None:
     """The DGI no longer has the request (expired, cancelled): submit the invoice anew."""
     with store.write() as tx:
+        tx.dgi_lock_queue(work.outlet_id)
         tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
                               invoice_id=work.invoice_id, rn=work.rn, state="submitting", now=ts(now))
 
@@ -146,6 +153,7 @@ def forget_uid(store: Store, work: Work, now: datetime) -> None:
 def record_normalized(store: Store, work: Work, owner: str, uid: str, elements: dict, now: datetime) -> bool:
     at = ts(now)
     with store.write() as tx:
+        tx.dgi_lock_queue(work.outlet_id)
         sub = work.submission or {}
         tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
                               invoice_id=work.invoice_id, rn=work.rn, state="normalized", uid=uid,
@@ -164,6 +172,7 @@ def record_quarantine(store: Store, work: Work, owner: str, code: str, desc: str
                       uid: str | None = None) -> bool:
     at = ts(now)
     with store.write() as tx:
+        tx.dgi_lock_queue(work.outlet_id)
         tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
                               invoice_id=work.invoice_id, rn=work.rn, state="quarantined", uid=uid,
                               error_code=code, error_desc=desc, now=at)
@@ -227,17 +236,20 @@ def release(store: Store, outlet_id: str, seq: int | None, actor: str, now: date
     with store.write() as tx:
         if tx.outlet(outlet_id) is None:
             raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
+        tx.dgi_lock_queue(outlet_id)  # not while the outlet's forwarder records an answer
         rows = tx.dgi_quarantined(outlet_id, 100_000)
         if seq is not None:
             rows = [r for r in rows if r["seq"] == seq]
             if not rows:
                 raise NotFound("not_quarantined", f"entry {seq} of outlet {outlet_id} is not quarantined")
+        released = []
         for r in rows:
-            tx.dgi_release(outlet_id, r["seq"], at)
-            tx.dgi_add_event(outlet_id=outlet_id, seq=r["seq"], ledger_id=r["ledger_id"], invoice_id=r["invoice_id"],
-                             kind="released", uid=r["uid"], actor=actor, now=at)
+            if tx.dgi_release(outlet_id, r["seq"], at):  # one `released` event per release, whoever asks
+                tx.dgi_add_event(outlet_id=outlet_id, seq=r["seq"], ledger_id=r["ledger_id"],
+                                 invoice_id=r["invoice_id"], kind="released", uid=r["uid"], actor=actor, now=at)
+                released.append(r["seq"])
         tx.dgi_clear_failures(outlet_id, at)
-        return [r["seq"] for r in rows]
+        return released
 
 
 def invoice_dgi(store: Store, outlet_id: str, invoice_id: str) -> dict:

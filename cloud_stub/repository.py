@@ -216,8 +216,8 @@ MIGRATIONS: list[str] = [
                strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'), mid
         FROM devices ORDER BY outlet_id, mid;
     """,
-    # 3: DGI forwarding (docs/dgi-forwarding.md). Plain SQL that PostgreSQL takes as it is
-    # (AUTOINCREMENT aside, as in version 1): times are UTC ISO-8601 text, compared as text.
+    # 3: DGI forwarding (docs/dgi-forwarding.md); repository_pg.PG_MIGRATIONS has its PostgreSQL
+    # spelling. Times are UTC ISO-8601 text, compared as text.
     """
     -- One row per outlet: how far the forwarder got in the outlet's ledger (next_seq), who holds
     -- the outlet (a lease, so several cloud instances share the work without double sending),
@@ -276,7 +276,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX dgi_events_entry ON dgi_events(outlet_id, seq, id);
     CREATE UNIQUE INDEX dgi_events_once ON dgi_events(outlet_id, seq) WHERE kind IN ('normalized', 'device_reported');
     -- An invoice by its id (the agent asks what the DGI said of it) before the forwarder reached
-    -- it. PostgreSQL: an expression index on ((invoice::jsonb ->> 'id')).
+    -- it. Tx._INVOICE_ID is the same expression (PostgreSQL: repository_pg's version 3).
     CREATE INDEX ledger_invoice_id ON ledger(outlet_id, json_extract(invoice, '$.id'));
     CREATE TRIGGER dgi_events_no_update BEFORE UPDATE ON dgi_events
         BEGIN SELECT RAISE(ABORT, 'DGI events are append-only'); END;
@@ -338,6 +338,11 @@ class Tx:
 
     # The order in which `invoice_codes` rows were inserted (SQLite's implicit rowid).
     _CODES_ORDER = "rowid"
+    # Locks a row read for an update to follow (PostgreSQL); SQLite's `BEGIN IMMEDIATE` already
+    # holds the database's write lock, and it knows no such clause.
+    _FOR_UPDATE = ""
+    # An invoice's id in the ledger, as the expression index ledger_invoice_id spells it.
+    _INVOICE_ID = "json_extract(invoice, '$.id')"
 
     def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
         raise NotImplementedError
@@ -701,9 +706,11 @@ class Tx:
 
     def dgi_add_queues(self, now: str) -> None:
         """A queue for each outlet that has none yet, starting at its first ledger entry."""
+        # ON CONFLICT: another instance may add the same queue between the check and the insert.
         self._run("INSERT INTO dgi_queues (outlet_id, next_seq, updated_at) "
                   "SELECT o.id, 1, ? FROM outlets o WHERE NOT EXISTS "
-                  "(SELECT 1 FROM dgi_queues q WHERE q.outlet_id = o.id)", now)
+                  "(SELECT 1 FROM dgi_queues q WHERE q.outlet_id = o.id) "
+                  "ON CONFLICT (outlet_id) DO NOTHING", now)
 
     def dgi_claimable(self, outlet_ids: list[str], now: str, limit: int) -> list[str]:
         """Outlets among `outlet_ids` with work (a ledger entry not yet taken up, or a released
@@ -737,6 +744,12 @@ class Tx:
 
     def dgi_queue(self, outlet_id: str) -> dict | None:
         return self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?", outlet_id)
+
+    def dgi_lock_queue(self, outlet_id: str) -> dict | None:
+        """The outlet's queue, its row locked to the end of the transaction: the forwarding
+        writes of one outlet (and an operator's release) run one at a time on PostgreSQL, as
+        every write does on SQLite, so a lease checked here holds until the commit."""
+        return self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?" + self._FOR_UPDATE, outlet_id)
 
     def dgi_queues(self) -> list[dict]:
         return self._all("SELECT * FROM dgi_queues ORDER BY outlet_id")
@@ -791,12 +804,16 @@ class Tx:
                       uid: str | None = None, code: str | None = None, counters: str | None = None,
                       nim: str | None = None, date_time: str | None = None, qr_code: str | None = None,
                       error_code: str | None = None, error_desc: str | None = None,
-                      actor: str | None = None) -> None:
-        self._run("INSERT INTO dgi_events (outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, "
-                  "date_time, qr_code, error_code, error_desc, actor, recorded_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, date_time, qr_code,
-                  error_code, error_desc, actor, now)
+                      actor: str | None = None, once: bool = False) -> bool:
+        """Append an event; `once`: none if the entry has its final event already (dgi_events_once).
+        ON CONFLICT rather than catching the error: on PostgreSQL a failed statement spoils the
+        whole transaction. False if nothing was added."""
+        return self._run("INSERT INTO dgi_events (outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, "
+                         "nim, date_time, qr_code, error_code, error_desc, actor, recorded_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                         + (" ON CONFLICT DO NOTHING" if once else ""),
+                         outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, date_time, qr_code,
+                         error_code, error_desc, actor, now) == 1
 
     def dgi_state_counts(self, outlet_id: str) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._all(
@@ -824,10 +841,10 @@ class Tx:
                          outlet_id, seq)
 
     def ledger_seq_of_invoice(self, outlet_id: str, invoice_id: str) -> int | None:
-        # SQLite's json_extract (PostgreSQL: invoice::jsonb ->> 'id'), served by the expression
-        # index ledger_invoice_id; only for an invoice the forwarder has not reached yet, which
-        # has no dgi_submissions row to find it by.
-        row = self._one("SELECT seq FROM ledger WHERE outlet_id = ? AND json_extract(invoice, '$.id') = ?",
+        # Served by the expression index ledger_invoice_id (`_INVOICE_ID`, each backend's
+        # spelling); only for an invoice the forwarder has not reached yet, which has no
+        # dgi_submissions row to find it by.
+        row = self._one(f"SELECT seq FROM ledger WHERE outlet_id = ? AND {self._INVOICE_ID} = ?",
                         outlet_id, invoice_id)
         return row["seq"] if row else None
 

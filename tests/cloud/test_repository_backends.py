@@ -135,7 +135,8 @@ def test_upgrading_a_version_1_database_with_data(backend):
             tx._run("INSERT INTO devices (mid, nif, outlet_id, status, firmware, provisioned_at, last_seen) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", "MID-7", "A1234567B", "KIN-01", "active", "{}",
                     "2026-01-01T00:00:00+00:00", None)
-            invoice = {"security": {"code": "CODE-1"}, "totals": {"total": "11.60"}, "reference": None}
+            invoice = {"id": "INV-OLD", "security": {"code": "CODE-1"}, "totals": {"total": "11.60"},
+                       "reference": None}
             tx._run("INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, fiscal_number, "
                     "number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "KIN-01", 1, "2026-01-01T10:00:00+00:00",
@@ -146,16 +147,88 @@ def test_upgrading_a_version_1_database_with_data(backend):
     new = backend()
     try:
         with new.read() as tx:
-            assert [r["version"] for r in tx._all("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
+            # Every version since 1 applied in place (the latest schema), the data kept.
+            assert [r["version"] for r in tx._all("SELECT version FROM schema_migrations ORDER BY version")] == [
+                m[0] for m in sqlite_migrations()]
             assert [(d["mid"], d["bound_by"], d["unbound_at"]) for d in tx.devices("KIN-01")] == [
                 ("MID-7", "agent", None)]
             assert tx.invoice_by_code("KIN-01", "CODE-1") == {"inv_type": "FV", "total": "11.60"}
             assert [(f["reason"], f["authority_id"]) for f in tx.flags("KIN-01")] == [("device_review", "MID-7")]
             assert [(r["seq"], r["state"]) for r in tx.ledger_rows("KIN-01")] == [(1, None)]
+            # Version 3's expression index covers the entry appended before it.
+            assert tx.ledger_seq_of_invoice("KIN-01", "INV-OLD") == 1
     finally:
         new.close()
     again = backend()  # nothing left to apply: opens as it is
     again.close()
+
+
+def test_dgi_forwarding_state_on_both_backends(backend):
+    """The forwarder's writes (forwarding.py) on either backend: the final event is recorded once
+    and the transaction goes on (a failed statement would spoil it on PostgreSQL), an invoice is
+    found by its id before the forwarder reached it (even one whose JSON holds \\u0000, which
+    PostgreSQL's JSON refuses), and the DGI events are append-only."""
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+            for seq, name in ((1, "plain"), (2, "NUL \x00 in a string")):
+                tx.append(LedgerEntry(**{**vars(entry("KIN-01", seq, seq)),
+                                         "invoice": json.dumps({"id": f"INV-{seq}", "name": name})}))
+            tx.dgi_add_queues("2026-01-01T00:00:00.000Z")
+            tx.dgi_add_queues("2026-01-01T00:00:01.000Z")  # nothing more: one queue per outlet
+            event = dict(outlet_id="KIN-01", seq=1, ledger_id=1, invoice_id="INV-1", kind="normalized",
+                         now="2026-01-01T00:00:02.000Z")
+            assert tx.dgi_add_event(**event, uid="u1", once=True) is True
+            assert tx.dgi_add_event(**event, uid="u2", once=True) is False
+            tx.dgi_put_submission(outlet_id="KIN-01", seq=1, ledger_id=1, invoice_id="INV-1", rn="INV-1",
+                                  state="normalized", uid="u1", now="2026-01-01T00:00:02.000Z")
+            assert tx.dgi_lock_queue("KIN-01")["next_seq"] == 1
+        with store.read() as tx:
+            assert [q["outlet_id"] for q in tx.dgi_queues()] == ["KIN-01"]
+            assert tx.dgi_answer("KIN-01", 1)["uid"] == "u1"
+            assert tx.dgi_state_counts("KIN-01") == {"normalized": 1}
+            assert tx.ledger_seq_of_invoice("KIN-01", "INV-2") == 2
+            assert tx.ledger_seq_of_invoice("KIN-01", "INV-3") is None
+        with pytest.raises(Exception, match="append-only"):
+            with store.write() as tx:
+                tx._run("UPDATE dgi_events SET uid = ? WHERE seq = ?", "u3", 1)
+        with pytest.raises(Exception, match="append-only"):
+            with store.write() as tx:
+                tx._run("DELETE FROM dgi_events WHERE seq = ?", 1)
+    finally:
+        store.close()
+
+
+def test_an_outlet_is_leased_to_one_instance_at_a_time(backend):
+    """Two stores on one database (two instances): while one holds the outlet's queue (recording
+    an answer under its lease), the other's claim waits for it and then sees the lease taken."""
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from cloud_stub import forwarding
+
+    a, b = backend(), backend()
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    try:
+        with a.write() as tx:
+            seed(tx)
+            tx.append(entry("KIN-01", 1, 1))
+        forwarding.add_queues(a, now)
+        claimed: list = []
+        with a.write() as tx:
+            tx.dgi_lock_queue("KIN-01")
+            tx.dgi_take_lease("KIN-01", "A", forwarding.ts(now), forwarding.ts(now + timedelta(minutes=1)))
+            other = threading.Thread(target=lambda: claimed.append(
+                forwarding.claim(b, "B", ["KIN-01"], now, timedelta(minutes=1), 5)))
+            other.start()
+            other.join(0.5)  # B waits for A's transaction (SQLite: the write lock; PostgreSQL: the row)
+        other.join(30)
+        assert claimed == [[]]
+        assert forwarding.outlet_status(b, "KIN-01")["leased_by"] == "A"
+    finally:
+        a.close()
+        b.close()
 
 
 def test_a_periodic_job_runs_on_one_store_at_a_time(backend):

@@ -13,12 +13,35 @@ from typing import Any
 
 from tests.support import ROOT, CloudProcess
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+def _env() -> dict[str, str]:
+    # At each call: the test's cloud database (conftest.py) is in the environment by then.
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def cloud_config(data_dir: Path, **settings: Any):
+    """The configuration of a cloud in this process, on the test's database (conftest.py)."""
+    from cloud_stub.config import DATABASE_URL_ENV, CloudConfig
+    return CloudConfig(data_dir=data_dir, database_url=os.environ.get(DATABASE_URL_ENV) or None, **settings)
+
+
+def cloud_count(data_dir: Path, sql: str) -> int:
+    """One count read straight from the cloud's database (SQLite file or PostgreSQL schema)."""
+    from cloud_stub.config import DATABASE_URL_ENV
+    url = os.environ.get(DATABASE_URL_ENV)
+    if url:
+        import psycopg
+        with psycopg.connect(url) as conn:
+            return conn.execute(sql).fetchone()[0]
+    conn = sqlite3.connect(data_dir / "cloud.sqlite3")
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
 
 
 def stalela(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                         env=ENV, input=stdin)
+                         env=_env(), input=stdin)
     if check and res.returncode != 0:
         raise RuntimeError(f"stalela {' '.join(args)}: {res.stderr or res.stdout}")
     return res
@@ -36,7 +59,7 @@ class EmcfSim:
         self.log = open(self.state.with_suffix(".log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "sim", "emcf", "run", "--state", str(self.state),
                                       "--port", "0", *extra], stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT,
-                                     env=ENV, text=True)
+                                     env=_env(), text=True)
         deadline = time.monotonic() + timeout
         line = self.proc.stdout.readline()
         if not line.startswith("emcf: ") or time.monotonic() > deadline:
@@ -95,11 +118,10 @@ def fill_ledger(data_dir: Path, outlets: int, per_outlet: int, nif: str = "A1234
     signer in this process (the cloud process is not running yet), `batch` per transaction.
     Returns {outlet: [invoice id in ledger order]}."""
     from cloud_stub import registry, signer
-    from cloud_stub.config import CloudConfig
     from cloud_stub.service import CloudService
     from fiscal.models import InvoiceRequest
 
-    service = CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0))
+    service = CloudService(cloud_config(data_dir, audit_interval=0, verify_workers=0))
     out: dict[str, list[str]] = {}
     try:
         try:

@@ -8,15 +8,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cloud_stub import forwarding
 from cloud_stub.app import init_app
-from cloud_stub.config import CloudConfig
 from cloud_stub.service import CloudService
-from tests.forwarding.fwd_support import fill_ledger
+from tests.forwarding.fwd_support import cloud_config, fill_ledger
 
 
 @pytest.fixture
 async def cloud(tmp_path):
     ledger = fill_ledger(tmp_path / "cloud", 2, 3)
-    config = CloudConfig(data_dir=tmp_path / "cloud", audit_interval=0, verify_workers=0)
+    config = cloud_config(tmp_path / "cloud", audit_interval=0, verify_workers=0)
     service = CloudService(config)
     # The first entry of OUT-001 refused by the DGI, as the forwarder records it.
     now = service.now()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, fill_ledger, set_tokens,
+from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, cloud_config, fill_ledger, set_tokens,
                                           start_cloud, wait_forwarded)
 
 
@@ -67,14 +67,13 @@ def _device_entry(data_dir, outlet_id: str = "OUT-001", mid: str = "AB01000001")
     """A device-sealed invoice reconciled into the outlet's ledger (its MCF bound by the operator)."""
     from datetime import datetime, timezone
 
-    from cloud_stub.config import CloudConfig
     from cloud_stub.service import CloudService
     from fiscal.protocol import GENESIS_HASH
     from fiscal.seal import chain_hash
     from fiscal.signing import generate_private_key, public_key_text
     from tests.cloud.cloud_helpers import invoice_request, unsigned_invoice
 
-    service = CloudService(CloudConfig(data_dir=data_dir, audit_interval=0, verify_workers=0))
+    service = CloudService(cloud_config(data_dir, audit_interval=0, verify_workers=0))
     try:
         service.bind_device(outlet_id, mid, "A1234567B")
         enrolled = service.enroll(service.create_token(outlet_id)["token"],

@@ -4,13 +4,12 @@ release by an operator). Real processes: the e-MCF simulator and `stalela cloud 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import urllib.request
 
 import pytest
 
-from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, dgi_status, fill_ledger,
+from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, cloud_count, dgi_status, fill_ledger,
                                           set_tokens, stalela, start_cloud, wait_forwarded)
 
 
@@ -38,11 +37,7 @@ def _cloud(tmp_path, procs, sim, ledger, tokens: bool = True):
 
 
 def _cloud_normalized(cloud) -> int:
-    conn = sqlite3.connect(cloud.data_dir / "cloud.sqlite3")
-    try:
-        return conn.execute("SELECT COUNT(*) FROM dgi_events WHERE kind = 'normalized'").fetchone()[0]
-    finally:
-        conn.close()
+    return cloud_count(cloud.data_dir, "SELECT COUNT(*) FROM dgi_events WHERE kind = 'normalized'")
 
 
 def _wait(predicate, timeout: float = 60) -> None:

@@ -7,10 +7,9 @@ from datetime import timedelta
 import aiohttp
 
 from cloud_stub import forwarding
-from cloud_stub.config import CloudConfig
 from cloud_stub.forwarder import DgiClient, Forwarder
 from cloud_stub.service import CloudService
-from tests.forwarding.fwd_support import fill_ledger
+from tests.forwarding.fwd_support import cloud_config, fill_ledger
 from tests.support import free_port
 
 ELEMENTS = {"codeDEFDGI": "A" * 24, "counters": "1/1 FV", "nim": "EM1", "dateTime": "2026-12-04 10:00:00",
@@ -19,7 +18,7 @@ ELEMENTS = {"codeDEFDGI": "A" * 24, "counters": "1/1 FV", "nim": "EM1", "dateTim
 
 async def test_a_settled_entry_left_by_a_lost_lease_is_passed_not_sent_again(tmp_path):
     fill_ledger(tmp_path / "cloud", 1, 2)
-    config = CloudConfig(data_dir=tmp_path / "cloud", audit_interval=0, verify_workers=0,
+    config = cloud_config(tmp_path / "cloud", audit_interval=0, verify_workers=0,
                          dgi_url=f"http://127.0.0.1:{free_port()}")  # nothing listens: any call fails
     service = CloudService(config)
     try:

@@ -9,13 +9,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from cloud_stub import forwarding
-from cloud_stub.config import CloudConfig
 from cloud_stub.forwarder import DgiClient, Forwarder
 from cloud_stub.service import CloudService
 from simulator.emcf.app import make_app
 from simulator.emcf.store import Store
 from simulator.emcf.tokens import issue
-from tests.forwarding.fwd_support import fill_ledger
+from tests.forwarding.fwd_support import cloud_config, fill_ledger
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ async def world(tmp_path):
     services = []
 
     async def make(lookup: bool):
-        config = CloudConfig(data_dir=tmp_path / "cloud", audit_interval=0, verify_workers=0,
+        config = cloud_config(tmp_path / "cloud", audit_interval=0, verify_workers=0,
                              dgi_url=str(server.make_url("/")), dgi_lookup=lookup)
         service = CloudService(config)
         services.append(service)

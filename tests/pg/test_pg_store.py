@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from cloud_stub.repository_pg import PgStore
+from cloud_stub.repository_pg import PG_MIGRATIONS, PgStore
 
 from tests.pg.server import scratch_database
 
@@ -103,7 +103,8 @@ def test_instances_starting_together_migrate_once():
             assert not errors and len(stores) == 4
             with stores[0].read() as tx:
                 assert [(r["version"], r["name"]) for r in tx._all(
-                    "SELECT version, name FROM schema_migrations ORDER BY version")] == [(1, "0001"), (2, "0002")]
+                    "SELECT version, name FROM schema_migrations ORDER BY version")] == [
+                    (m.version, m.name) for m in PG_MIGRATIONS]  # each applied once
         finally:
             for store in stores:
                 store.close()
@@ -119,4 +120,5 @@ def test_a_database_of_a_newer_version_is_refused_unchanged():
         with pytest.raises(SchemaTooNew, match="99"):
             PgStore(url, pool_size=1)
         with psycopg.connect(url) as conn:
-            assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 99]
+            assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [
+                m.version for m in PG_MIGRATIONS] + [99]
