@@ -19,11 +19,13 @@ from fiscal.credential import BlockClosure
 from .config import CloudConfig, parse_duration
 from .errors import PROBLEM_BASE, CloudError, Forbidden, Invalid, NotFound, Unauthorized
 from .logs import event, log
+from .metrics import CONTENT_TYPE, CloudMetrics
 from .registry import PROVISIONING_PREFIX
 from . import forwarding, reports
 from .service import CloudService
 
 CONFIG = web.AppKey("config", CloudConfig)
+METRICS = web.AppKey("metrics", CloudMetrics)
 SERVICE = web.AppKey("service", CloudService)
 CALLER = web.RequestKey("caller", dict)
 
@@ -144,7 +146,20 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json({"status": "ok", "service": "stalela-cloud", "api": "v1"})
+    """Liveness and the database's state: 503 when the database does not answer."""
+    service = request.app[SERVICE]
+    try:
+        await service.call(service.ping)
+    except Exception as exc:  # whatever the backend raises: the answer says the database is down
+        return web.json_response({"status": "degraded", "service": "stalela-cloud", "api": "v1",
+                                  "database": {"up": False, "error": exc.__class__.__name__}}, status=503)
+    return _json({"status": "ok", "service": "stalela-cloud", "api": "v1", "database": {"up": True}})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = await service.call(request.app[METRICS].scrape, service.store)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def issuer(request: web.Request) -> web.Response:
@@ -187,6 +202,8 @@ async def seal(request: web.Request) -> web.Response:
     body = await _body(request, SealBody)
     service = request.app[SERVICE]
     invoice, created = await service.call(service.seal, agent, body.invoice, body.isf, body.id, body.deadline)
+    if created:
+        request.app[METRICS].seals.labels(request.app[METRICS].instance).inc()
     return _json(invoice, 201 if created else 200)
 
 
@@ -203,7 +220,9 @@ async def reconcile(request: web.Request) -> web.Response:
     raw = await request.read()  # raises 413 beyond client_max_size
     service = request.app[SERVICE]
     # Parsed (or cut into chunks for the verifier) off the event loop: see service.reconcile_upload.
-    return _json(await service.call(service.reconcile_upload, agent, raw))
+    answer = await service.call(service.reconcile_upload, agent, raw)
+    request.app[METRICS].count_reconcile(answer)
+    return _json(answer)
 
 
 async def outlet(request: web.Request) -> web.Response:
@@ -444,12 +463,14 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     """The cloud API. Pass `service` to share one already open (it is then not closed here)."""
     app = web.Application(client_max_size=config.max_body, middlewares=[problems_and_log])
     app[CONFIG] = config
+    app[METRICS] = CloudMetrics()
     if service is not None:
         app[SERVICE] = service
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_audit_ctx)
     r = app.router
     r.add_get("/v1/health", health)
+    r.add_get("/metrics", metrics)
     r.add_get("/v1/issuer", issuer)
     r.add_post("/v1/enroll", enroll)
     r.add_post("/v1/credentials", issue_credential)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -14,7 +13,8 @@ import click
 from fiscal.runtime.cli import clean_errors
 from fiscal.runtime.migrations import SchemaTooNew
 
-from .config import DATABASE_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig, parse_duration
+from .config import (DATABASE_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig,
+                     database_url_from_environment, parse_duration)
 from .errors import CloudError
 from .repository import StoreError
 
@@ -59,7 +59,7 @@ def _service(data_dir: Path, *, create: bool = False):
     from .service import CloudService
 
     # The same database as `serve` (PostgreSQL when the environment names one).
-    database_url = os.environ.get(DATABASE_URL_ENV) or None
+    database_url = database_url_from_environment()
     if not database_url and not create and not CloudConfig(data_dir=data_dir).db_path.exists():
         raise click.ClickException(f"no cloud database in {data_dir} (create it with "
                                    "`stalela cloud merchant add` or `stalela cloud serve`)")
@@ -137,7 +137,7 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     try:
         run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
                         credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
-                        database_url=database_url or None,
+                        database_url=database_url or database_url_from_environment(),
                         dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll,
                         dgi_lease=dgi_lease, dgi_lookup=dgi_lookup))
     except OSError as exc:

@@ -16,6 +16,21 @@ from fiscal.signing import generate_private_key, load_private_key, save_private_
 DEFAULT_DATA_DIR = Path("./cloud-data")
 DEFAULT_PORT = 8710
 DATABASE_URL_ENV = "STALELA_CLOUD_DATABASE_URL"
+# The file systemd's LoadCredential= puts the database URL in (it carries a password): read from
+# $CREDENTIALS_DIRECTORY, so the secret is in no unit file, environment or command line.
+DATABASE_URL_CREDENTIAL = "database-url"
+
+
+def database_url_from_environment() -> str | None:
+    """The database URL the environment gives: STALELA_CLOUD_DATABASE_URL, else the service's
+    credential file ($CREDENTIALS_DIRECTORY/database-url, systemd-creds), else None (SQLite)."""
+    url = os.environ.get(DATABASE_URL_ENV)
+    if url:
+        return url
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if folder and (Path(folder) / DATABASE_URL_CREDENTIAL).is_file():
+        return (Path(folder) / DATABASE_URL_CREDENTIAL).read_text("utf-8").strip() or None
+    return None
 TIME_ZONES = ("Africa/Kinshasa", "Africa/Lubumbashi")
 
 

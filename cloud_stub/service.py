@@ -229,6 +229,11 @@ class CloudService:
             event("invoice.sealed", outlet_id=outlet["id"], fiscal_number=invoice["security"]["fiscal_number"])
         return invoice, created
 
+    def ping(self) -> None:
+        """One read transaction: raises when the database does not answer (health)."""
+        with self.store.read() as tx:
+            tx._one("SELECT 1 AS one")  # the Tx's own helper: the same on both backends
+
     def superseded(self, agent: dict, request_id: str, authority_id: str, fiscal_number: int) -> dict:
         """The agent gave up waiting for an online seal (no answer past its deadline) and sealed
         the sale with another signer. If the cloud did seal that request — before the deadline,

@@ -28,3 +28,29 @@ def test_hardening():
     assert svc["ReadWritePaths"] == "/var/lib/stalela"
     assert svc["NoNewPrivileges"] == "yes"
     assert "--data /var/lib/stalela" in svc["ExecStart"]
+
+
+CLOUD_UNIT = UNIT.parent / "stalela-cloud.service"
+
+
+def _cloud_unit():
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str
+    parser.read(CLOUD_UNIT)
+    return parser
+
+
+def test_cloud_unit_is_hardened_like_the_agents():
+    svc = _cloud_unit()["Service"]
+    agent = _unit()["Service"]
+    for key in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "RestrictSUIDSGID",
+                "LockPersonality", "CapabilityBoundingSet", "UMask", "StateDirectoryMode"):
+        assert svc[key] == agent[key], key
+    assert svc["User"] == "stalela-cloud" and svc["ReadWritePaths"] == "/var/lib/stalela-cloud"
+    assert "--data /var/lib/stalela-cloud" in svc["ExecStart"] and "--host 127.0.0.1" in svc["ExecStart"]
+
+
+def test_cloud_unit_keeps_the_database_url_out_of_the_unit():
+    svc = _cloud_unit()["Service"]
+    assert svc["LoadCredential"].startswith("database-url:")
+    assert "postgresql://" not in CLOUD_UNIT.read_text()

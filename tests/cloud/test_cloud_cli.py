@@ -123,3 +123,27 @@ def test_serve_as_a_process(tmp_path):
 def test_read_commands_do_not_create_a_cloud(tmp_path, command):
     run(command, "--data", str(tmp_path / "typo"), ok=False)
     assert not (tmp_path / "typo").exists()
+
+
+def test_serve_reads_the_database_url_from_the_service_credential(tmp_path):
+    # systemd's LoadCredential= hands the URL over as a file in $CREDENTIALS_DIRECTORY: serve
+    # uses it (here a server that does not answer: refused in one line, the password hidden).
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "database-url").write_text("postgresql://stalela:s3cret@127.0.0.1:1/ledger\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "STALELA_CLOUD_DATABASE_URL"}
+    env.update(CREDENTIALS_DIRECTORY=str(creds), PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "agent", "cloud", "serve", "--data", str(tmp_path / "cloud"),
+                          "--port", str(port)], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert res.returncode != 0
+    assert "127.0.0.1:1" in res.stderr and "s3cret" not in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
