@@ -5,19 +5,28 @@ past its `expires_at` counts as expired wherever it is read. `confirming` is set
 and stays when the seal's outcome is unknown (a lost cloud answer): such a request can neither
 expire nor be cancelled, only confirmed again (the seal is exactly once per request_id).
 
-Writes run on the journal's writer thread (`Journal.run_in_writer`), serialized with sealing,
-so the pending limit's count and the insert are one transaction. Reads use the journal's reader.
+Writes run on a connection of their own (`PendingWriter`), one transaction each, so the pending
+limit's count and the insert are one transaction. That connection commits with
+`synchronous=NORMAL`: a pending request survives a crash of the daemon (the WAL is written
+before the answer) but not always a power cut before the next checkpoint — and losing one costs
+nothing, since nothing was sealed: the client's confirm is refused and it submits again. What
+must survive everything is the seal itself, committed by the journal (fsync) under request_id
+`emcf-{uid}`; the journal is therefore the authority on "was it sealed?": a request whose seal
+is in the journal is never cancelled or expired, whatever its recorded state. So a two-phase
+sale costs one fsync, like `POST /v1/invoices`. Reads use the journal's reader.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..store.db import connect
 from . import mapping
 from .mapping import EmcfError
 
@@ -27,6 +36,8 @@ MAX_PENDING = 10
 # after a lost answer is still answered from them; then they are deleted.
 KEEP_SECONDS = 7 * 24 * 3600
 OPEN_STATES = ("pending", "confirming")
+# The journal is the authority: a request whose seal it holds is never cancelled or expired.
+_NOT_SEALED = " AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.request_id = emcf_pending.request_id)"
 
 
 @dataclass(frozen=True)
@@ -58,17 +69,48 @@ def _iso_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+class PendingWriter:
+    """The pending requests' own write connection (see the module's docstring), opened on first
+    use and closed with the app."""
+
+    def __init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, db_path, fn):
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(db_path)
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 class PendingStore:
-    def __init__(self, journal, lifetime: float, clock=time.time) -> None:
+    def __init__(self, journal, lifetime: float, writer: PendingWriter, clock=time.time) -> None:
         self._journal = journal
         self._lifetime = lifetime
+        self._writer = writer
         self._clock = clock
 
     def now(self) -> float:
         return self._clock()
 
     async def _write(self, fn):
-        return await asyncio.wrap_future(self._journal.run_in_writer(fn))
+        return await asyncio.to_thread(self._writer.run, self._journal.db_path, fn)
 
     # ---------------------------------------------------------------- reads
     def get(self, uid: str, key_name: str) -> Pending | None:
@@ -139,7 +181,7 @@ class PendingStore:
         def update(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "UPDATE emcf_pending SET state = 'cancelled', updated_at = ? WHERE uid = ? AND state = 'pending' "
-                "AND expires_at > ?", (_iso_now(), uid, now)).rowcount
+                "AND expires_at > ?" + _NOT_SEALED, (_iso_now(), uid, now)).rowcount
 
         return await self._write(update) > 0
 
@@ -148,7 +190,7 @@ class PendingStore:
 
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE emcf_pending SET state = 'expired', updated_at = ? WHERE uid = ? AND "
-                         "state = 'pending' AND expires_at <= ?", (_iso_now(), uid, now))
+                         "state = 'pending' AND expires_at <= ?" + _NOT_SEALED, (_iso_now(), uid, now))
 
         await self._write(update)
 

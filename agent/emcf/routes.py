@@ -8,6 +8,8 @@ route's handler itself, so the /v1 key check and problem+json translation never 
 """
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import sqlite3
 import uuid
@@ -26,12 +28,13 @@ from ..service import AgentService
 from ..store import repository
 from . import mapping
 from .mapping import EmcfError
-from .pending import PendingStore
+from .pending import PendingStore, PendingWriter
 
 log = logging.getLogger("stalela.emcf")
 
 PREFIX = "/api/"
 LIFETIME = web.AppKey("emcf_pending_seconds", int)
+WRITER = web.AppKey("emcf_pending_writer", PendingWriter)
 KEY_NAME = web.RequestKey("emcf_key_name", str)
 
 # The e-MCF error code and HTTP status of the agent's own refusals (validation, sealing).
@@ -45,6 +48,12 @@ _AGENT_ERRORS = (
 def add_routes(app: web.Application, lifetime: int) -> None:
     """The /api routes, and the middleware that owns them (first, before the /v1 ones)."""
     app[LIFETIME] = lifetime
+    app[WRITER] = writer = PendingWriter()
+
+    async def close_writer(_app: web.Application) -> None:
+        writer.close()
+
+    app.on_cleanup.append(close_writer)
     app.middlewares.insert(0, emcf_middleware)
     r = app.router
     r.add_get("/api/info/status", info_status)
@@ -193,7 +202,7 @@ def _constant(values):
 
 # ------------------------------------------------------------------------------ billing
 def _store(request: web.Request) -> PendingStore:
-    return PendingStore(request.app[SERVICE].journal, request.app[LIFETIME])
+    return PendingStore(request.app[SERVICE].journal, request.app[LIFETIME], request.app[WRITER])
 
 
 def request_id_for(uid: str) -> str:
@@ -279,10 +288,28 @@ async def confirm_invoice(request: web.Request) -> web.Response:
             if not str(getattr(exc, "extra", {}).get("reason", "")).endswith("outcome_unknown"):
                 await store.release(found.uid)  # nothing sealed: it may be cancelled or confirmed again
             raise
-    await store.confirmed(found.uid, invoice["id"])
+    # Recorded after the answer leaves: the journal already holds the seal (the authority on
+    # "was it sealed?"), so a repeated confirm is answered from it even if this write is lost.
+    _later(store.confirmed(found.uid, invoice["id"]))
     log.info("e-MCF request confirmed", extra={"event": "emcf.confirmed", "uid": found.uid,
                                                "invoice_id": invoice["id"], "mode": invoice["mode"]})
     return _json(mapping.confirm_answer(invoice))
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _later(write) -> None:
+    """Run a bookkeeping write without holding the client's answer; failures are logged."""
+    task = asyncio.get_running_loop().create_task(write)
+    _background.add(task)
+
+    def done(t: asyncio.Task) -> None:
+        _background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("e-MCF bookkeeping write failed", extra={"event": "emcf.state_write_failed",
+                                                                 "error": repr(t.exception())})
+    task.add_done_callback(done)
 
 
 def _confirmed_answer(service: AgentService, found) -> web.Response:

@@ -125,6 +125,24 @@ def test_cancel_after_confirm_is_refused(agent, client):
     assert agent.numbers() == [1001]
 
 
+def test_the_journal_outranks_a_lost_state_write(agent, client):
+    # The request's state is kept without fsync; the seal, in the journal, is. A power cut that
+    # lost the 'confirmed' (and 'confirming') state leaves it 'pending' beside its seal: it still
+    # cannot be cancelled, and a repeated confirm answers the seal — one sale, one number.
+    uid = client.submit(invoice("R-LOST", nif=NIF))["uid"]
+    first = client.confirm(uid, 4064.0, 64.0)
+    deadline = time.monotonic() + 10
+    while _pending_rows(agent)[uid] != "confirmed" and time.monotonic() < deadline:
+        time.sleep(0.05)  # recorded just after the answer
+    conn = agent.db()
+    conn.execute("UPDATE emcf_pending SET state = 'pending', invoice_id = NULL WHERE uid = ?", (uid,))
+    conn.close()
+    with pytest.raises(EmcfRefused):
+        client.cancel(uid)
+    assert client.confirm(uid, 4064.0, 64.0)["codeDEFDGI"] == first["codeDEFDGI"]
+    assert agent.numbers() == [1001]
+
+
 def test_expired_request_cannot_be_confirmed(harness):
     harness.configure(agent__emcf_pending_seconds=1)
     harness.add_credential(harness.credential(1001, 1500))
