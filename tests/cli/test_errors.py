@@ -61,7 +61,7 @@ def test_dev_without_argument_prints_its_usage_only():
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: ./dev COMMAND")
     assert "set -" not in res.stdout and "#" not in res.stdout
-    assert {line.split()[0] for line in res.stdout.splitlines()[1:]} == {"up", "test", "bench", "fuzz", "help"}
+    assert {line.split()[0] for line in res.stdout.splitlines()[1:]} == {"up", "test", "test-pg", "bench", "fuzz", "help"}
     bad = subprocess.run([str(ROOT / "dev"), "nope"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr and bad.stdout == ""
 
