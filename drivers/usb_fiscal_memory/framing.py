@@ -103,11 +103,26 @@ def encode_response(seq: int, cmd: int, data: bytes, status: bytes) -> bytes:
     return _wrap(bytes(data) + bytes((BRK,)) + bytes(status) + bytes((AMB,)), seq, cmd)
 
 
-def _unwrap(frame: bytes, overhead: int, *, response: bool) -> tuple[int, int, bytes]:
+# The two readings of a response's BCC (ambiguity 1): over LEN..AMB (what we send), or the
+# response table's literal "positions 2 to 6", LEN..BRK.
+READING_AMB = "LEN..AMB"
+READING_BRK = "LEN..BRK"
+
+
+def response_reading(frame: bytes) -> str:
+    """Which reading of the BCC a valid response frame uses (call after decode_response)."""
+    counted = frame[1] - LEN_OFFSET
+    body, received = frame[1 : 1 + counted], frame[1 + counted : 1 + counted + BCC_SIZE]
+    return READING_AMB if received == bcc(body) else READING_BRK
+
+
+def _unwrap(frame: bytes, overhead: int, *, response: bool, reading: str | None = None) -> tuple[int, int, bytes]:
     """Check the envelope and BCC; return (seq, cmd, counted bytes between CMD and AMB).
 
     A command's BCC must be the LEN..AMB sum (the command table is unambiguous); a response's
-    may be either reading of ambiguity 1, and nothing else.
+    may be either reading of ambiguity 1 — or only `reading`, once a link knows which one its
+    device uses (with both allowed, a corrupted byte worth exactly STA + AMB can pass as the
+    other reading: a device's later frames are checked against its own reading only).
     """
     frame = bytes(frame)
     if len(frame) < 1 + overhead + _TRAILER:
@@ -125,7 +140,9 @@ def _unwrap(frame: bytes, overhead: int, *, response: bool) -> tuple[int, int, b
     if body[-1] != AMB:
         raise FramingError("AMB missing before BCC")
     received = frame[1 + counted : 1 + counted + BCC_SIZE]
-    if received != bcc(body) and not (response and received == response_bcc_literal(body)):
+    amb_ok = reading in (None, READING_AMB) and received == bcc(body)
+    brk_ok = response and reading in (None, READING_BRK) and received == response_bcc_literal(body)
+    if not (amb_ok or brk_ok):
         raise FramingError("BCC mismatch")
     seq, cmd = body[1], body[2]
     _check_range("SEQ", seq)
@@ -138,8 +155,9 @@ def decode_command(frame: bytes) -> CommandFrame:
     return CommandFrame(seq, cmd, inner)
 
 
-def decode_response(frame: bytes) -> ResponseFrame:
-    seq, cmd, inner = _unwrap(frame, _RESPONSE_OVERHEAD, response=True)
+def decode_response(frame: bytes, reading: str | None = None) -> ResponseFrame:
+    """A response frame's parts. `reading`: the device's BCC reading when known (see _unwrap)."""
+    seq, cmd, inner = _unwrap(frame, _RESPONSE_OVERHEAD, response=True, reading=reading)
     # inner = DATA BRK STA(6); BRK's place is fixed by LEN, so DATA may itself contain 04h.
     if inner[-STATUS_SIZE - 1] != BRK:
         raise FramingError("BRK missing before STA")

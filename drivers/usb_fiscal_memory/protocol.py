@@ -13,7 +13,8 @@ from types import TracebackType
 from typing import Callable
 
 from .errors import FramingError, LinkTimeout, TooManyRetries
-from .framing import SEQ_MAX, SEQ_MIN, Deframer, ResponseFrame, decode_response, encode_command
+from .framing import (SEQ_MAX, SEQ_MIN, Deframer, ResponseFrame, decode_response, encode_command,
+                      response_reading)
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Link:
         self._seq = start - 1 if start > SEQ_MIN else SEQ_MAX  # so the first SEQ is ``start``
         self._needs_sync = sync
         self._last: tuple[int, int, bytes] | None = None
+        self.bcc_reading: str | None = None  # the device's reading of the response BCC, once seen
 
     # -- SEQ ------------------------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -180,9 +182,14 @@ class Link:
                 log.debug("MCF junk bytes ignored: %s", event[1].hex(" "))
             elif kind == "frame":
                 try:
-                    response = decode_response(event[1])
+                    response = decode_response(event[1], self.bcc_reading)
                 except FramingError as exc:
                     return f"bad frame: {exc}"
+                if self.bcc_reading is None:
+                    # A device uses one reading of the BCC: learnt from its first valid answer,
+                    # held for the link's life (accepting both on every frame would let a
+                    # corrupted byte worth exactly STA + AMB pass as the other reading).
+                    self.bcc_reading = response_reading(event[1])
                 if response.seq == seq and response.cmd == cmd:
                     return response
                 log.info(

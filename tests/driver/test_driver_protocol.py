@@ -145,3 +145,32 @@ def test_response_bcc_ambiguity_positions_2_to_6_answer_taken_without_resend():
     dummy, link = make([literal])
     assert link.transact(0x33).data == b"4100.00"
     assert len(dummy.written) == 1
+
+
+def test_response_bcc_ambiguity_a_link_holds_its_devices_reading():
+    # Both readings are accepted only until the device has answered once: with both allowed on
+    # every frame, a byte corrupted by exactly STA + AMB would pass as the other reading.
+    from drivers.usb_fiscal_memory.framing import READING_AMB
+
+    first = answer(0x20, 0xC1)
+    good = answer(0x21, 0x33, b"4100.00")
+    body = good[1:-5]
+    other_reading = good[:1] + body + bcc(body[: -6 - 1]) + good[-1:]
+    dummy, link = make([first, other_reading, good])
+    link.transact(0xC1)
+    assert link.bcc_reading == READING_AMB
+    assert link.transact(0x33).data == b"4100.00"  # the frame in the other reading was not taken
+    assert len(dummy.written) > 2  # it was asked again
+
+
+def test_response_bcc_ambiguity_the_corruption_both_readings_let_through():
+    # Why the link holds one reading: with STA all zero (a normal MCF) STA + AMB = 5, so a data
+    # byte raised by 5 turns a LEN..AMB frame into a valid LEN..BRK one with other content.
+    from drivers.usb_fiscal_memory.framing import READING_AMB, FramingError, decode_response
+    import pytest as _pytest
+
+    frame = bytearray(encode_response(0x20, 0x20, b"\x00", bytes(6)))
+    frame[4] = 0x05
+    assert decode_response(bytes(frame)).data == b"\x05"  # unknown reading: taken, and wrong
+    with _pytest.raises(FramingError):
+        decode_response(bytes(frame), READING_AMB)  # the device's reading held: refused
