@@ -5,6 +5,7 @@ import errno
 import json
 import socket
 import sqlite3
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +54,16 @@ def _explain(exc: BaseException) -> str | None:
 
 # Domain and storage errors become one clean line, never a traceback.
 domain_errors = clean_errors(_explain)
+
+
+@contextmanager
+def _opened(data_dir: Path, *, create: bool = False):
+    """The cloud service of `data_dir` for one command, closed afterwards."""
+    service = _service(data_dir, create=create)
+    try:
+        yield service
+    finally:
+        service.close()
 
 
 def _service(data_dir: Path, *, create: bool = False):
@@ -198,11 +209,8 @@ def merchant_add(data_dir: Path, nif: str, name: str, **taxpayer) -> None:
       stalela cloud merchant add --data ./cloud-data --nif A1234567B --name "ABC SARL" \\
           --address "BOULEVARD 23" --rccm RCCM20250124
     """
-    service = _service(data_dir, create=True)
-    try:
+    with _opened(data_dir, create=True) as service:
         row = service.add_merchant(nif, name, {k: v for k, v in taxpayer.items() if v})
-    finally:
-        service.close()
     click.echo(f"merchant {row['nif']} added: {row['name']}")
 
 
@@ -234,11 +242,8 @@ def outlet_add(data_dir: Path, merchant_nif: str, outlet_id: str, name: str, tim
       stalela cloud outlet add --data ./cloud-data --merchant A1234567B --id LUB-01 \\
           --name "Lubumbashi centre" --tz Africa/Lubumbashi --isf ISF-0001
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         row = service.add_outlet(outlet_id, merchant_nif, name, time_zone, isf)
-    finally:
-        service.close()
     click.echo(f"outlet {row['id']} added for merchant {row['merchant_nif']} ({row['time_zone']})")
 
 
@@ -253,11 +258,8 @@ def outlets(data_dir: Path, as_json: bool) -> None:
     Example:
       stalela cloud outlets --data ./cloud-data
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         rows = service.outlets()
-    finally:
-        service.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -292,11 +294,8 @@ def token_create(data_dir: Path, outlet_id: str, ttl) -> None:
     Example:
       stalela cloud token create --data ./cloud-data --outlet KIN-01 --ttl 2h
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         result = service.create_token(outlet_id, ttl)
-    finally:
-        service.close()
     click.echo(result["token"])
     click.echo(f"(single use, for outlet {outlet_id}, expires {result['expires_at']})", err=True)
 
@@ -329,11 +328,8 @@ def credential_revoke(data_dir: Path, credential_id: str, reason: str, effective
     """
     if effective_at is not None and effective_at.tzinfo is None:
         effective_at = effective_at.replace(tzinfo=timezone.utc)
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         status = service.revoke_credential(credential_id, reason, effective_at)
-    finally:
-        service.close()
     click.echo(f"credential {credential_id} revoked from {status['revoked_at']}")
 
 
@@ -363,11 +359,8 @@ def devices_bind(data_dir: Path, outlet_id: str, mid: str, nif: str) -> None:
     Example:
       stalela cloud devices bind --data ./cloud-data --outlet KIN-01 --mid AB01000001 --nif A1234567B
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         device, created = service.bind_device(outlet_id, mid, nif)
-    finally:
-        service.close()
     click.echo(f"device {mid} {'bound to' if created else 'already bound to'} outlet {device['outlet_id']}")
 
 
@@ -383,11 +376,8 @@ def devices_unbind(data_dir: Path, outlet_id: str, mid: str) -> None:
     Example:
       stalela cloud devices unbind --data ./cloud-data --outlet KIN-01 --mid AB01000001
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         service.unbind_device(outlet_id, mid)
-    finally:
-        service.close()
     click.echo(f"device {mid} unbound from outlet {outlet_id}")
 
 
@@ -403,11 +393,8 @@ def devices_list(data_dir: Path, outlet_id: str, as_json: bool) -> None:
     Example:
       stalela cloud devices list --data ./cloud-data --outlet KIN-01
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         rows = service.devices(outlet_id)
-    finally:
-        service.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -432,11 +419,8 @@ def devices_token(data_dir: Path, outlet_id: str, ttl) -> None:
     Example:
       stalela cloud devices token --data ./cloud-data --outlet KIN-01 --ttl 2h
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         result = service.create_provisioning_token(outlet_id, ttl)
-    finally:
-        service.close()
     click.echo(result["token"])
     click.echo(f"(binds one MCF to outlet {outlet_id}, expires {result['expires_at']})", err=True)
 
@@ -454,11 +438,8 @@ def flags(data_dir: Path, outlet_id: str | None, open_only: bool, as_json: bool)
     Example:
       stalela cloud flags --data ./cloud-data --open
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         rows = service.flags(outlet_id, open_only)
-    finally:
-        service.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -481,11 +462,8 @@ def audit_cmd(data_dir: Path, outlet_id: str | None) -> None:
     Example:
       stalela cloud audit --data ./cloud-data
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         new = service.audit(outlet_id)
-    finally:
-        service.close()
     click.echo(f"{len(new)} new flag(s)")
 
 
@@ -500,11 +478,8 @@ def verify_cmd(data_dir: Path, outlet_id: str) -> None:
     Example:
       stalela cloud verify --data ./cloud-data --outlet KIN-01
     """
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         result = service.verify_ledger(outlet_id)
-    finally:
-        service.close()
     if not result["valid"]:
         for problem in result["problems"]:
             click.echo(problem, err=True)
@@ -547,11 +522,8 @@ def dgi_token(data_dir: Path, outlet_id: str, token_file, remove: bool) -> None:
 
     if remove == (token_file is not None):
         raise click.UsageError("give --token-file or --remove (one of them)")
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         service.outlet(outlet_id)  # refuses an unknown outlet with a clear line
-    finally:
-        service.close()
     token = None
     if token_file is not None:
         token = token_file.read().strip()
@@ -580,11 +552,8 @@ def dgi_status(data_dir: Path, outlet_id: str | None, as_json: bool) -> None:
     from . import forwarding
     from .forwarder import load_tokens
 
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         rows = [forwarding.outlet_status(service.store, outlet_id)] if outlet_id else forwarding.all_status(service.store)
-    finally:
-        service.close()
     try:
         tokens = load_tokens(CloudConfig(data_dir=data_dir).dgi_tokens_path)
     except ValueError as exc:
@@ -622,11 +591,8 @@ def dgi_release(data_dir: Path, outlet_id: str, seq: int | None) -> None:
     """
     from . import forwarding
 
-    service = _service(data_dir)
-    try:
+    with _opened(data_dir) as service:
         released = forwarding.release(service.store, outlet_id, seq, "operator (cli)", service.now())
-    finally:
-        service.close()
     if not released:
         click.echo(f"{outlet_id}: nothing quarantined")
         return

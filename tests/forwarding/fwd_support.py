@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import ROOT, CloudProcess
+from tests.support import ROOT, CloudProcess, _Process
 
 def _env() -> dict[str, str]:
     # At each call: the test's cloud database (conftest.py) is in the environment by then.
@@ -47,7 +47,7 @@ def stalela(*args: str, check: bool = True, stdin: str | None = None) -> subproc
     return res
 
 
-class EmcfSim:
+class EmcfSim(_Process):
     """`stalela sim emcf run` as a subprocess on a free port."""
 
     def __init__(self, state: Path):
@@ -66,18 +66,6 @@ class EmcfSim:
             raise RuntimeError(f"the e-MCF simulator did not start: {line!r}")
         self.url = line.split()[1]
         return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
-        self.proc = None
 
     def token(self, nif: str, isf: str, ttl: int = 86400) -> str:
         """Issued in this process with the simulator's own secret (as `sim emcf token` does)."""
