@@ -23,7 +23,8 @@ from . import systemd_notify
 from .api.app import attach, init_app
 from .cloud_client import CloudClient
 from .config import AgentConfig
-from .journal import Journal, credential_status
+from .journal import Journal
+from .signers.credentials import credential_status
 from .renewal import CredentialKeeper
 from .service import AgentService, build_policy, open_journal
 from .signers import Probing, Settling, SignerPolicy

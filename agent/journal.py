@@ -30,8 +30,7 @@ from fiscal.seal import apply_signature, chain_hash
 from . import outbox
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from .identity import OutletIdentity
-# credential_status is the credentials' read-side summary; health and the CLI import it from here.
-from .signers.credentials import CredentialBook, credential_status  # noqa: F401
+from .signers.credentials import CredentialBook
 from .store import repository
 from .store.bodies import pack, unpack
 from .store.db import connect

@@ -11,7 +11,8 @@ from fiscal.signing import load_private_key, public_key_text
 from .cloud_client import CloudClient, CloudError
 from .config import AgentConfig
 from .identity import OutletIdentity
-from .journal import Journal, credential_status
+from .journal import Journal
+from .signers.credentials import credential_status
 
 log = logging.getLogger("stalela.credential")
 

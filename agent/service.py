@@ -24,7 +24,8 @@ from fiscal.tax import TaxError, compute
 from .config import AgentConfig, zone
 from .errors import AgentError, InvalidInvoice
 from .identity import OutletIdentity
-from .journal import Journal, SealJob, SealOutcome, credential_status, stored_request
+from .journal import Journal, SealJob, SealOutcome, stored_request
+from .signers.credentials import credential_status
 from .signers import Breaker, PolicyEntry, SignerPolicy
 from .signers.delegated import DelegatedSigner
 from .signers.queued import QueuedSigner

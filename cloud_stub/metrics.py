@@ -60,10 +60,8 @@ class CloudMetrics:
         started = time.perf_counter()
         try:
             with store.read() as tx:
-                # The Tx's own query helpers: the same SQL on SQLite and PostgreSQL.
-                flags = tx._all("SELECT reason, count(*) AS n FROM flags WHERE resolved_at IS NULL GROUP BY reason")
-                queue = tx._all("SELECT state, count(*) AS n, min(updated_at) AS oldest FROM dgi_submissions "
-                                "GROUP BY state")
+                flags = tx.open_flag_counts()
+                queue = tx.dgi_queue_by_state()
         except Exception:  # a database that does not answer is what this scrape reports
             self.db_up.labels(self.instance).set(0)
             return generate_latest(self.registry)
@@ -80,5 +78,4 @@ class CloudMetrics:
             if row["oldest"]:
                 age = (now - datetime.fromisoformat(row["oldest"])).total_seconds()
                 self.dgi_oldest.labels(self.instance, row["state"]).set(max(0.0, age))
-        # The info gauge was cleared by nothing: it stays.
         return generate_latest(self.registry)

@@ -344,6 +344,18 @@ class Tx:
     # An invoice's id in the ledger, as the expression index ledger_invoice_id spells it.
     _INVOICE_ID = "json_extract(invoice, '$.id')"
 
+    # ---- health and metrics (the same SQL on both backends)
+    def ping(self) -> None:
+        """One round trip to the database (health)."""
+        self._one("SELECT 1 AS one")
+
+    def open_flag_counts(self) -> list[dict[str, Any]]:
+        return self._all("SELECT reason, count(*) AS n FROM flags WHERE resolved_at IS NULL GROUP BY reason")
+
+    def dgi_queue_by_state(self) -> list[dict[str, Any]]:
+        """DGI forwarding entries of every outlet by state, with the oldest `updated_at` of each."""
+        return self._all("SELECT state, count(*) AS n, min(updated_at) AS oldest FROM dgi_submissions GROUP BY state")
+
     def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
         raise NotImplementedError
 

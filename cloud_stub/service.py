@@ -232,7 +232,7 @@ class CloudService:
     def ping(self) -> None:
         """One read transaction: raises when the database does not answer (health)."""
         with self.store.read() as tx:
-            tx._one("SELECT 1 AS one")  # the Tx's own helper: the same on both backends
+            tx.ping()
 
     def superseded(self, agent: dict, request_id: str, authority_id: str, fiscal_number: int) -> dict:
         """The agent gave up waiting for an online seal (no answer past its deadline) and sealed

@@ -10,7 +10,7 @@ from ..config import AgentConfig, read_secret
 from fiscal.credential import DelegatedCredential
 from fiscal.signing import load_private_key, public_key_text
 from ..identity import OutletIdentity
-from ..journal import credential_status
+from ..signers.credentials import credential_status
 from ..store.db import connect, migrate
 from .common import EXIT_BLOCKED, data_option, domain_errors, emit_json, json_option, require_enrolled, run_async
 

@@ -22,7 +22,7 @@ from fiscal.models import CREDIT_TYPES
 from fiscal.tax import TaxTable
 
 from ..api.app import KEYS, SERVICE
-from ..journal import credential_status
+from ..signers.credentials import credential_status
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked
 from ..service import AgentService
 from ..store import repository

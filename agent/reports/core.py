@@ -80,7 +80,7 @@ def health_summary(health: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def offline_health(conn: sqlite3.Connection) -> dict[str, Any]:
     """Health as far as the journal tells it (the CLI has no running signers)."""
-    from ..journal import credential_status
+    from ..signers.credentials import credential_status
     from ..sync import outbox_status
 
     cred = credential_status(conn)

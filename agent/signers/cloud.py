@@ -34,6 +34,7 @@ from fiscal.seal import verify_stalela_seal
 from ..cloud_client import CloudClient
 from ..errors import AgentError, IdempotencyConflict
 from ..journal import Journal, SealJob, SealOutcome
+from ..store import repository
 from .base import SignerUnavailable
 
 
@@ -85,16 +86,8 @@ class CloudSigner:
         return ok
 
     def _intent(self, request_id: str, invoice_id: str, deadline: str):
-        def fn(conn):
-            row = conn.execute("SELECT invoice_id FROM cloud_intents WHERE request_id = ?", (request_id,)).fetchone()
-            if row:  # a retry: asked again, under a new deadline
-                conn.execute("UPDATE cloud_intents SET deadline = ?, state = 'sent' WHERE request_id = ?",
-                             (deadline, request_id))
-                return row["invoice_id"]
-            conn.execute("INSERT INTO cloud_intents(request_id, invoice_id, sent_at, deadline) VALUES (?, ?, ?, ?)",
-                         (request_id, invoice_id, datetime.now(timezone.utc).isoformat(), deadline))
-            return invoice_id
-        return fn
+        sent_at = datetime.now(timezone.utc).isoformat()
+        return lambda conn: repository.record_cloud_intent(conn, request_id, invoice_id, deadline, sent_at)
 
     async def seal(self, job: SealJob) -> SealOutcome:
         rid = job.request["request_id"]
@@ -153,17 +146,14 @@ class CloudSigner:
             await asyncio.sleep(left)
 
     async def _supersede(self, request_id: str) -> None:
-        await asyncio.wrap_future(self.journal.run_in_writer(lambda conn: conn.execute(
-            "UPDATE cloud_intents SET state = 'superseded' WHERE request_id = ?", (request_id,))))
+        await asyncio.wrap_future(self.journal.run_in_writer(
+            lambda conn: repository.supersede_cloud_intent(conn, request_id)))
 
     async def settle(self) -> int:
         """Tell the cloud, once it answers again, which invoice replaced each attempt it never
         answered (POST /v1/seal-requests/{id}/superseded); the intent is then done with. Returns
         how many were settled. A cloud that had sealed one flags the outlet `double_seal`."""
-        rows = self.journal.reader.execute(
-            "SELECT c.request_id, i.authority_id, i.fiscal_number FROM cloud_intents c"
-            " JOIN invoices i ON i.request_id = c.request_id AND i.status = 'sealed'"
-            " WHERE c.state = 'superseded'").fetchall()
+        rows = repository.superseded_cloud_intents(self.journal.reader)
         settled = 0
         for row in rows:
             status, data, _ = await self.client.exchange(
@@ -183,4 +173,4 @@ class CloudSigner:
 
     async def _forget(self, request_id: str) -> None:
         await asyncio.wrap_future(self.journal.run_in_writer(
-            lambda conn: conn.execute("DELETE FROM cloud_intents WHERE request_id = ?", (request_id,))))
+            lambda conn: repository.settle_intent(conn, "cloud_intents", request_id)))

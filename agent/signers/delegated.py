@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..journal import Journal, credential_status
+from ..journal import Journal
+from .credentials import credential_status
 
 if TYPE_CHECKING:
     from ..journal import SealJob, SealOutcome

@@ -37,6 +37,32 @@ def cloud_intent_open(conn: sqlite3.Connection, request_id: str) -> bool:
                         (request_id,)).fetchone() is not None
 
 
+def record_cloud_intent(conn: sqlite3.Connection, request_id: str, invoice_id: str, deadline: str,
+                        sent_at: str) -> str:
+    """Before an online seal is sent: its intent, under this attempt's deadline. A retry keeps the
+    first attempt's invoice id (the cloud is idempotent on it). Returns the invoice id to send."""
+    row = conn.execute("SELECT invoice_id FROM cloud_intents WHERE request_id = ?", (request_id,)).fetchone()
+    if row:
+        conn.execute("UPDATE cloud_intents SET deadline = ?, state = 'sent' WHERE request_id = ?",
+                     (deadline, request_id))
+        return row["invoice_id"]
+    conn.execute("INSERT INTO cloud_intents(request_id, invoice_id, sent_at, deadline) VALUES (?, ?, ?, ?)",
+                 (request_id, invoice_id, sent_at, deadline))
+    return invoice_id
+
+
+def supersede_cloud_intent(conn: sqlite3.Connection, request_id: str) -> None:
+    conn.execute("UPDATE cloud_intents SET state = 'superseded' WHERE request_id = ?", (request_id,))
+
+
+def superseded_cloud_intents(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Superseded attempts with the invoice that replaced each: (request_id, authority_id, fiscal_number)."""
+    return conn.execute(
+        "SELECT c.request_id, i.authority_id, i.fiscal_number FROM cloud_intents c"
+        " JOIN invoices i ON i.request_id = c.request_id AND i.status = 'sealed'"
+        " WHERE c.state = 'superseded'").fetchall()
+
+
 def settle_intent(conn: sqlite3.Connection, table: str, request_id: str) -> None:
     conn.execute(f"DELETE FROM {_intents(table)} WHERE request_id = ?", (request_id,))
 
