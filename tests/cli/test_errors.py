@@ -80,8 +80,17 @@ def owned_folder():
     harness = AgentHarness(parent / "agent")
     for path in [parent / "agent", *(parent / "agent").rglob("*")]:
         os.chown(path, SERVICE_UID, SERVICE_UID)
-    yield harness.data_dir
-    shutil.rmtree(parent)
+    # The other users run this checkout's code: every folder above it must let them through
+    # (a checkout in a `mktemp -d` folder is 0700). Given back as it was afterwards.
+    opened = [(d, d.stat().st_mode) for d in ROOT.parents if not d.stat().st_mode & 0o001]
+    for folder, mode in opened:
+        os.chmod(folder, mode | 0o001)
+    try:
+        yield harness.data_dir
+    finally:
+        for folder, mode in opened:
+            os.chmod(folder, mode)
+        shutil.rmtree(parent)
 
 
 def test_a_folder_of_another_user_hints_at_sudo(owned_folder):
