@@ -6,7 +6,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -116,10 +116,14 @@ def test_block_exhaustion_blocks_then_renewal_resumes(harness):
 
 
 def test_expired_credential_blocks(harness):
-    harness.add_credential(harness.credential(1, 100, valid_for=timedelta(minutes=1, seconds=3)))
+    # The credential is handed over once the agent runs, so a slow start cannot eat its last
+    # seconds (it is valid from a minute ago for a minute and 4 s), and the test waits for the
+    # moment it expires rather than for a fixed time.
     harness.start()
+    cred = harness.credential(1, 100, valid_for=timedelta(minutes=1, seconds=4))
+    harness.add_credential(cred)
     assert harness.post("/v1/invoices", invoice("X1"))[0] == 201
-    time.sleep(3.5)
+    time.sleep(max(0.0, (cred.not_after - datetime.now(timezone.utc)).total_seconds()) + 0.3)
     status, body, _ = harness.post("/v1/invoices", invoice("X2"))
     assert status == 503 and body["reason"] == "expired", body
     assert harness.get("/v1/health", key=None)[1]["status"] == "blocked"
