@@ -285,6 +285,30 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
     CREATE TRIGGER dgi_events_no_truncate BEFORE TRUNCATE ON dgi_events
         FOR EACH STATEMENT EXECUTE FUNCTION dgi_events_append_only();
     """)),
+    # 4: as SQLite's version 4 (repository.MIGRATIONS[3]: the dashboard), which says why.
+    (4, "0004", _c_text("""
+    CREATE TABLE merchant_tokens (
+        token_hash TEXT PRIMARY KEY,
+        merchant_nif TEXT NOT NULL REFERENCES merchants(nif),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE dashboard_sessions (
+        id_hash TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        merchant_nif TEXT,
+        token_hash TEXT,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
+    CREATE INDEX outlets_merchant ON outlets(merchant_nif, id);
+    CREATE INDEX flags_open ON flags(outlet_id) WHERE resolved_at IS NULL;
+    CREATE INDEX flags_created ON flags(created_at);
+    CREATE INDEX rejections_received ON rejections(received_at);
+    CREATE INDEX devices_outlet ON devices(outlet_id, last_seen);
+    """)),
 ])
 
 def _visible(*values: Any) -> tuple:
@@ -331,6 +355,8 @@ class PgTx(Tx):
     _FOR_UPDATE = " FOR UPDATE"
     # As the index ledger_invoice_id (migration 3) spells it, so that the query uses it.
     _INVOICE_ID = "(replace(invoice, '\\u0000', '\\ufffd')::json ->> 'id')"
+    _TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
+    _LAG_SECONDS = "EXTRACT(EPOCH FROM (recorded_at::timestamptz - sealed_at::timestamptz))"
 
     def __init__(self, conn: psycopg.Connection):
         self._c = conn
