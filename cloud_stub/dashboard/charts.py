@@ -41,12 +41,15 @@ def _label(value: float) -> str:
         return f"{value / 1_000_000:g}M"
     if value >= 1_000:
         return f"{value / 1_000:g}k"
-    return f"{value:g}"
+    return f"{round(value, 2):g}"
 
 
 def chart(title: str, days: list[str], series: list[Series], kind: str = "bars", unit: str = "") -> Markup:
     """Bars (side by side per day) or lines, one per series, over `days` (YYYY-MM-DD)."""
-    top = _nice_max(max((v for s in series for v in s.values), default=0))
+    highest = max((v for s in series for v in s.values), default=0)
+    # Counts of a few: an axis of whole numbers (not 0.25 of a flag).
+    whole = all(float(v).is_integer() for s in series for v in s.values)
+    top = _nice_max(max(highest, 4) if whole else highest)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     n = max(1, len(days))
     slot = plot_w / n

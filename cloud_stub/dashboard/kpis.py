@@ -47,9 +47,9 @@ def charts(data: dict) -> list:
     return [
         chart("Net sales per day", days, [Series("net sales", col("net_sales"), "s1")]),
         chart("Invoices per day", days, [Series("invoices", col("invoices"), "s2")]),
-        chart("Sync lag (seconds from sealing to the cloud)", days,
-              [Series("average", col("sync_lag_avg_s"), "s1"), Series("max", col("sync_lag_max_s"), "s3")],
-              kind="lines", unit="s"),
+        chart("Sync lag (minutes from sealing to the cloud)", days,
+              [Series("average", [v / 60 for v in col("sync_lag_avg_s")], "s1"),
+               Series("max", [v / 60 for v in col("sync_lag_max_s")], "s3")], kind="lines", unit=" min"),
         chart("Rejections and flags per day", days,
               [Series("rejections", col("rejections"), "s3"), Series("flags", col("flags"), "s4")]),
     ]
