@@ -377,6 +377,12 @@ async def admin_merchant_token(request: web.Request) -> web.Response:
     return _json(await service.call(service.create_merchant_token, request.match_info["nif"], ttl), 201)
 
 
+async def admin_revoke_merchant_tokens(request: web.Request) -> web.Response:
+    await _admin(request)
+    service = request.app[SERVICE]
+    return _json(await service.call(service.revoke_merchant_tokens, request.match_info["nif"]))
+
+
 async def admin_bind_device(request: web.Request) -> web.Response:
     await _admin(request)
     body = await _body(request, DeviceBody)
@@ -507,6 +513,7 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_get("/v1/admin/outlets", admin_outlets)
     r.add_post("/v1/admin/outlets", admin_add_outlet)
     r.add_post("/v1/admin/merchants/{nif}/dashboard-tokens", admin_merchant_token)
+    r.add_delete("/v1/admin/merchants/{nif}/dashboard-tokens", admin_revoke_merchant_tokens)
     r.add_post("/v1/admin/outlets/{outlet_id}/tokens", admin_create_token)
     r.add_post("/v1/admin/outlets/{outlet_id}/provisioning-tokens", admin_provisioning_token)
     r.add_post("/v1/admin/outlets/{outlet_id}/devices", admin_bind_device)

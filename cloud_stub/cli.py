@@ -224,15 +224,23 @@ def merchant_add(data_dir: Path, nif: str, name: str, **taxpayer) -> None:
 @click.option("--nif", required=True, help="The merchant's NIF.")
 @click.option("--ttl", default="90d", show_default=True, callback=_duration,
               help="How long the token lets the merchant log in (e.g. 30d).")
+@click.option("--revoke-all", is_flag=True,
+              help="Revoke every dashboard token of the merchant instead (their sessions end).")
 @domain_errors
-def merchant_token(data_dir: Path, nif: str, ttl) -> None:
+def merchant_token(data_dir: Path, nif: str, ttl, revoke_all: bool) -> None:
     """Issue a read-only dashboard token for a merchant's staff and print it (only its hash is
     stored). With it they log in to /dashboard/ and see that merchant's outlets only.
 
     \b
     Example:
       stalela cloud merchant token --data ./cloud-data --nif A1234567B --ttl 30d
+      stalela cloud merchant token --data ./cloud-data --nif A1234567B --revoke-all
     """
+    if revoke_all:
+        with _opened(data_dir) as service:
+            revoked = service.revoke_merchant_tokens(nif)["revoked"]
+        click.echo(f"merchant {nif}: {revoked} dashboard token(s) revoked")
+        return
     with _opened(data_dir) as service:
         result = service.create_merchant_token(nif, ttl)
     click.echo(result["token"])

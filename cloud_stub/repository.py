@@ -1052,6 +1052,10 @@ class Tx:
         self._run("INSERT INTO merchant_tokens (token_hash, merchant_nif, created_at, expires_at) VALUES (?, ?, ?, ?)",
                   token_hash, merchant_nif, now, expires_at)
 
+    def revoke_merchant_tokens(self, merchant_nif: str, now: str) -> int:
+        return self._run("UPDATE merchant_tokens SET revoked_at = ? WHERE merchant_nif = ? AND revoked_at IS NULL",
+                         now, merchant_nif)
+
     def live_merchant_token(self, token_hash: str, now: str) -> dict | None:
         return self._one("SELECT * FROM merchant_tokens WHERE token_hash = ? AND revoked_at IS NULL "
                          "AND expires_at > ?", token_hash, now)

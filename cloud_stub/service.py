@@ -112,6 +112,13 @@ class CloudService:
         event("merchant_token.created", merchant_nif=merchant_nif, expires_at=result["expires_at"])
         return result
 
+    def revoke_merchant_tokens(self, merchant_nif: str) -> dict:
+        from .dashboard.access import revoke_merchant_tokens
+
+        revoked = revoke_merchant_tokens(self.store, merchant_nif, self.now())
+        event("merchant_token.revoked", merchant_nif=merchant_nif, revoked=revoked)
+        return {"merchant_nif": merchant_nif, "revoked": revoked}
+
     def outlets(self) -> list[dict]:
         with self.store.read() as tx:
             return tx.outlets()

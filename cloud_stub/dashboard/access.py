@@ -52,6 +52,15 @@ def create_merchant_token(store: Repository, merchant_nif: str, ttl: timedelta, 
     return {"merchant_nif": row["nif"], "token": token, "expires_at": expires_at}
 
 
+def revoke_merchant_tokens(store: Repository, merchant_nif: str, now: datetime) -> int:
+    """Revoke every dashboard token of a merchant (staff left, a token leaked): their sessions
+    end with them. The number revoked."""
+    with store.write() as tx:
+        if tx.merchant(merchant_nif) is None:
+            raise NotFound("merchant_not_found", f"no merchant with NIF {merchant_nif}")
+        return tx.revoke_merchant_tokens(merchant_nif, iso(now))
+
+
 def csrf_token(session_id: str) -> str:
     """The form token of a session: derived from its secret (nothing more to store), and not
     the secret itself (the token is written into every page)."""

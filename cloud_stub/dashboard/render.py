@@ -10,7 +10,7 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import web
 
-from ..errors import CloudError, Unauthorized
+from ..errors import CloudError, NotFound, Unauthorized
 from .access import Viewer
 
 VIEWER = web.RequestKey("dashboard_viewer", Viewer)
@@ -88,8 +88,6 @@ def page(template: str) -> Callable[[Handler], Callable[[web.Request], Awaitable
 def outlet_in_scope(outlet: dict | None, viewer: Viewer, outlet_id: str) -> dict:
     """The outlet if the viewer may see it; another merchant's outlet is not found, as an
     unknown one is (the answer reveals nothing)."""
-    from ..errors import NotFound
-
     if outlet is None or (not viewer.operator and outlet["merchant_nif"] != viewer.merchant_nif):
         raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
     return outlet

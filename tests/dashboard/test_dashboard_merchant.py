@@ -56,6 +56,8 @@ def test_the_cli_issues_a_merchant_token(tmp_path, database_url, monkeypatch):
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     assert token.startswith("stlm_") and "expires" in result.stderr
+    revoked = CliRunner().invoke(cli, ["merchant", "token", "--data", data, "--nif", OURS, "--revoke-all"])
+    assert revoked.exit_code == 0 and "1 dashboard token(s) revoked" in revoked.stdout
     unknown = CliRunner().invoke(cli, ["merchant", "token", "--data", data, "--nif", "Z0000000Z"])
     assert unknown.exit_code == 1 and "no merchant with NIF Z0000000Z" in unknown.output
     assert "Traceback" not in unknown.output
@@ -119,8 +121,12 @@ async def test_a_merchant_cannot_act(cloud, browsers):
 async def test_a_merchant_session_ends_with_its_token(cloud, browsers):
     await _two_merchants(cloud)
     b, minted = await _merchant(cloud, browsers)
+    other, _ = await _merchant(cloud, browsers, THEIRS)
     await b.page("/dashboard/outlets")
-    with cloud.service.store.write() as tx:  # revoked (no command yet: the database, as an operator would)
-        tx._run("UPDATE merchant_tokens SET revoked_at = ?", cloud.clock.now.isoformat())
+    resp = await cloud.client.delete(f"/v1/admin/merchants/{OURS}/dashboard-tokens", headers=cloud.admin)
+    assert resp.status == 200 and (await resp.json())["revoked"] == 1
     await b.page("/dashboard/outlets", expect=303)
     await (await browsers()).login(minted["token"], expect=401)
+    await other.page("/dashboard/outlets")  # the other merchant's session goes on
+    resp = await cloud.client.delete("/v1/admin/merchants/Z0000000Z/dashboard-tokens", headers=cloud.admin)
+    assert resp.status == 404
