@@ -916,7 +916,7 @@ class Tx:
         rows = self._all(
             "SELECT o.id, o.name, o.merchant_nif, m.name AS merchant_name, o.time_zone, "
             "l.seq AS entries, l.recorded_at AS last_recorded_at, l.sealed_at AS last_sealed_at, "
-            "c.id AS credential_id, c.block_start, c.block_end, c.not_after, c.closed_at, "
+            "c.id AS credential_id, c.block_start, c.block_end, c.not_after, c.closed_at, c.issued_at, "
             "(SELECT MAX(lx.fiscal_number) FROM ledger lx WHERE lx.authority_id = c.id) AS credential_last_used, "
             "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags, "
             "(SELECT COUNT(*) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) AS devices, "
