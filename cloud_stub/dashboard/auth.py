@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from functools import wraps
 from typing import Awaitable, Callable
@@ -31,6 +32,9 @@ async def current_viewer(request: web.Request) -> Viewer | None:
         viewer = await svc.call(access.viewer, svc.store, session_id, svc.now())
     if viewer is not None:
         request[VIEWER] = viewer
+        from ..app import CALLER  # the request log names who asked (never the session itself)
+
+        request[CALLER] = {"id": "dashboard:operator" if viewer.operator else f"dashboard:merchant:{viewer.merchant_nif}"}
     return viewer
 
 
@@ -75,6 +79,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     result = await svc.call(access.log_in, svc.store, token, svc.admin_token,
                             svc.config.dashboard_session_ttl, svc.now()) if token else None
     if result is None:
+        event("dashboard.login_refused", level=logging.WARNING)  # many of these: someone is guessing
         return _login_form(request, "That token was not accepted.", 401)
     session_id, role = result
     response = web.HTTPSeeOther(_safe_next(str(form.get("next", ""))))

@@ -148,3 +148,18 @@ async def test_the_login_page_shows_no_secret(cloud, browsers):
     html = await (await browsers()).page("/dashboard/login")
     assert cloud.service.admin_token not in html
     assert field(html, "login_csrf")
+
+
+async def test_the_request_log_names_the_viewer_and_refused_logins_never_a_secret(cloud, browsers, caplog):
+    caplog.set_level("INFO", logger="stalela.cloud")
+    b = await browsers()
+    await b.login("not-the-token", expect=401)
+    await b.login(cloud.service.admin_token)
+    await b.page("/dashboard/outlets")
+    events = [(r.event, r.fields) for r in caplog.records if hasattr(r, "event")]
+    assert ("dashboard.login_refused", {}) in events
+    pages = [f for e, f in events if e == "http.request" and f["path"] == "/dashboard/outlets"]
+    assert pages and pages[-1]["caller"] == "dashboard:operator"
+    session = next(c.value for c in b.client.session.cookie_jar if c.key == "stalela_session")
+    text = caplog.text + repr(events)
+    assert cloud.service.admin_token not in text and session not in text and "not-the-token" not in text
