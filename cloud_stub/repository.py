@@ -30,6 +30,23 @@ from fiscal.runtime import migrations
 
 from .logs import event
 
+# An entry's total as a number (for the KPI charts; reports compute exact amounts from the
+# invoices) and how late it reached the cloud, in seconds: SQLite's spelling
+# (repository_pg has PostgreSQL's).
+SQLITE_TOTAL = "CAST(json_extract(invoice, '$.totals.total') AS REAL)"
+SQLITE_LAG = "((julianday(recorded_at) - julianday(sealed_at)) * 86400.0)"
+
+
+def kpi_days_from_ledger(total: str, lag: str) -> str:
+    """`kpi_days` computed from the ledger as it stands: what `kpis.DayFigures` adds up entry by
+    entry as the ledger grows (migration 4 fills it for an existing ledger with this)."""
+    return ("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
+            f"SELECT outlet_id, substr(sealed_at, 1, 10), COUNT(*), "
+            f"SUM(CASE WHEN inv_type IN ('FA', 'EA') THEN -{total} ELSE {total} END), SUM({lag}), MAX({lag}) "
+            "FROM ledger WHERE state IS NULL OR state <> 'unregistered_device' "
+            "GROUP BY outlet_id, substr(sealed_at, 1, 10);")
+
+
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE merchants (
@@ -313,7 +330,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX flags_created ON flags(created_at);
     CREATE INDEX rejections_received ON rejections(received_at);
     CREATE INDEX devices_outlet ON devices(outlet_id, last_seen);
-    """,
+    -- Per outlet and UTC day of sealing: entries, net sales (credit notes subtracted, a float for
+    -- the charts), and how late they reached the cloud. Kept with the ledger in the transaction
+    -- that appends (kpis.py), so KPIs over every outlet read a row per outlet and day, not every
+    -- entry; filled here from the ledger so far.
+    CREATE TABLE kpi_days (
+        outlet_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        invoices INTEGER NOT NULL,
+        net_sales REAL NOT NULL,
+        lag_sum REAL NOT NULL,
+        lag_max REAL NOT NULL,
+        PRIMARY KEY (outlet_id, day)
+    );
+    -- Covering: the KPIs of every outlet add the day's rows up from the index alone.
+    CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
+    """ + kpi_days_from_ledger(SQLITE_TOTAL, SQLITE_LAG),
 ]
 
 
@@ -968,21 +1000,26 @@ class Tx:
         rows = self._all(sql + f" ORDER BY seq {'ASC' if after is not None else 'DESC'} LIMIT ?", *args, limit)
         return rows[::-1] if after is not None else rows
 
-    # An entry's total as a number for the charts, and how late it reached the cloud (seconds):
-    # each backend's spelling (PgTx).
-    _TOTAL = "CAST(json_extract(invoice, '$.totals.total') AS REAL)"
-    _LAG_SECONDS = "((julianday(recorded_at) - julianday(sealed_at)) * 86400.0)"
-
     def dash_ledger_days(self, since: str, outlet_id: str | None, merchant_nif: str | None) -> list[dict]:
-        """Per UTC day of sealing: invoices, net sales (credit notes subtracted), sync lag."""
-        scope, args = self._kpi_scope("l", outlet_id, merchant_nif)
+        """Per UTC day of sealing: invoices, net sales (credit notes subtracted), sync lag
+        (kpi_days: a row per outlet and day, whatever the number of entries)."""
+        scope, args = self._kpi_scope("k", outlet_id, merchant_nif)
         return self._all(
-            f"SELECT substr(l.sealed_at, 1, 10) AS day, COUNT(*) AS invoices, "
-            f"SUM(CASE WHEN l.inv_type IN ('FA', 'EA') THEN -{self._TOTAL} ELSE {self._TOTAL} END) AS net_sales, "
-            f"AVG({self._LAG_SECONDS}) AS lag_avg, MAX({self._LAG_SECONDS}) AS lag_max "
-            f"FROM ledger l{scope} AND l.sealed_at >= ? "
-            "AND (l.state IS NULL OR l.state <> 'unregistered_device') "
-            "GROUP BY substr(l.sealed_at, 1, 10) ORDER BY day", *args, since)
+            "SELECT k.day, SUM(k.invoices) AS invoices, SUM(k.net_sales) AS net_sales, "
+            "SUM(k.lag_sum) / SUM(k.invoices) AS lag_avg, MAX(k.lag_max) AS lag_max "
+            f"FROM kpi_days k{scope} AND k.day >= ? GROUP BY k.day ORDER BY k.day", *args, since)
+
+    # The larger of two values (SQLite's two-argument max; PostgreSQL's GREATEST).
+    _GREATEST = "max"
+
+    def add_kpi_days(self, rows: list[tuple]) -> None:
+        """Add (outlet_id, day, invoices, net_sales, lag_sum, lag_max) to the outlet's days."""
+        self._many("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, day) DO UPDATE SET "
+                   "invoices = kpi_days.invoices + excluded.invoices, "
+                   "net_sales = kpi_days.net_sales + excluded.net_sales, "
+                   "lag_sum = kpi_days.lag_sum + excluded.lag_sum, "
+                   f"lag_max = {self._GREATEST}(kpi_days.lag_max, excluded.lag_max)", rows)
 
     def dash_event_days(self, table: str, column: str, since: str, outlet_id: str | None,
                         merchant_nif: str | None) -> list[dict]:

@@ -33,7 +33,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
 from .errors import Invalid
-from .repository import StoreError, Tx
+from .repository import StoreError, Tx, kpi_days_from_ledger
+
+# repository.SQLITE_TOTAL and SQLITE_LAG in PostgreSQL (the invoice's U+0000 as in ledger_invoice_id).
+PG_TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
+PG_LAG = "EXTRACT(EPOCH FROM (recorded_at::timestamptz - sealed_at::timestamptz))"
 
 
 def _c_text(script: str) -> str:
@@ -308,7 +312,17 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
     CREATE INDEX flags_created ON flags(created_at);
     CREATE INDEX rejections_received ON rejections(received_at);
     CREATE INDEX devices_outlet ON devices(outlet_id, last_seen);
-    """)),
+    CREATE TABLE kpi_days (
+        outlet_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        invoices BIGINT NOT NULL,
+        net_sales DOUBLE PRECISION NOT NULL,
+        lag_sum DOUBLE PRECISION NOT NULL,
+        lag_max DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (outlet_id, day)
+    );
+    CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
+    """) + kpi_days_from_ledger(PG_TOTAL, PG_LAG)),
 ])
 
 def _visible(*values: Any) -> tuple:
@@ -355,8 +369,7 @@ class PgTx(Tx):
     _FOR_UPDATE = " FOR UPDATE"
     # As the index ledger_invoice_id (migration 3) spells it, so that the query uses it.
     _INVOICE_ID = "(replace(invoice, '\\u0000', '\\ufffd')::json ->> 'id')"
-    _TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
-    _LAG_SECONDS = "EXTRACT(EPOCH FROM (recorded_at::timestamptz - sealed_at::timestamptz))"
+    _GREATEST = "GREATEST"
 
     def __init__(self, conn: psycopg.Connection):
         self._c = conn

@@ -1,6 +1,7 @@
 """KPIs over time, drawn as SVG on the server: net sales and invoices per day, sync lag (how late
 invoices reach the cloud after they are sealed), rejections and flags raised per day. Days are
-UTC days. One outlet's KPIs read its own index range; every outlet's read the period's entries."""
+UTC days. Sales and lag come from `kpi_days` (cloud_stub/kpis.py: a row per outlet and day), so
+the KPIs of 10,000 outlets over 10,000,000 entries read 300,000 index entries, not the ledger."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -30,7 +31,7 @@ def kpi_data(store, viewer: Viewer, outlet_id: str | None, days: int, now: datet
     for k in range(days):
         day = (first + timedelta(days=k)).isoformat()
         row = ledger.get(day) or {}
-        series.append({"day": day, "invoices": row.get("invoices") or 0,
+        series.append({"day": day, "invoices": int(row.get("invoices") or 0),  # PostgreSQL sums as numeric
                        "net_sales": round(float(row.get("net_sales") or 0), 2),
                        "sync_lag_avg_s": round(float(row.get("lag_avg") or 0), 1),
                        "sync_lag_max_s": round(float(row.get("lag_max") or 0), 1),

@@ -9,7 +9,7 @@ def test_the_dashboard_bench_runs_small(tmp_path, database_url):
     row = dashboard.run(scale=0.0005, samples=10, database_url=database_url, workdir=tmp_path,
                         progress=lambda text: None)
     assert row["outlets"] == 10 and row["entries"] == 5000
-    for kind in ("outlets", "outlet", "ledger"):
+    for kind in ("outlets", "outlet", "ledger", "kpis"):
         assert 0 < row[f"{kind}_p50_ms"] <= row[f"{kind}_p95_ms"]
     table = dashboard.render([row])
-    assert table.count("p95 ≤ 300 ms") == 3 and "10 outlets, 5,000 ledger entries" in table
+    assert table.count("p95 ≤ 300 ms") == 4 and "10 outlets, 5,000 ledger entries" in table
