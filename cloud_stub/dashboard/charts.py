@@ -5,6 +5,7 @@ The SVG scales to its container's width (viewBox); colours come from the stylesh
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
 
@@ -47,9 +48,9 @@ def _label(value: float) -> str:
 def chart(title: str, days: list[str], series: list[Series], kind: str = "bars", unit: str = "") -> Markup:
     """Bars (side by side per day) or lines, one per series, over `days` (YYYY-MM-DD)."""
     highest = max((v for s in series for v in s.values), default=0)
-    # Counts of a few: an axis of whole numbers (not 0.25 of a flag).
-    whole = all(float(v).is_integer() for s in series for v in s.values)
-    top = _nice_max(max(highest, 4) if whole else highest)
+    top = _nice_max(highest)
+    if all(float(v).is_integer() for s in series for v in s.values) and top < 40:
+        top = 4 * math.ceil(top / 4)  # counts of a few: whole numbers on the four grid lines, not 0.25 of a flag
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     n = max(1, len(days))
     slot = plot_w / n
