@@ -80,7 +80,8 @@ def page(template: str) -> Callable[[Handler], Callable[[web.Request], Awaitable
                 return error_page(request, exc.status, exc.title, exc.detail)
             if as_json:
                 return json_response(data)
-            return html(request, template, {"data": data})
+            as_json_url = request.path + ".json" + (f"?{request.query_string}" if request.query_string else "")
+            return html(request, template, {"data": data, "json_url": as_json_url})
         return handler
     return decorate
 

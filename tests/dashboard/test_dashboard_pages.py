@@ -25,6 +25,10 @@ async def test_outlets_html_and_json_hold_the_same_data(cloud, browsers):
     html = await b.page("/dashboard/outlets")
     data = await b.json("/dashboard/outlets.json")
     assert data == await b.json("/dashboard/outlets?format=json")
+    # Each page links to its JSON, filters kept.
+    filtered = await b.page("/dashboard/outlets?flagged=1")
+    assert 'id="as-json" href="/dashboard/outlets.json?flagged=1"' in filtered
+    assert 'rel="alternate" type="application/json" href="/dashboard/outlets.json?flagged=1"' in filtered
     assert _rows(html, "data-outlet") == [o["id"] for o in data["outlets"]] == ["KIN-01", "KIN-02"]
     shown = dict(re.findall(r'data-outlet="([^"]+)" data-open-flags="(\d+)"', html))
     assert shown == {o["id"]: str(o["open_flags"]) for o in data["outlets"]} == {"KIN-01": "1", "KIN-02": "0"}
