@@ -55,10 +55,11 @@ def _safe_next(target: str | None) -> str:
     return PATH + "/outlets"
 
 
-def _login_form(request: web.Request, message: str | None = None, status: int = 200) -> web.Response:
+def _login_form(request: web.Request, message: str | None = None, status: int = 200,
+                next_: str | None = None) -> web.Response:
     token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
     response = html(request, "login.html", {"login_csrf": token, "message": message,
-                                            "next": _safe_next(request.query.get("next"))}, status)
+                                            "next": _safe_next(next_ or request.query.get("next"))}, status)
     _set_cookie(request, response, LOGIN_COOKIE, token, None)
     return response
 
@@ -71,8 +72,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     field = str(form.get("login_csrf", ""))
+    target = str(form.get("next", ""))  # kept through a refused attempt
     if not cookie or not hmac.compare_digest(cookie.encode(), field.encode()):
-        return _login_form(request, "The form expired: please try again.", 403)
+        return _login_form(request, "The form expired: please try again.", 403, target)
     token = str(form.get("token", "")).strip()
     svc = service(request)
     # Whatever was wrong (unknown, expired, revoked, a typo), one answer: nothing to learn from it.
@@ -80,9 +82,9 @@ async def login(request: web.Request) -> web.StreamResponse:
                             svc.config.dashboard_session_ttl, svc.now()) if token else None
     if result is None:
         event("dashboard.login_refused", level=logging.WARNING)  # many of these: someone is guessing
-        return _login_form(request, "That token was not accepted.", 401)
+        return _login_form(request, "That token was not accepted.", 401, target)
     session_id, role = result
-    response = web.HTTPSeeOther(_safe_next(str(form.get("next", ""))))
+    response = web.HTTPSeeOther(_safe_next(target))
     _set_cookie(request, response, COOKIE, session_id, int(svc.config.dashboard_session_ttl.total_seconds()))
     response.del_cookie(LOGIN_COOKIE, path=PATH)
     event("dashboard.login", role=role)

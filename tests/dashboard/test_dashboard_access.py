@@ -84,6 +84,10 @@ async def test_login_goes_back_to_the_page_asked_for_but_never_to_another_site(c
     b = await browsers()
     resp = await b.login(cloud.service.admin_token, next_="%2Fdashboard%2Fkpis%3Fdays%3D7")
     assert resp.headers["Location"] == "/dashboard/kpis?days=7"
+    # A mistyped token first: the page asked for is still where the form goes.
+    again = await browsers()
+    refused = await (await again.login("typo", expect=401, next_="%2Fdashboard%2Fdgi")).text()
+    assert field(refused, "next") == "/dashboard/dgi"
     for target in ("https%3A%2F%2Fevil.example%2F", "%2F%2Fevil.example", "%2Fdashboard%5C..%5Cevil"):
         resp = await (await browsers()).login(cloud.service.admin_token, next_=target)
         assert resp.headers["Location"] == "/dashboard/outlets"
