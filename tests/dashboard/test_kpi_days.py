@@ -3,10 +3,6 @@ the ledger itself gives (`repository.kpi_days_from_ledger`, with which migration
 table for a ledger that existed before it)."""
 from __future__ import annotations
 
-import sqlite3
-
-import pytest
-
 from cloud_stub.repository import SQLITE_LAG, SQLITE_TOTAL, Store, kpi_days_from_ledger
 from cloud_helpers import invoice_request
 from dash_support import gap_outlet
