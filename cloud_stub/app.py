@@ -21,7 +21,7 @@ from .errors import PROBLEM_BASE, CloudError, Forbidden, Invalid, NotFound, Unau
 from .logs import event, log
 from .metrics import CONTENT_TYPE, CloudMetrics
 from .registry import PROVISIONING_PREFIX
-from . import forwarding, reports
+from . import dashboard, forwarding, reports
 from .service import CloudService
 
 CONFIG = web.AppKey("config", CloudConfig)
@@ -365,6 +365,24 @@ async def admin_create_token(request: web.Request) -> web.Response:
     return _json(await service.call(service.create_token, request.match_info["outlet_id"], ttl), 201)
 
 
+async def admin_merchant_token(request: web.Request) -> web.Response:
+    """A read-only dashboard token for a merchant's staff (shown once)."""
+    await _admin(request)
+    body = await _body(request, TokenBody)
+    try:
+        ttl = parse_duration(body.ttl) if body.ttl else None
+    except ValueError as exc:
+        raise Invalid("bad_ttl", f"{exc}; the token lifetime must be positive") from None
+    service = request.app[SERVICE]
+    return _json(await service.call(service.create_merchant_token, request.match_info["nif"], ttl), 201)
+
+
+async def admin_revoke_merchant_tokens(request: web.Request) -> web.Response:
+    await _admin(request)
+    service = request.app[SERVICE]
+    return _json(await service.call(service.revoke_merchant_tokens, request.match_info["nif"]))
+
+
 async def admin_bind_device(request: web.Request) -> web.Response:
     await _admin(request)
     body = await _body(request, DeviceBody)
@@ -494,6 +512,8 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_post("/v1/admin/merchants", admin_add_merchant)
     r.add_get("/v1/admin/outlets", admin_outlets)
     r.add_post("/v1/admin/outlets", admin_add_outlet)
+    r.add_post("/v1/admin/merchants/{nif}/dashboard-tokens", admin_merchant_token)
+    r.add_delete("/v1/admin/merchants/{nif}/dashboard-tokens", admin_revoke_merchant_tokens)
     r.add_post("/v1/admin/outlets/{outlet_id}/tokens", admin_create_token)
     r.add_post("/v1/admin/outlets/{outlet_id}/provisioning-tokens", admin_provisioning_token)
     r.add_post("/v1/admin/outlets/{outlet_id}/devices", admin_bind_device)
@@ -501,5 +521,6 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_post("/v1/admin/credentials/{credential_id}/revoke", admin_revoke)
     r.add_get("/v1/admin/flags", admin_flags)
     r.add_post("/v1/admin/audit", admin_audit)
+    dashboard.setup(app)  # the operations dashboard's pages under /dashboard/
     return app
 

@@ -126,10 +126,14 @@ def cloud() -> None:
                    "Without it such an entry is quarantined for an operator.")
 @click.option("--dgi-poll", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
               help="Seconds between looks for new ledger entries to forward when idle.")
+@click.option("--secure-cookies", is_flag=True,
+              help="Mark the dashboard's session cookie Secure (served behind a TLS proxy: the browser "
+                   "then never sends it over plain HTTP).")
 @domain_errors
 def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
           workers: int | None, log_level: str, database_url: str | None, dgi_url: str | None,
-          dgi_concurrency: int, dgi_rate: float, dgi_lease, dgi_lookup: bool, dgi_poll: float) -> None:
+          dgi_concurrency: int, dgi_rate: float, dgi_lease, dgi_lookup: bool, dgi_poll: float,
+          secure_cookies: bool) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
 
     Logs one JSON line per event on stderr (readable text on a terminal); `cloud.ready` carries
@@ -150,7 +154,7 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
                         credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
                         database_url=database_url or database_url_from_environment(),
                         dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll,
-                        dgi_lease=dgi_lease, dgi_lookup=dgi_lookup))
+                        dgi_lease=dgi_lease, dgi_lookup=dgi_lookup, secure_cookies=secure_cookies))
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
         raise click.ClickException(_listen_error(host, port, exc)) from None
@@ -187,6 +191,7 @@ def merchant() -> None:
     \b
     Example:
       stalela cloud merchant add --data ./cloud-data --nif A1234567B --name "ABC SARL"
+      stalela cloud merchant token --data ./cloud-data --nif A1234567B
     """
 
 
@@ -212,6 +217,34 @@ def merchant_add(data_dir: Path, nif: str, name: str, **taxpayer) -> None:
     with _opened(data_dir, create=True) as service:
         row = service.add_merchant(nif, name, {k: v for k, v in taxpayer.items() if v})
     click.echo(f"merchant {row['nif']} added: {row['name']}")
+
+
+@merchant.command("token")
+@data_option
+@click.option("--nif", required=True, help="The merchant's NIF.")
+@click.option("--ttl", default="90d", show_default=True, callback=_duration,
+              help="How long the token lets the merchant log in (e.g. 30d).")
+@click.option("--revoke-all", is_flag=True,
+              help="Revoke every dashboard token of the merchant instead (their sessions end).")
+@domain_errors
+def merchant_token(data_dir: Path, nif: str, ttl, revoke_all: bool) -> None:
+    """Issue a read-only dashboard token for a merchant's staff and print it (only its hash is
+    stored). With it they log in to /dashboard/ and see that merchant's outlets only.
+
+    \b
+    Example:
+      stalela cloud merchant token --data ./cloud-data --nif A1234567B --ttl 30d
+      stalela cloud merchant token --data ./cloud-data --nif A1234567B --revoke-all
+    """
+    if revoke_all:
+        with _opened(data_dir) as service:
+            revoked = service.revoke_merchant_tokens(nif)["revoked"]
+        click.echo(f"merchant {nif}: {revoked} dashboard token(s) revoked")
+        return
+    with _opened(data_dir) as service:
+        result = service.create_merchant_token(nif, ttl)
+    click.echo(result["token"])
+    click.echo(f"(dashboard, read-only, merchant {nif}, expires {result['expires_at']})", err=True)
 
 
 @cloud.group()

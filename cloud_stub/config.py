@@ -86,6 +86,12 @@ class CloudConfig:
     # The DGI answers `GET /api/invoice/{uid}` (the simulator does): a lost confirm answer is
     # resolved by asking. Without it, an uncertain confirm is quarantined for an operator.
     dgi_lookup: bool = True
+    # The operations dashboard (cloud_stub/dashboard/): how long a login lasts, and whether its
+    # cookie is marked Secure even when the request arrived over plain HTTP (behind a TLS proxy;
+    # a request over HTTPS always gets a Secure cookie).
+    dashboard_session_ttl: timedelta = timedelta(hours=8)
+    secure_cookies: bool = False
+    merchant_token_ttl: timedelta = timedelta(days=90)
     clock: Callable[[], datetime] = field(default=utc_now, repr=False)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from fiscal.seal import chain_hash
 
 from .errors import Invalid
 from .issuer import iso
+from .kpis import DayFigures
 from .repository import LedgerEntry, Tx
 
 
@@ -128,6 +129,9 @@ def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, i
     )
     ledger_id = tx.append(entry)
     tx.insert_codes([code_row(outlet_id, invoice)])
+    figures = DayFigures(outlet_id, recorded_at)
+    figures.add(entry.sealed_at, entry.inv_type, invoice["totals"]["total"])
+    figures.write(tx)
     return ledger_id, seq
 
 

@@ -23,6 +23,7 @@ from fiscal.seal import credential_qr_part
 
 from . import audit, credits, ledger
 from .checks import Checked, Rejected, stored_seal_problems
+from .kpis import DayFigures
 from .issuer import Issuer, iso, parse_iso
 from .repository import Tx
 from .signer import authority_id as cloud_authority
@@ -74,6 +75,7 @@ class _Batch:
         self.tail_loaded = False
         self.rows: list[tuple] = []
         self.codes: list[tuple] = []  # the appended rows' `invoice_codes` rows, written with them
+        self.figures = DayFigures(outlet_id, self.recorded_at)  # their `kpi_days`, written with them
         self.bound: dict[str, bool] = {}  # MID -> bound to this outlet by the operator
         self.unregistered: dict[str, list[int]] = {}  # MID -> numbers accepted from it unbound
         self.new_flags: list[int] = []
@@ -137,6 +139,8 @@ class _Batch:
                           number_key, chain_key, rec.sealed_at, invoice_hash,
                           prev, ledger_hash, rec.stored, state))
         self.codes.append((self.outlet_id, rec.code, rec.type, rec.total, rec.reference_code))
+        if state != ledger.UNREGISTERED_DEVICE:
+            self.figures.add(rec.sealed_at, rec.type, rec.total)
         self.tail = {"seq": seq, "ledger_hash": ledger_hash}
         self.numbers[number_key] = {"outlet_id": self.outlet_id, "invoice_hash": invoice_hash}
         self.heads[chain_key] = {"fiscal_number": number, "invoice_hash": invoice_hash}
@@ -147,6 +151,7 @@ class _Batch:
             self.tx.append_many(self.rows)
             self.rows = []
         self.flush_codes()
+        self.figures.write(self.tx)
 
     def flush_codes(self) -> None:
         """Write the buffered code rows: before a credit note reads them, and with the entries."""

@@ -30,6 +30,23 @@ from fiscal.runtime import migrations
 
 from .logs import event
 
+# An entry's total as a number (for the KPI charts; reports compute exact amounts from the
+# invoices) and how late it reached the cloud, in seconds: SQLite's spelling
+# (repository_pg has PostgreSQL's).
+SQLITE_TOTAL = "CAST(json_extract(invoice, '$.totals.total') AS REAL)"
+SQLITE_LAG = "((julianday(recorded_at) - julianday(sealed_at)) * 86400.0)"
+
+
+def kpi_days_from_ledger(total: str, lag: str) -> str:
+    """`kpi_days` computed from the ledger as it stands: what `kpis.DayFigures` adds up entry by
+    entry as the ledger grows (migration 4 fills it for an existing ledger with this)."""
+    return ("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
+            f"SELECT outlet_id, substr(sealed_at, 1, 10), COUNT(*), "
+            f"SUM(CASE WHEN inv_type IN ('FA', 'EA') THEN -{total} ELSE {total} END), SUM({lag}), MAX({lag}) "
+            "FROM ledger WHERE state IS NULL OR state <> 'unregistered_device' "
+            "GROUP BY outlet_id, substr(sealed_at, 1, 10);")
+
+
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE merchants (
@@ -283,6 +300,52 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER dgi_events_no_delete BEFORE DELETE ON dgi_events
         BEGIN SELECT RAISE(ABORT, 'DGI events are append-only'); END;
     """,
+    # 4: the operations dashboard (cloud_stub/dashboard/, docs/operations.md "Dashboard");
+    # repository_pg.PG_MIGRATIONS has the same version for PostgreSQL.
+    """
+    -- Read-only access for a merchant's staff: the operator issues the token, only its hash is kept.
+    CREATE TABLE merchant_tokens (
+        token_hash TEXT PRIMARY KEY,
+        merchant_nif TEXT NOT NULL REFERENCES merchants(nif),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    -- Dashboard sessions, in the database so that every instance sharing it knows them and a
+    -- logout ends the session everywhere. `id_hash`: SHA-256 of the cookie's value (a stolen
+    -- copy of the database holds no usable session).
+    CREATE TABLE dashboard_sessions (
+        id_hash TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        merchant_nif TEXT,
+        token_hash TEXT,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
+    -- The pages' lookups: a merchant's outlets in id order, open flags per outlet, and the
+    -- rejections and flags of a period (KPIs).
+    CREATE INDEX outlets_merchant ON outlets(merchant_nif, id);
+    CREATE INDEX flags_open ON flags(outlet_id) WHERE resolved_at IS NULL;
+    CREATE INDEX flags_created ON flags(created_at);
+    CREATE INDEX rejections_received ON rejections(received_at);
+    CREATE INDEX devices_outlet ON devices(outlet_id, last_seen);
+    -- Per outlet and UTC day of sealing: entries, net sales (credit notes subtracted, a float for
+    -- the charts), and how late they reached the cloud. Kept with the ledger in the transaction
+    -- that appends (kpis.py), so KPIs over every outlet read a row per outlet and day, not every
+    -- entry; filled here from the ledger so far.
+    CREATE TABLE kpi_days (
+        outlet_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        invoices INTEGER NOT NULL,
+        net_sales REAL NOT NULL,
+        lag_sum REAL NOT NULL,
+        lag_max REAL NOT NULL,
+        PRIMARY KEY (outlet_id, day)
+    );
+    -- Covering: the KPIs of every outlet add the day's rows up from the index alone.
+    CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
+    """ + kpi_days_from_ledger(SQLITE_TOTAL, SQLITE_LAG),
 ]
 
 
@@ -866,6 +929,191 @@ class Tx:
 
     def ledger_count(self, outlet_id: str) -> int:
         return self._one("SELECT COUNT(*) AS n FROM ledger WHERE outlet_id = ?", outlet_id)["n"]
+
+    # -- the operations dashboard (cloud_stub/dashboard/) ----------------------------------------
+
+    def dash_outlets(self, *, merchant_nif: str | None, search: str | None, flagged: bool,
+                     after: str | None, before: str | None, limit: int) -> list[dict]:
+        """A page of outlets in id order (keyset: ids after `after`, or the page before
+        `before`), each with its ledger tail, newest credential and its highest number seen,
+        open flags and bound devices: one indexed lookup per column, so a page costs the same
+        with 10,000 outlets as with ten."""
+        where, args = self._outlet_filter(merchant_nif, search, flagged)
+        if after is not None:
+            where.append("o.id > ?")
+            args.append(after)
+        if before is not None:
+            where.append("o.id < ?")
+            args.append(before)
+        rows = self._all(
+            "SELECT o.id, o.name, o.merchant_nif, m.name AS merchant_name, o.time_zone, "
+            "l.seq AS entries, l.recorded_at AS last_recorded_at, l.sealed_at AS last_sealed_at, "
+            "c.id AS credential_id, c.block_start, c.block_end, c.not_after, c.closed_at, c.issued_at, "
+            "(SELECT MAX(lx.fiscal_number) FROM ledger lx WHERE lx.authority_id = c.id) AS credential_last_used, "
+            "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags, "
+            "(SELECT COUNT(*) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) AS devices, "
+            "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
+            "AS device_last_seen "
+            "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
+            "LEFT JOIN ledger l ON l.outlet_id = o.id AND l.seq = "
+            "(SELECT MAX(l2.seq) FROM ledger l2 WHERE l2.outlet_id = o.id) "
+            "LEFT JOIN credentials c ON c.outlet_id = o.id AND c.block_start = "
+            "(SELECT MAX(c2.block_start) FROM credentials c2 WHERE c2.outlet_id = o.id AND c2.revoked_at IS NULL) "
+            "WHERE " + " AND ".join(where) + f" ORDER BY o.id {'DESC' if before is not None else ''} LIMIT ?",
+            *args, limit)
+        return rows[::-1] if before is not None else rows
+
+    def dash_outlet_count(self, *, merchant_nif: str | None, search: str | None, flagged: bool) -> int:
+        where, args = self._outlet_filter(merchant_nif, search, flagged)
+        return self._one("SELECT COUNT(*) AS n FROM outlets o WHERE " + " AND ".join(where), *args)["n"]
+
+    @staticmethod
+    def _outlet_filter(merchant_nif: str | None, search: str | None, flagged: bool) -> tuple[list[str], list]:
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if merchant_nif is not None:
+            where.append("o.merchant_nif = ?")
+            args.append(merchant_nif)
+        if search:
+            # `!` escapes LIKE's wildcards in what the operator typed (no backslash: the two
+            # backends read backslashes in literals differently).
+            pattern = "%" + search.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+            where.append("(lower(o.id) LIKE ? ESCAPE '!' OR lower(o.name) LIKE ? ESCAPE '!')")
+            args += [pattern, pattern]
+        if flagged:
+            where.append("EXISTS (SELECT 1 FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL)")
+        return where, args
+
+    def dash_ledger(self, outlet_id: str, *, before: int | None, after: int | None, limit: int,
+                    inv_type: str | None = None, mode: str | None = None, authority_id: str | None = None,
+                    start: str | None = None, end: str | None = None) -> list[dict]:
+        """A page of the outlet's ledger, newest first, by keyset on `seq` (never OFFSET: the
+        thousandth page costs what the first does)."""
+        sql = ("SELECT seq, recorded_at, sealed_at, mode, inv_type, authority_id, fiscal_number, state, "
+               "invoice_hash, invoice FROM ledger WHERE outlet_id = ?")
+        args: list[Any] = [outlet_id]
+        for clause, value in (("seq < ?", before), ("seq > ?", after), ("inv_type = ?", inv_type),
+                              ("mode = ?", mode), ("authority_id = ?", authority_id), ("sealed_at >= ?", start), ("sealed_at < ?", end)):
+            if value is not None:
+                sql += " AND " + clause
+                args.append(value)
+        rows = self._all(sql + f" ORDER BY seq {'ASC' if after is not None else 'DESC'} LIMIT ?", *args, limit)
+        return rows[::-1] if after is not None else rows
+
+    def dash_ledger_days(self, since: str, outlet_id: str | None, merchant_nif: str | None) -> list[dict]:
+        """Per UTC day of sealing: invoices, net sales (credit notes subtracted), sync lag
+        (kpi_days: a row per outlet and day, whatever the number of entries)."""
+        scope, args = self._kpi_scope("k", outlet_id, merchant_nif)
+        return self._all(
+            "SELECT k.day, SUM(k.invoices) AS invoices, SUM(k.net_sales) AS net_sales, "
+            "SUM(k.lag_sum) / SUM(k.invoices) AS lag_avg, MAX(k.lag_max) AS lag_max "
+            f"FROM kpi_days k{scope} AND k.day >= ? GROUP BY k.day ORDER BY k.day", *args, since)
+
+    # The larger of two values (SQLite's two-argument max; PostgreSQL's GREATEST).
+    _GREATEST = "max"
+
+    def add_kpi_days(self, rows: list[tuple]) -> None:
+        """Add (outlet_id, day, invoices, net_sales, lag_sum, lag_max) to the outlet's days."""
+        self._many("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, day) DO UPDATE SET "
+                   "invoices = kpi_days.invoices + excluded.invoices, "
+                   "net_sales = kpi_days.net_sales + excluded.net_sales, "
+                   "lag_sum = kpi_days.lag_sum + excluded.lag_sum, "
+                   f"lag_max = {self._GREATEST}(kpi_days.lag_max, excluded.lag_max)", rows)
+
+    def dash_event_days(self, table: str, column: str, since: str, outlet_id: str | None,
+                        merchant_nif: str | None) -> list[dict]:
+        """Rejections (`received_at`) or flags (`created_at`) per UTC day."""
+        assert (table, column) in (("rejections", "received_at"), ("flags", "created_at"))
+        scope, args = self._kpi_scope("e", outlet_id, merchant_nif)
+        return self._all(f"SELECT substr(e.{column}, 1, 10) AS day, COUNT(*) AS n FROM {table} e{scope} "
+                         f"AND e.{column} >= ? GROUP BY substr(e.{column}, 1, 10) ORDER BY day", *args, since)
+
+    @staticmethod
+    def _kpi_scope(alias: str, outlet_id: str | None, merchant_nif: str | None) -> tuple[str, list]:
+        if outlet_id is not None:
+            return f" WHERE {alias}.outlet_id = ?", [outlet_id]
+        if merchant_nif is not None:
+            return (f" JOIN outlets o ON o.id = {alias}.outlet_id WHERE o.merchant_nif = ?", [merchant_nif])
+        return " WHERE 1 = 1", []
+
+    _CREDENTIAL = ("SELECT c.id, c.outlet_id, c.block_start, c.block_end, c.not_before, c.not_after, c.issued_at, "
+                   "c.revoked_at, c.revoke_reason, c.closed_at, c.closed_last_used, "
+                   "(SELECT MAX(l.fiscal_number) FROM ledger l WHERE l.authority_id = c.id) AS last_used "
+                   "FROM credentials c")
+
+    def dash_credentials(self, outlet_id: str, limit: int) -> list[dict]:
+        """The outlet's newest credentials, each with the highest number the ledger holds from it."""
+        return self._all(self._CREDENTIAL + " WHERE c.outlet_id = ? ORDER BY c.block_start DESC LIMIT ?",
+                         outlet_id, limit)
+
+    def dash_credential(self, credential_id: str) -> dict | None:
+        return self._one(self._CREDENTIAL + " WHERE c.id = ?", credential_id)
+
+    def dash_flags(self, outlet_id: str, limit: int) -> list[dict]:
+        """The outlet's flags: open ones first, newest first."""
+        return self._all("SELECT * FROM flags WHERE outlet_id = ? "
+                         "ORDER BY CASE WHEN resolved_at IS NULL THEN 0 ELSE 1 END, id DESC LIMIT ?",
+                         outlet_id, limit)
+
+    def flag(self, flag_id: int) -> dict | None:
+        return self._one("SELECT * FROM flags WHERE id = ?", flag_id)
+
+    def rejections_of_authority(self, outlet_id: str, authority_id: str, limit: int) -> list[dict]:
+        return self._all("SELECT * FROM rejections WHERE outlet_id = ? AND authority_id = ? ORDER BY id DESC LIMIT ?",
+                         outlet_id, authority_id, limit)
+
+    def ledger_last(self, outlet_id: str) -> dict | None:
+        return self._one("SELECT seq, recorded_at, sealed_at FROM ledger WHERE outlet_id = ? "
+                         "ORDER BY seq DESC LIMIT 1", outlet_id)
+
+    def dgi_problem_queues(self, merchant_nif: str | None, limit: int) -> list[dict]:
+        """Outlets whose forwarding is backing off or holds quarantined entries."""
+        scope = " AND o.merchant_nif = ?" if merchant_nif is not None else ""
+        return self._all(
+            "SELECT q.*, (SELECT COUNT(*) FROM dgi_submissions s WHERE s.outlet_id = q.outlet_id "
+            "AND s.state = 'quarantined') AS quarantined FROM dgi_queues q JOIN outlets o ON o.id = q.outlet_id "
+            "WHERE (q.failures > 0 OR EXISTS (SELECT 1 FROM dgi_submissions s WHERE s.outlet_id = q.outlet_id "
+            f"AND s.state = 'quarantined')){scope} ORDER BY q.outlet_id LIMIT ?",
+            *([merchant_nif] if merchant_nif is not None else []), limit)
+
+    def dgi_retry_now(self, outlet_id: str, now: str) -> bool:
+        """A backing-off queue tries again at once (its failure count stays: the next failure
+        waits as long as it would have). False when it was not waiting."""
+        return self._run("UPDATE dgi_queues SET not_before = NULL, updated_at = ? WHERE outlet_id = ? "
+                         "AND not_before IS NOT NULL AND not_before > ?", now, outlet_id, now) == 1
+
+    # -- dashboard access: merchant tokens and sessions
+
+    def insert_merchant_token(self, token_hash: str, merchant_nif: str, now: str, expires_at: str) -> None:
+        self._run("INSERT INTO merchant_tokens (token_hash, merchant_nif, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                  token_hash, merchant_nif, now, expires_at)
+
+    def revoke_merchant_tokens(self, merchant_nif: str, now: str) -> int:
+        return self._run("UPDATE merchant_tokens SET revoked_at = ? WHERE merchant_nif = ? AND revoked_at IS NULL",
+                         now, merchant_nif)
+
+    def live_merchant_token(self, token_hash: str, now: str) -> dict | None:
+        return self._one("SELECT * FROM merchant_tokens WHERE token_hash = ? AND revoked_at IS NULL "
+                         "AND expires_at > ?", token_hash, now)
+
+    def insert_session(self, id_hash: str, role: str, merchant_nif: str | None, token_hash: str | None,
+                       now: str, expires_at: str) -> None:
+        self._run("INSERT INTO dashboard_sessions (id_hash, role, merchant_nif, token_hash, created_at, expires_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", id_hash, role, merchant_nif, token_hash, now, expires_at)
+
+    def live_session(self, id_hash: str, now: str) -> dict | None:
+        """A session not expired, whose merchant token (if any) is still live."""
+        return self._one(
+            "SELECT * FROM dashboard_sessions s WHERE s.id_hash = ? AND s.expires_at > ? AND "
+            "(s.token_hash IS NULL OR EXISTS (SELECT 1 FROM merchant_tokens t WHERE t.token_hash = s.token_hash "
+            "AND t.revoked_at IS NULL AND t.expires_at > ?))", id_hash, now, now)
+
+    def delete_session(self, id_hash: str) -> None:
+        self._run("DELETE FROM dashboard_sessions WHERE id_hash = ?", id_hash)
+
+    def purge_sessions(self, now: str) -> int:
+        return self._run("DELETE FROM dashboard_sessions WHERE expires_at <= ?", now)
 
 
 class SqliteTx(Tx):

@@ -33,7 +33,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
 from .errors import Invalid
-from .repository import StoreError, Tx
+from .repository import StoreError, Tx, kpi_days_from_ledger
+
+# repository.SQLITE_TOTAL and SQLITE_LAG in PostgreSQL (the invoice's U+0000 as in ledger_invoice_id).
+PG_TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
+PG_LAG = "EXTRACT(EPOCH FROM (recorded_at::timestamptz - sealed_at::timestamptz))"
 
 
 def _c_text(script: str) -> str:
@@ -285,6 +289,40 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
     CREATE TRIGGER dgi_events_no_truncate BEFORE TRUNCATE ON dgi_events
         FOR EACH STATEMENT EXECUTE FUNCTION dgi_events_append_only();
     """)),
+    # 4: as SQLite's version 4 (repository.MIGRATIONS[3]: the dashboard), which says why.
+    (4, "0004", _c_text("""
+    CREATE TABLE merchant_tokens (
+        token_hash TEXT PRIMARY KEY,
+        merchant_nif TEXT NOT NULL REFERENCES merchants(nif),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE dashboard_sessions (
+        id_hash TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        merchant_nif TEXT,
+        token_hash TEXT,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
+    CREATE INDEX outlets_merchant ON outlets(merchant_nif, id);
+    CREATE INDEX flags_open ON flags(outlet_id) WHERE resolved_at IS NULL;
+    CREATE INDEX flags_created ON flags(created_at);
+    CREATE INDEX rejections_received ON rejections(received_at);
+    CREATE INDEX devices_outlet ON devices(outlet_id, last_seen);
+    CREATE TABLE kpi_days (
+        outlet_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        invoices BIGINT NOT NULL,
+        net_sales DOUBLE PRECISION NOT NULL,
+        lag_sum DOUBLE PRECISION NOT NULL,
+        lag_max DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (outlet_id, day)
+    );
+    CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
+    """) + kpi_days_from_ledger(PG_TOTAL, PG_LAG)),
 ])
 
 def _visible(*values: Any) -> tuple:
@@ -331,6 +369,7 @@ class PgTx(Tx):
     _FOR_UPDATE = " FOR UPDATE"
     # As the index ledger_invoice_id (migration 3) spells it, so that the query uses it.
     _INVOICE_ID = "(replace(invoice, '\\u0000', '\\ufffd')::json ->> 'id')"
+    _GREATEST = "GREATEST"
 
     def __init__(self, conn: psycopg.Connection):
         self._c = conn

@@ -104,6 +104,21 @@ class CloudService:
         event("enrollment_token.created", outlet_id=outlet_id, expires_at=expires_at)
         return {"outlet_id": outlet_id, "token": token, "expires_at": expires_at}
 
+    def create_merchant_token(self, merchant_nif: str, ttl: timedelta | None = None) -> dict:
+        """A read-only dashboard token for a merchant (cloud_stub/dashboard/access.py)."""
+        from .dashboard.access import create_merchant_token
+
+        result = create_merchant_token(self.store, merchant_nif, ttl or self.config.merchant_token_ttl, self.now())
+        event("merchant_token.created", merchant_nif=merchant_nif, expires_at=result["expires_at"])
+        return result
+
+    def revoke_merchant_tokens(self, merchant_nif: str) -> dict:
+        from .dashboard.access import revoke_merchant_tokens
+
+        revoked = revoke_merchant_tokens(self.store, merchant_nif, self.now())
+        event("merchant_token.revoked", merchant_nif=merchant_nif, revoked=revoked)
+        return {"merchant_nif": merchant_nif, "revoked": revoked}
+
     def outlets(self) -> list[dict]:
         with self.store.read() as tx:
             return tx.outlets()
