@@ -23,7 +23,7 @@ from aiohttp import web
 from ..receipts import (PDF_FORMATS, WIDTHS, device_info_of, receipt_for, record_print, render_escpos,
                         render_pdf, render_text)
 from ..reports import BadPeriod, a_report_for, get_report, list_reports, run_z, x_report
-from ..reports.render import report_pdf, report_text
+from fiscal.report_print import report_pdf, report_text
 from ..store.db import connect
 from fiscal.runtime.problems import problem
 

@@ -24,7 +24,7 @@ def _open(data_dir: Path):
 
 
 def _emit(body: dict, fmt: str) -> None:
-    from ..reports.render import report_text
+    from fiscal.report_print import report_text
 
     if fmt == "json":
         click.echo(json.dumps(body, ensure_ascii=False, indent=2))

@@ -6,18 +6,15 @@ DUPLICATA / FACTURE D'AVOIR / EXPORTATION / FACTURE D'ACOMPTE mentions, operator
 items with group label and item type, T.S. lines, per-group totals, total VAT, TTC, payments,
 change, number of items, the security block and the QR payload.
 
-Amounts use the example's convention: "." groups thousands (3.600, 4.064); cents, when there
-are any, follow a "," (1.234,50); whole amounts print without decimals. Quantities likewise
-(5, 2,5).
+Amounts, quantities, rates and times print through `fiscal.printing` (the cloud's reports too).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
-from fiscal.money import q2
+from fiscal.printing import PAYMENT_NAMES, fmt_amount, fmt_qty, fmt_rate, fmt_time
 from fiscal.tax import TaxTable
 
 TITLES = {
@@ -32,46 +29,8 @@ EXPORT_TYPES = ("EV", "ET", "EA")
 CREDIT_TYPES = ("FA", "EA")
 NATURES = {"COR": "Correction", "RAN": "Annulation", "RAM": "Retour de marchandises",
            "RRR": "Rabais, remise, ristourne"}
-PAYMENT_NAMES = {"E": "ESPECES", "V": "VIREMENT", "C": "CARTE", "M": "MOBILE MONEY", "D": "CHEQUE",
-                 "A": "AUTRE"}
 # 2Bh taxpayer options of the MCF (I0..I4) and the header fields they fill.
 DEVICE_TAXPAYER_FIELDS = {"I0": "name", "I1": "address", "I2": "city", "I3": "phone", "I4": "email"}
-
-
-def fmt_amount(value: Any) -> str:
-    """`3600.00` → `3.600`; `1234.5` → `1.234,50`; negative amounts keep their sign."""
-    d = q2(Decimal(str(value)))
-    sign = "-" if d < 0 else ""
-    d = abs(d)
-    whole = int(d)
-    text = f"{whole:,}".replace(",", ".")
-    cents = int((d - whole) * 100)
-    if cents:
-        text += f",{cents:02d}"
-    return sign + text
-
-
-def fmt_qty(value: Any) -> str:
-    d = Decimal(str(value)).normalize()
-    whole = int(d)
-    text = f"{whole:,}".replace(",", ".")
-    frac = format(d, "f").partition(".")[2]
-    return text + ("," + frac if frac else "")
-
-
-def fmt_rate(value: Any) -> str:
-    d = Decimal(str(value)).normalize()
-    return format(d, "f").replace(".", ",") + "%"
-
-
-def fmt_time(timestamp: str, *, with_zone: bool = False) -> str:
-    """ISO timestamp → `jj/MM/aaaa HH:mm:ss` (the time as sealed, in the outlet's zone)."""
-    moment = datetime.fromisoformat(timestamp)
-    text = moment.strftime("%d/%m/%Y %H:%M:%S")
-    if with_zone:
-        off = moment.strftime("%z")
-        text += f" UTC{off[:3]}:{off[3:]}" if off else ""
-    return text
 
 
 def group_code(code: str) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import qrcode
 import qrcode.image.pure
 
+from fiscal.printing import latin1
+
 from .layout import Receipt
 
 WIDTHS = (32, 42, 48)
@@ -112,11 +114,6 @@ def qr_png(payload: str, *, box_size: int = 8) -> bytes:
 PDF_FORMATS = ("a4", "roll")
 
 
-def _latin1(text: str) -> str:
-    # The PDF core fonts are Latin-1: keep accents, replace what Latin-1 lacks.
-    return text.replace("’", "'").replace("—", "-").encode("latin-1", "replace").decode("latin-1")
-
-
 def render_pdf(receipt: Receipt, fmt: str = "roll") -> bytes:
     """A4 (receipt column centred, 10 pt) or an 80 mm roll (42 columns, 72 mm printable width)."""
     from fpdf import FPDF
@@ -139,7 +136,7 @@ def render_pdf(receipt: Receipt, fmt: str = "roll") -> bytes:
         pdf = FPDF(unit="mm", format="A4")
         pdf.set_margins(15, 15, 15)
         pdf.set_auto_page_break(True, margin=15)
-    pdf.set_title(_latin1(f"Facture normalisée {receipt.invoice_id}"))
+    pdf.set_title(latin1(f"Facture normalisée {receipt.invoice_id}"))
     pdf.set_creator("Stalela Edge")
     pdf.add_page()
     x0 = (pdf.w - col_w) / 2
@@ -153,7 +150,7 @@ def render_pdf(receipt: Receipt, fmt: str = "roll") -> bytes:
             continue
         pdf.set_font("Courier", "B" if row.bold else "", font_pt)
         pdf.set_x(x0)
-        pdf.cell(col_w, line_h, _latin1(row.text), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(col_w, line_h, latin1(row.text), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 

@@ -58,6 +58,7 @@ def setup(app: web.Application) -> None:
     r.add_get(f"/dashboard/outlets/{OUTLET}{JSON}", outlet.outlet_page)
     r.add_get(f"/dashboard/outlets/{OUTLET}/ledger{JSON}", outlet.ledger_page)
     r.add_get(f"/dashboard/outlets/{OUTLET}/reports{JSON}", outlet.reports_page)
+    r.add_get(f"/dashboard/outlets/{OUTLET}/reports/{{kind:[xa]}}.pdf", outlet.report_pdf_file)
     r.add_get(f"/dashboard/outlets/{OUTLET}/flags/{{flag_id:[0-9]{{1,18}}}}{JSON}", outlet.flag_page)
     r.add_get(f"/dashboard/outlets/{OUTLET}/dgi{JSON}", forwarding.queue_page)
     r.add_post(f"/dashboard/outlets/{OUTLET}/dgi/retry", forwarding.retry_action)

@@ -1,5 +1,5 @@
 """One outlet: its state at a glance, its ledger (keyset pages), a flag and what caused it, and
-its X and A reports as an auditor reads them."""
+its X and A reports as an auditor reads them (HTML, and PDF in the layout the agent prints)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from fiscal.protocol import MODES
+from fiscal.report_print import report_pdf
 
 from .. import audit, reports
 from ..errors import NotFound
@@ -17,13 +18,13 @@ from ..ledger import entry_state, period_bounds
 from ..reconcile import rejection_view
 from ..registry import device_view
 from .access import Viewer
-from .render import outlet_in_scope, page, service
+from .render import download, outlet_in_scope, page, service
 from .views_common import (choice_param, credential_figures, int_param, latest, seconds_between,
                            text_param)
 
 INVOICE_TYPES = ("FV", "FT", "FA", "EV", "ET", "EA")
 LEDGER_PAGE = 50
-A_REPORT_LINES = 1000  # an A report over a long period is for the API's JSON or the agent's PDF
+A_REPORT_LINES = 1000  # an A report over a long period is for the API's JSON or the PDF
 
 # What each flag means for the person reading it (docs/cloud-api.md, "Gaps and flags").
 FLAG_MEANINGS = {
@@ -173,3 +174,26 @@ async def reports_page(request: web.Request, viewer: Viewer) -> dict:
     svc = service(request)
     return await svc.call(reports_data, svc, viewer, request.match_info["outlet_id"],
                           text_param(request, "from", 32), text_param(request, "to", 32))
+
+
+def report_for_print(svc, viewer: Viewer, outlet_id: str, kind: str, start: str | None, end: str | None) -> dict:
+    with svc.store.read() as tx:
+        outlet = _scoped(tx, viewer, outlet_id)
+        merchant = tx.merchant(outlet["merchant_nif"])
+    if not start and not end:
+        start = end = svc.now().astimezone(ZoneInfo(outlet["time_zone"])).date().isoformat()
+    body = reports.outlet_report(svc, kind, outlet_id, start, end)
+    return {**body, "merchant_name": (merchant or {}).get("name", ""), "isf": outlet.get("isf") or ""}
+
+
+@download
+async def report_pdf_file(request: web.Request, viewer: Viewer) -> web.Response:
+    """`reports/x.pdf` or `reports/a.pdf` over `from`..`to` (the page's period; today by default)."""
+    svc = service(request)
+    outlet_id, kind = request.match_info["outlet_id"], request.match_info["kind"]
+    body = await svc.call(report_for_print, svc, viewer, outlet_id, kind,
+                          text_param(request, "from", 32), text_param(request, "to", 32))
+    pdf = await svc.call(report_pdf, body)  # fpdf is CPU work: off the event loop
+    name = f"{outlet_id}-{kind.upper()}-{body['from'][:10]}-{body['to'][:10]}.pdf"
+    return web.Response(body=pdf, content_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="{name}"'})

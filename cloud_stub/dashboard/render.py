@@ -86,6 +86,24 @@ def page(template: str) -> Callable[[Handler], Callable[[web.Request], Awaitable
     return decorate
 
 
+def download(fn: Callable[[web.Request, Viewer], Awaitable[web.Response]]):
+    """A file for a logged-in viewer (a PDF): the page's login redirect and error pages."""
+    @wraps(fn)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        from .auth import current_viewer
+
+        viewer = await current_viewer(request)
+        if viewer is None:
+            raise web.HTTPSeeOther("/dashboard/login?next=" + quote(request.path_qs, safe=""))
+        try:
+            response = await fn(request, viewer)
+        except CloudError as exc:
+            return error_page(request, exc.status, exc.title, exc.detail)
+        response.headers.update(HEADERS)
+        return response
+    return handler
+
+
 def outlet_in_scope(outlet: dict | None, viewer: Viewer, outlet_id: str) -> dict:
     """The outlet if the viewer may see it; another merchant's outlet is not found, as an
     unknown one is (the answer reveals nothing)."""

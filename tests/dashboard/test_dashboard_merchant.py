@@ -94,6 +94,10 @@ async def test_another_merchants_outlet_is_not_found_exactly_as_an_unknown_one(c
                            "detail": problem["detail"]}
         assert problem["detail"] == "no outlet LUB-09"
     await b.json("/dashboard/kpis.json?outlet=LUB-09", expect=404)
+    for kind in ("x", "a"):  # nor its reports as PDF
+        theirs = await b.page(f"/dashboard/outlets/LUB-09/reports/{kind}.pdf", expect=404)
+        assert theirs.replace("LUB-09", "X") == (await b.page(f"/dashboard/outlets/NOPE-1/reports/{kind}.pdf",
+                                                              expect=404)).replace("NOPE-1", "X")
     # Its flag number is not reachable through one of our outlets either.
     await b.page("/dashboard/outlets/KIN-01/flags/2", expect=404)
 

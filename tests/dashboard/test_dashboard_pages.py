@@ -3,7 +3,13 @@ actions change the database; KPIs drawn as SVG; reports as the API computes them
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from fiscal.printing import fmt_amount
 
 from dash_support import back_off, gap_outlet, quarantine
 
@@ -137,6 +143,35 @@ async def test_reports_are_the_apis_figures(cloud, browsers):
     assert len(data["a"]["lines"]) == 2 and data["a"]["truncated"] is False
     html = await b.page(f"/dashboard/outlets/KIN-01/reports?from={day}&to={day}")
     assert f'id="x-count">2<' in html and f'id="x-net">{api["totals"]["net"]["total"]}<' in html
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None,
+                    reason="pdftotext (Debian poppler-utils) is not installed here; .ci/run installs it")
+async def test_reports_print_as_pdf_with_the_same_figures(cloud, browsers, tmp_path):
+    await gap_outlet(cloud)
+    b = await _operator(cloud, browsers)
+    day = cloud.clock.now.date().isoformat()
+    html = await b.page(f"/dashboard/outlets/KIN-01/reports?from={day}&to={day}")
+    href = re.search(r'id="x-pdf" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert href == f"/dashboard/outlets/KIN-01/reports/x.pdf?from={day}&to={day}"
+    api = await cloud.get(f"/v1/outlets/KIN-01/reports/x?from={day}&to={day}", cloud.admin)
+    texts = {}
+    for kind in ("x", "a"):
+        resp = await b.client.get(f"/dashboard/outlets/KIN-01/reports/{kind}.pdf?from={day}&to={day}")
+        assert resp.status == 200 and resp.content_type == "application/pdf"
+        assert f'KIN-01-{kind.upper()}-{day}' in resp.headers["Content-Disposition"]
+        (tmp_path / f"{kind}.pdf").write_bytes(await resp.read())
+        texts[kind] = subprocess.run(["pdftotext", "-layout", str(tmp_path / f"{kind}.pdf"), "-"],
+                                     check=True, capture_output=True, text=True).stdout
+    assert "RAPPORT X (registre du cloud)" in texts["x"] and "A1234567B" in texts["x"]
+    net = re.search(r"NET \(ventes - avoirs\).*?TOTAL TTC\s+(\S+)", texts["x"], re.S).group(1)
+    assert net == fmt_amount(api["totals"]["net"]["total"])
+    assert "RAPPORT A (articles) KIN-01" in texts["a"] and "Lignes: 2" in texts["a"]
+    # Logged out: to the login page, never the file.
+    anonymous = await browsers()
+    resp = await anonymous.client.get("/dashboard/outlets/KIN-01/reports/x.pdf", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/dashboard/login?next=")
+    await b.page("/dashboard/outlets/KIN-01/reports/x.pdf?from=2026-13-01", expect=422)
 
 
 async def test_release_and_retry_change_the_forwarding_queue(cloud, browsers):

@@ -1,9 +1,14 @@
-"""X/Z/A reports as printable text (and PDF through the same lines)."""
+"""X/Z/A reports as printable text, and PDF through the same lines.
+
+The agent prints its own X, Z and A reports with these; the cloud prints the X and A it computes
+from its ledger (`source: cloud-ledger`, over a period rather than since a Z), so an auditor reads
+the same layout from both.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from ..receipts.layout import PAYMENT_NAMES, fmt_amount, fmt_qty, fmt_rate, fmt_time
+from .printing import PAYMENT_NAMES, fmt_amount, fmt_qty, fmt_rate, fmt_time, latin1
 
 TYPE_NAMES = {"FV": "Ventes", "FT": "Acomptes", "EV": "Ventes export", "ET": "Acomptes export",
               "FA": "Avoirs", "EA": "Avoirs export"}
@@ -44,12 +49,22 @@ def report_text(body: dict[str, Any], width: int = 42) -> str:
     if kind == "A":
         return a_report_text(body)
     t = body["totals"]
-    title = f"RAPPORT Z N° {body['number']}" if kind == "Z" else "RAPPORT X (lecture, non clôturé)"
+    from_ledger = body.get("source") == "cloud-ledger"
+    if kind == "Z":
+        title = f"RAPPORT Z N° {body['number']}"
+    else:
+        title = "RAPPORT X (registre du cloud)" if from_ledger else "RAPPORT X (lecture, non clôturé)"
     out = [title.center(width).rstrip(), body.get("merchant_name", "").center(width).rstrip(),
-           _pair("NIF:", body["merchant_nif"], width), _pair("ISF:", body["isf"], width),
-           _pair("Point de vente:", body["outlet_id"], width),
-           _pair("Établi le:", fmt_time(body["created_at"], with_zone=True), width)]
-    if kind == "X":
+           _pair("NIF:", body["merchant_nif"], width)]
+    if body.get("isf"):
+        out.append(_pair("ISF:", body["isf"], width))
+    out.append(_pair("Point de vente:", body["outlet_id"], width))
+    if from_ledger:  # a period of the ledger, [from, to)
+        out.append(_pair("Du:", fmt_time(body["from"], with_zone=True), width))
+        out.append(_pair("Au (exclu):", fmt_time(body["to"], with_zone=True), width))
+    else:
+        out.append(_pair("Établi le:", fmt_time(body["created_at"], with_zone=True), width))
+    if kind == "X" and not from_ledger:
         out.append(_pair("Depuis le Z N°:", str(body["since_z"]) if body["since_z"] else "(aucun)", width))
     if t["first_invoice_at"]:
         out.append(_pair("Première facture:", fmt_time(t["first_invoice_at"]), width))
@@ -106,8 +121,6 @@ def a_report_text(body: dict[str, Any]) -> str:
 def report_pdf(body: dict[str, Any]) -> bytes:
     from fpdf import FPDF
 
-    from ..receipts.render import _latin1
-
     text = report_text(body)
     wide = body["kind"] == "A"
     pdf = FPDF(unit="mm", format="A4", orientation="L" if wide else "P")
@@ -118,5 +131,5 @@ def report_pdf(body: dict[str, Any]) -> bytes:
     size = 7 if wide else 10
     for i, line in enumerate(text.splitlines()):
         pdf.set_font("Courier", "B" if i == 0 else "", size)
-        pdf.cell(0, size * 0.45, _latin1(line), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, size * 0.45, latin1(line), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
