@@ -266,7 +266,9 @@ class Loaded:
                 value = getattr(getattr(self.settings, section), key)
                 origin = self.origins[(section, key)]
                 if (section, key) == ("database", "url"):
-                    value, origin = mask_url(self.database_url or ""), self.database_url_origin
+                    # The URL in use, wherever it came from (a file, a credential), masked.
+                    value = mask_url(self.database_url or "")
+                    origin = self.database_url_origin if self.database_url else origin
                 rows.append({"key": f"{section}.{key}", "value": shown(value), "origin": origin})
         return rows
 
