@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fiscal.runtime.files import DataFile
+from fiscal.runtime.settings import env_keys, mask_url, problem_lines, section_models, toml_value
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -209,7 +210,7 @@ ATTRIBUTES: dict[tuple[str, str], str] = {
 
 
 def _sections() -> dict[str, type[_Section]]:
-    return {name: info.annotation for name, info in Settings.model_fields.items()}  # type: ignore[misc]
+    return section_models(Settings)
 
 
 def _default(section: str, key: str) -> Any:
@@ -277,18 +278,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def _error_text(where: str, exc: ValidationError) -> str:
     """One line per problem, named as in the file (section.key) and the environment."""
-    problems = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        name = ".".join(loc[:2]) or "configuration"
-        if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key {name}" if len(loc) > 1 else f"unknown section [{name}]")
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        value = err.get("input")
-        shown = "" if isinstance(value, (dict, list)) or loc[:2] == ["cloud", "url"] else f" (got {value!r})"
-        problems.append(f"{name}: {msg}{shown}")
-    return f"{where}: " + "; ".join(problems)
+    return f"{where}: " + "; ".join(problem_lines(exc, hidden={"cloud.url"}))
 
 
 def _settings(data_dir: Path) -> tuple[Settings, dict[str, Any]]:
@@ -313,13 +303,7 @@ def load_config(data_dir: Path) -> AgentConfig:
 
 def _env_keys() -> dict[tuple[str, str], str]:
     """(section, key) -> the environment variable that sets it."""
-    found = {}
-    for name in os.environ:
-        upper = name.upper()
-        if upper.startswith(ENV_PREFIX) and "__" in upper:
-            section, _, key = upper[len(ENV_PREFIX):].partition("__")
-            found[(section.lower(), key.lower())] = name
-    return found
+    return env_keys(ENV_PREFIX)
 
 
 def effective(data_dir: Path) -> list[dict[str, Any]]:
@@ -345,12 +329,7 @@ def effective(data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+_mask_url = mask_url
 
 
 # ------------------------------------------------------------------------------ writing
@@ -440,14 +419,7 @@ def set_value(data_dir: Path, section: str, key: str, value: object) -> Path:
     return path
 
 
-def _render(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_render(v) for v in value) + "]"
-    return str(value)
+_render = toml_value
 
 
 def zone(name: str) -> ZoneInfo:

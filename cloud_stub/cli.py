@@ -14,8 +14,10 @@ import click
 from fiscal.runtime.cli import clean_errors
 from fiscal.runtime.migrations import SchemaTooNew
 
-from .config import (DATABASE_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_PORT, TIME_ZONES, CloudConfig,
-                     database_url_from_environment, parse_duration)
+from fiscal.runtime.settings import toml_value
+
+from .config import DEFAULT_DATA_DIR, TIME_ZONES, CloudConfig, parse_duration
+from .settings import CONFIG_ENV, ConfigError, Loaded, default, load, shown, template
 from .errors import CloudError
 from .repository import StoreError
 
@@ -69,8 +71,12 @@ def _opened(data_dir: Path, *, create: bool = False):
 def _service(data_dir: Path, *, create: bool = False):
     from .service import CloudService
 
-    # The same database as `serve` (PostgreSQL when the environment names one).
-    database_url = database_url_from_environment()
+    # The same database as `serve`: from the environment, the service credential or the file
+    # named by $STALELA_CLOUD_CONFIG (PostgreSQL when one of them names one).
+    try:
+        database_url = load().database_url
+    except ConfigError as exc:
+        raise click.ClickException("invalid configuration: " + "; ".join(exc.problems)) from None
     if not database_url and not create and not CloudConfig(data_dir=data_dir).db_path.exists():
         raise click.ClickException(f"no cloud database in {data_dir} (create it with "
                                    "`stalela cloud merchant add` or `stalela cloud serve`)")
@@ -92,49 +98,93 @@ def cloud() -> None:
     """
 
 
+# `serve`'s options: (section, key) of the configuration each one sets. They carry no default of
+# their own (None: not given); the model's default is shown in the help.
+SERVE_KEYS: dict[str, tuple[str, str, str]] = {}
+
+
+def setting(section: str, key: str, *decls: str, help: str, **kw):
+    """An option of `serve` that sets `section.key`, stronger than the environment and the file."""
+    def decorate(fn):
+        option = click.option(*decls, default=None, help=f"{help} [default: {_default_text(section, key)}; "
+                              f"config: {section}.{key}]", **kw)(fn)
+        param = option.__click_params__[-1]
+        SERVE_KEYS[param.name] = (section, key, param.opts[0])
+        return option
+    return decorate
+
+
+def _default_text(section: str, key: str) -> str:
+    value = shown(default(section, key))
+    if value == "":
+        return "none"
+    return toml_value(value).strip('"')
+
+
+def config_file_option(fn):
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help=f"The configuration file (TOML) [default: ${CONFIG_ENV}, else none: "
+                                           "the defaults].")(fn)
+
+
+def _load(config_path: Path | None, cli: dict | None = None) -> Loaded:
+    """The effective configuration, or exit 2 with one line per problem (no traceback)."""
+    try:
+        return load(config_path, cli)
+    except ConfigError as exc:
+        _refuse(exc.problems)
+
+
+def _refuse(problems: list[str]):
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    click.echo(f"Error: invalid configuration ({count}):", err=True)
+    for line in problems:
+        click.echo(f"  {line}", err=True)
+    raise SystemExit(2)
+
+
 @cloud.command()
-@data_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port, printed in the ready line).")
-@click.option("--block-size", default=500, show_default=True, type=click.IntRange(1, 10_000),
-              help="Fiscal numbers per delegated credential.")
-@click.option("--validity", default="12h", show_default=True, callback=_duration,
-              help="Validity of a delegated credential (e.g. 12h).")
-@click.option("--gap-grace", default="1h", show_default=True, callback=_duration,
-              help="How long a settled credential's missing numbers wait before they are flagged.")
-@click.option("--workers", type=click.IntRange(0, 256), default=None,
-              help="Verifier processes that check reconcile batches in parallel (signatures, "
-                   "encodings). Default: one per CPU; 0: check in the service process.")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Least severe level logged.")
-@click.option("--database-url", envvar=DATABASE_URL_ENV, show_envvar=True, default=None,
-              help="A postgresql://user@host:port/dbname URL to keep the ledger in PostgreSQL (several "
-                   "instances may share it). Default: the SQLite file in the data folder.")
-@click.option("--dgi-url", default=None, metavar="URL",
-              help="The DGI's e-MCF base URL: forward every sealed invoice there (off without it). "
-                   "Tokens per outlet: `stalela cloud dgi token`.")
-@click.option("--dgi-concurrency", default=32, show_default=True, type=click.IntRange(1, 10_000),
-              help="Outlets forwarded at the same time by this instance.")
-@click.option("--dgi-rate", default=0.0, show_default=True, type=click.FloatRange(0, 100_000),
-              help="Calls per second per outlet to the DGI (0: as fast as the DGI's 429s allow).")
-@click.option("--dgi-lease", default="30s", show_default=True, callback=_duration,
-              help="How long an instance holds an outlet's queue without renewing it: after a crash, "
-                   "another instance (or the restarted one) takes the outlet over after this long.")
-@click.option("--dgi-lookup/--no-dgi-lookup", default=True, show_default=True,
-              help="The DGI answers GET /api/invoice/{uid}: a lost confirm answer is resolved by asking. "
-                   "Without it such an entry is quarantined for an operator.")
-@click.option("--dgi-poll", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
-              help="Seconds between looks for new ledger entries to forward when idle.")
-@click.option("--secure-cookies", is_flag=True,
-              help="Mark the dashboard's session cookie Secure (served behind a TLS proxy: the browser "
-                   "then never sends it over plain HTTP).")
+@config_file_option
+@setting("server", "data_dir", "--data", type=click.Path(file_okay=False), help="The data folder.")
+@setting("server", "host", "--host", help="Address to listen on.")
+@setting("server", "port", "--port", type=int, help="Port to listen on (0: any free port, printed in the ready line).")
+@setting("server", "log_level", "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+         help="Least severe level logged.")
+@setting("server", "workers", "--workers", metavar="N|auto",
+         help="Verifier processes that check reconcile batches in parallel (signatures, encodings); "
+              "auto: one per CPU; 0: check in the service process.")
+@setting("server", "threads", "--threads", type=int, help="Threads running the database calls of HTTP requests.")
+@setting("server", "secure_cookies", "--secure-cookies/--no-secure-cookies",
+         help="Mark the dashboard's session cookie Secure (served behind a TLS proxy: the browser then never "
+              "sends it over plain HTTP).")
+@setting("database", "url", "--database-url", metavar="URL",
+         help="A postgresql://user@host:port/dbname URL to keep the ledger in PostgreSQL (several instances may "
+              "share it); it carries a password: prefer database.url_file or the service credential.")
+@setting("ledger", "block_size", "--block-size", type=int, help="Fiscal numbers per delegated credential.")
+@setting("ledger", "validity", "--validity", metavar="DURATION", help="Validity of a delegated credential (e.g. 12h).")
+@setting("ledger", "gap_grace", "--gap-grace", metavar="DURATION",
+         help="How long a settled credential's missing numbers wait before they are flagged.")
+@setting("dgi", "url", "--dgi-url", metavar="URL",
+         help="The DGI's e-MCF base URL: forward every sealed invoice there (off without it). "
+              "Tokens per outlet: `stalela cloud dgi token`.")
+@setting("dgi", "concurrency", "--dgi-concurrency", type=int, help="Outlets forwarded at the same time by this instance.")
+@setting("dgi", "rate", "--dgi-rate", type=float,
+         help="Calls per second per outlet to the DGI (0: as fast as the DGI's 429s allow).")
+@setting("dgi", "lease", "--dgi-lease", metavar="DURATION",
+         help="How long an instance holds an outlet's queue without renewing it: after a crash, another "
+              "instance (or the restarted one) takes the outlet over after this long.")
+@setting("dgi", "lookup", "--dgi-lookup/--no-dgi-lookup",
+         help="The DGI answers GET /api/invoice/{uid}: a lost confirm answer is resolved by asking. "
+              "Without it such an entry is quarantined for an operator.")
+@setting("dgi", "poll", "--dgi-poll", metavar="DURATION",
+         help="Time between looks for new ledger entries to forward when idle (a number: seconds).")
 @domain_errors
-def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_grace,
-          workers: int | None, log_level: str, database_url: str | None, dgi_url: str | None,
-          dgi_concurrency: int, dgi_rate: float, dgi_lease, dgi_lookup: bool, dgi_poll: float,
-          secure_cookies: bool) -> None:
+def serve(config_path: Path | None, **options) -> None:
     """Run the cloud ledger service (creates the database and issuer key on first run).
+
+    Settings, strongest first: these options, STALELA_CLOUD_<SECTION>__<KEY> environment
+    variables, the --config file, the defaults (`stalela cloud config template` lists every key).
+    An invalid configuration or a busy port is refused (exit 2 / 1) before anything is created.
 
     Logs one JSON line per event on stderr (readable text on a terminal); `cloud.ready` carries
     the port. Stops cleanly on SIGTERM or Ctrl-C.
@@ -142,22 +192,81 @@ def serve(data_dir: Path, host: str, port: int, block_size: int, validity, gap_g
     \b
     Example:
       stalela cloud serve --data ./cloud-data --port 8710 --workers 2
+      stalela cloud serve --config /etc/stalela/cloud.toml
       stalela cloud serve --data ./cloud-data --dgi-url https://emcf.example/ --dgi-concurrency 64
     """
     from . import logs
     from .server import run
 
-    _check_port_free(host, port)
-    logs.configure(level=log_level)
+    cli = {SERVE_KEYS[name][:2]: (SERVE_KEYS[name][2], value) for name, value in options.items() if value is not None}
+    loaded = _load(config_path, cli)
+    config = CloudConfig.from_settings(loaded)
+    _check_port_free(config.host, config.port)
+    logs.configure(level=loaded.settings.server.log_level)
     try:
-        run(CloudConfig(data_dir=data_dir, host=host, port=port, block_size=block_size,
-                        credential_validity=validity, gap_grace=gap_grace, verify_workers=workers,
-                        database_url=database_url or database_url_from_environment(),
-                        dgi_url=dgi_url, dgi_concurrency=dgi_concurrency, dgi_rate=dgi_rate, dgi_poll=dgi_poll,
-                        dgi_lease=dgi_lease, dgi_lookup=dgi_lookup, secure_cookies=secure_cookies))
+        run(config)
     except OSError as exc:
         # Lost the race for the port after the check, or another network error at start.
-        raise click.ClickException(_listen_error(host, port, exc)) from None
+        raise click.ClickException(_listen_error(config.host, config.port, exc)) from None
+
+
+@cloud.group("config")
+def config_group() -> None:
+    """The configuration of `stalela cloud serve`: check it, or print a template.
+
+    Sources, strongest first: `serve`'s options, STALELA_CLOUD_<SECTION>__<KEY> environment
+    variables, the TOML file (--config or $STALELA_CLOUD_CONFIG), the defaults.
+
+    \b
+    Example:
+      stalela cloud config template > /etc/stalela/cloud.toml
+      stalela cloud config check --config /etc/stalela/cloud.toml
+    """
+
+
+@config_group.command("check")
+@config_file_option
+@json_option
+def config_check(config_path: Path | None, as_json: bool) -> None:
+    """Validate the configuration and print every effective value with its origin.
+
+    The origin is `default`, `file`, `env NAME` or a secret's file or credential. Secret files
+    are read (so an unreadable one is reported) but never printed: a password in the database
+    URL is shown as ***. Exit codes: 0 valid; 2 invalid, one line per problem.
+
+    \b
+    Example:
+      stalela cloud config check --config /etc/stalela/cloud.toml
+      STALELA_CLOUD_SERVER__PORT=8711 stalela cloud config check --config cloud.toml --json
+    """
+    try:
+        loaded = load(config_path)
+    except ConfigError as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "errors": exc.problems}, indent=2, ensure_ascii=False))
+            raise SystemExit(2)
+        _refuse(exc.problems)
+    rows = loaded.rows()
+    source = str(loaded.config_file) if loaded.config_file else None
+    if as_json:
+        click.echo(json.dumps({"config_file": source, "valid": True, "settings": rows}, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"configuration{' of ' + source if source else ' (no file: defaults and environment)'}: valid")
+    shown_values = [json.dumps(r["value"], ensure_ascii=False) for r in rows]
+    width, vwidth = max(len(r["key"]) for r in rows), max(len(v) for v in shown_values)
+    for r, value in zip(rows, shown_values):
+        click.echo(f"  {r['key']:<{width}}  {value:<{vwidth}}  {r['origin']}")
+
+
+@config_group.command("template")
+def config_template() -> None:
+    """Print a configuration file with every key at its default, each one commented.
+
+    \b
+    Example:
+      stalela cloud config template > cloud.toml
+    """
+    click.echo(template(), nl=False)
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> str:

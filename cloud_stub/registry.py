@@ -135,6 +135,9 @@ def bind_device(tx: Tx, outlet_id: str, mid: str, nif: str, status: str, firmwar
     if nif != outlet["merchant_nif"]:
         raise Conflict("nif_mismatch", f"device {mid} reports NIF {nif}, but outlet {outlet_id} "
                        f"belongs to merchant {outlet['merchant_nif']}")
+    # Two binds of one MID to two outlets of the merchant hold two different outlet locks: the
+    # merchant's lock makes the second one see the first's binding.
+    tx.lock_merchant(outlet["merchant_nif"])
     elsewhere = tx.bound_elsewhere(outlet["merchant_nif"], mid, outlet_id)
     if elsewhere is not None:
         raise Conflict("device_bound_elsewhere", f"device {mid} is bound to outlet {elsewhere} of the same "

@@ -389,6 +389,10 @@ class Repository(Protocol):
         """True inside when this process holds the job's lock (a periodic job runs on one
         instance at a time); False when another instance is running it."""
 
+    def lost_race(self, exc: BaseException) -> bool:
+        """Whether `exc` says a concurrent transaction won (a unique key inserted by both, a
+        serialization failure): the transaction can be run again from its start."""
+
     def close(self) -> None: ...
 
 
@@ -440,6 +444,11 @@ class Tx:
     def lock_outlet(self, outlet_id: str) -> None:
         """Serialize this write transaction with every other one on the outlet (its counter, its
         chains, its ledger tail, its flags) until it ends, whichever process runs them."""
+        raise NotImplementedError
+
+    def lock_merchant(self, nif: str) -> None:
+        """Serialize this write transaction with every other one that binds a device of the
+        merchant (a MID is bound to one of its outlets at a time), until it ends."""
         raise NotImplementedError
 
     # -- registry ---------------------------------------------------------------------------
@@ -1140,6 +1149,9 @@ class SqliteTx(Tx):
     def lock_outlet(self, outlet_id: str) -> None:
         pass  # `BEGIN IMMEDIATE` already holds the database's write lock
 
+    def lock_merchant(self, nif: str) -> None:
+        pass  # as lock_outlet
+
 
 # The WAL size (pages) at which a writing connection checkpoints by itself, inside its commit:
 # only if the background checkpointer fell this far behind (SQLite's default is 1,000).
@@ -1232,6 +1244,9 @@ class Store:
     def run_once(self, job: str):
         # One process per SQLite file runs the periodic jobs: nothing to share.
         return nullcontext(True)
+
+    def lost_race(self, exc: BaseException) -> bool:
+        return False  # `BEGIN IMMEDIATE`: one writer at a time, no race to lose
 
     def _migrate(self, upto: int | None) -> None:
         migrations.migrate(self._conn(), [m for m in sqlite_migrations() if upto is None or m[0] <= upto])

@@ -411,6 +411,11 @@ class PgTx(Tx):
     def lock_outlet(self, outlet_id: str) -> None:
         self._run("SELECT 1 FROM counters WHERE outlet_id = ? FOR UPDATE", outlet_id)
 
+    def lock_merchant(self, nif: str) -> None:
+        # NO KEY UPDATE: binds of one merchant wait for each other, an outlet being added for it
+        # (its foreign key takes KEY SHARE on the merchant) does not.
+        self._run("SELECT 1 FROM merchants WHERE nif = ? FOR NO KEY UPDATE", nif)
+
     def retire_agents(self, outlet_id: str, now: str) -> list[str]:
         # Two enrollments of one outlet with two tokens: the second sees the first's agent.
         self.lock_outlet(outlet_id)
@@ -469,6 +474,12 @@ class PgStore:
     def read(self):
         """A read transaction: one consistent snapshot."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def lost_race(self, exc: BaseException) -> bool:
+        # READ COMMITTED: two transactions that both found no row and both inserted it; the
+        # loser's retry sees the winner's row. Serialization failures and deadlocks likewise.
+        return isinstance(exc, (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure,
+                                psycopg.errors.DeadlockDetected))
 
     @contextmanager
     def run_once(self, job: str) -> Iterator[bool]:

@@ -28,6 +28,7 @@ from .repository import Tx, open_store
 from .verifier import UnreadableChunk, VerifierPool, default_size
 
 T = TypeVar("T")
+RACE_ATTEMPTS = 3  # an admin write's runs when concurrent ones keep winning (see _admin_write)
 
 
 class CloudService:
@@ -71,6 +72,21 @@ class CloudService:
             tx.lock_outlet(outlet_id)
             yield tx
 
+    def _admin_write(self, work: Callable[[Tx], T], outlet_id: str | None = None) -> T:
+        """An operator's write, run again from its start when a concurrent transaction won a race
+        for the same row (PostgreSQL, several requests or instances at once): the new run sees the
+        winner's row and answers as for any duplicate (merchant_exists, ...). A race lost every
+        time is a 409 `concurrent_write`, never a 500."""
+        for _ in range(RACE_ATTEMPTS):
+            try:
+                with self._writing(outlet_id) if outlet_id else self.store.write() as tx:
+                    return work(tx)
+            except Exception as exc:
+                if not self.store.lost_race(exc):
+                    raise
+        raise Conflict("concurrent_write", "another request changed the same record at the same time; "
+                       "send the request again")
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -86,15 +102,14 @@ class CloudService:
     # -- admin ------------------------------------------------------------------------------
 
     def add_merchant(self, nif: str, name: str, taxpayer: dict | None = None) -> dict:
-        with self.store.write() as tx:
-            merchant = registry.add_merchant(tx, nif, name, taxpayer or {}, self.now())
+        merchant = self._admin_write(lambda tx: registry.add_merchant(tx, nif, name, taxpayer or {}, self.now()))
         event("merchant.added", nif=nif)
         return merchant
 
     def add_outlet(self, outlet_id: str, merchant_nif: str, name: str,
                    time_zone: str = "Africa/Kinshasa", isf: str | None = None) -> dict:
-        with self.store.write() as tx:
-            outlet = registry.add_outlet(tx, outlet_id, merchant_nif, name, time_zone, isf, self.now())
+        outlet = self._admin_write(
+            lambda tx: registry.add_outlet(tx, outlet_id, merchant_nif, name, time_zone, isf, self.now()))
         event("outlet.added", outlet_id=outlet_id, merchant_nif=merchant_nif)
         return outlet
 
@@ -330,9 +345,9 @@ class CloudService:
     def bind_device(self, outlet_id: str, mid: str, nif: str, status: str = "active",
                     firmware: dict | None = None) -> tuple[dict, bool]:
         """The operator binds an MCF to an outlet (admin API, CLI)."""
-        with self._writing(outlet_id) as tx:
-            device, created = registry.bind_device(tx, outlet_id, mid, nif, status, firmware or {}, self.now(),
-                                                   bound_by="admin")
+        device, created = self._admin_write(
+            lambda tx: registry.bind_device(tx, outlet_id, mid, nif, status, firmware or {}, self.now(),
+                                            bound_by="admin"), outlet_id)
         event("device.bound" if created else "device.updated", outlet_id=outlet_id, mid=mid, by="admin")
         return device, created
 
@@ -353,13 +368,15 @@ class CloudService:
                              firmware: dict | None = None, outlet_id: str | None = None) -> tuple[dict, bool]:
         """A technician binds an MCF with a provisioning token the operator issued for the outlet."""
         now = self.now()
-        with self.store.write() as tx:
+
+        def provision(tx: Tx) -> tuple[dict, dict, bool]:
             row = registry.provisioning_outlet(tx, token, now)
             if row is None:
                 raise Unauthorized("unauthorized", "unknown or expired provisioning token")
             if outlet_id is not None and outlet_id != row["outlet_id"]:
                 raise NotFound("outlet_not_found", f"no outlet {outlet_id}")
-            device, created = registry.provision_with_token(tx, row, mid, nif, status, firmware or {}, now)
+            return (row, *registry.provision_with_token(tx, row, mid, nif, status, firmware or {}, now))
+        row, device, created = self._admin_write(provision)
         event("device.bound" if created else "device.updated", outlet_id=row["outlet_id"], mid=mid,
               by="provisioning-token")
         return device, created

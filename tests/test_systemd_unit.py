@@ -54,3 +54,11 @@ def test_cloud_unit_keeps_the_database_url_out_of_the_unit():
     svc = _cloud_unit()["Service"]
     assert svc["LoadCredential"].startswith("database-url:")
     assert "postgresql://" not in CLOUD_UNIT.read_text()
+
+
+def test_cloud_unit_reads_its_configuration_file():
+    svc = _cloud_unit()["Service"]
+    assert svc["Environment"] == "STALELA_CLOUD_CONFIG=/etc/stalela/cloud.toml"
+    # The port and the rest come from the file: the command line pins only what the hardening
+    # and the TLS proxy design require.
+    assert "--port" not in svc["ExecStart"]
