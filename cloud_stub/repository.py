@@ -38,14 +38,16 @@ SQLITE_TOTAL = "CAST(json_extract(invoice, '$.totals.total') AS REAL)"
 SQLITE_LAG = "((julianday(recorded_at) - julianday(sealed_at)) * 86400.0)"
 
 
-def kpi_days_from_ledger(total: str, lag: str) -> str:
+def kpi_days_from_ledger(total: str, lag: str, *, merchant_keys: bool = True) -> str:
     """`kpi_days` computed from the ledger as it stands: what `kpis.DayFigures` adds up entry by
-    entry as the ledger grows (migration 4 fills it for an existing ledger with this)."""
-    return ("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
-            f"SELECT outlet_id, substr(sealed_at, 1, 10), COUNT(*), "
+    entry as the ledger grows (migration 4 fills it for an existing ledger with this, before
+    version 5 gave both tables `merchant_nif`: `merchant_keys=False`)."""
+    merchant = "merchant_nif, " if merchant_keys else ""
+    return (f"INSERT INTO kpi_days (outlet_id, {merchant}day, invoices, net_sales, lag_sum, lag_max) "
+            f"SELECT outlet_id, {merchant}substr(sealed_at, 1, 10), COUNT(*), "
             f"SUM(CASE WHEN inv_type IN ('FA', 'EA') THEN -{total} ELSE {total} END), SUM({lag}), MAX({lag}) "
             "FROM ledger WHERE state IS NULL OR state <> 'unregistered_device' "
-            "GROUP BY outlet_id, substr(sealed_at, 1, 10);")
+            f"GROUP BY outlet_id, {merchant}substr(sealed_at, 1, 10);")
 
 
 # The tables of one outlet's data: each has `outlet_id` and (from version 5) `merchant_nif`, the
@@ -409,7 +411,7 @@ MIGRATIONS: list[str | tuple[str, str]] = [
     );
     -- Covering: the KPIs of every outlet add the day's rows up from the index alone.
     CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
-    """ + kpi_days_from_ledger(SQLITE_TOTAL, SQLITE_LAG),
+    """ + kpi_days_from_ledger(SQLITE_TOTAL, SQLITE_LAG, merchant_keys=False),
     # 5: every table of outlet-owned data carries the outlet's merchant too (ready to shard by
     # outlet, and a merchant's rows found without a join); repository_pg has its PostgreSQL spelling.
     ("0005_outlet_merchant_keys", _sqlite_merchant_keys()),

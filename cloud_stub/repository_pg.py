@@ -324,7 +324,7 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
         PRIMARY KEY (outlet_id, day)
     );
     CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
-    """) + kpi_days_from_ledger(PG_TOTAL, PG_LAG)),
+    """) + kpi_days_from_ledger(PG_TOTAL, PG_LAG, merchant_keys=False)),
     # 5: as SQLite's version 5 (repository.MIGRATIONS[4]): the outlet's merchant on every row of
     # the outlet's data. PostgreSQL adds the column, fills it and then makes it NOT NULL.
     (5, "0005_outlet_merchant_keys", _c_text("\n".join(
