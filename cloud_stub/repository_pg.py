@@ -10,7 +10,8 @@ Concurrency, with any number of service instances on one database:
     the lock sees what the previous holder committed, so the outlet's counter, chain heads, ledger
     tail and flags are read and written by one transaction at a time, whichever instance runs it;
   * unique constraints (number_key, (outlet_id, seq), request ids) refuse what a bug could still
-    let through;
+    let through; the ledger is partitioned by month since version 6, so the first two are held
+    by `ledger_keys` across partitions (ledger_partitions.py);
   * a read transaction is REPEATABLE READ READ ONLY: one snapshot, as SQLite's;
   * a periodic job runs on one instance at a time (`run_once`: `pg_try_advisory_lock`).
 
