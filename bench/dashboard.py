@@ -76,21 +76,24 @@ def _fill_sqlite(path: Path, p: dict, progress) -> None:
     run("INSERT INTO outlets (id, merchant_nif, name, time_zone, isf, created_at) "
         "SELECT printf('OUT-%05d', n), printf('M%08d', n % :m), printf('Shop %d', n), 'Africa/Kinshasa', "
         "NULL, :now FROM k", o, m=MERCHANTS, now=p["now"])
-    run("INSERT INTO counters (outlet_id, next_number) SELECT printf('OUT-%05d', n), :next FROM k",
-        o, next=p["per_outlet"] + 1001)
-    run("INSERT INTO agents (id, outlet_id, public_key, token_hash, label, enrolled_at) "
-        "SELECT printf('AG-%05d', n), printf('OUT-%05d', n), 'key', hex(randomblob(32)), 'till', :now FROM k",
-        o, now=p["now"])
+    # Every row of an outlet's data carries the outlet's merchant (schema version 5).
+    run("INSERT INTO counters (outlet_id, merchant_nif, next_number) "
+        "SELECT printf('OUT-%05d', n), printf('M%08d', n % :m), :next FROM k",
+        o, m=MERCHANTS, next=p["per_outlet"] + 1001)
+    run("INSERT INTO agents (id, outlet_id, merchant_nif, public_key, token_hash, label, enrolled_at) "
+        "SELECT printf('AG-%05d', n), printf('OUT-%05d', n), printf('M%08d', n % :m), 'key', hex(randomblob(32)), "
+        "'till', :now FROM k", o, m=MERCHANTS, now=p["now"])
     # One credential per outlet, its block ending 1,000 numbers past the ledger's last.
-    run("INSERT INTO credentials (id, outlet_id, agent_id, block_start, block_end, not_before, "
-        "not_after, document, issued_at) SELECT printf('DC-%05d', n), printf('OUT-%05d', n), "
+    run("INSERT INTO credentials (id, outlet_id, merchant_nif, agent_id, block_start, block_end, not_before, "
+        "not_after, document, issued_at) SELECT printf('DC-%05d', n), printf('OUT-%05d', n), printf('M%08d', n % :m), "
         "printf('AG-%05d', n), 1, :end, :nb, :na, '{}', :nb FROM k", o,
-        end=p["per_outlet"] + 1000, nb=p["not_before"], na=p["not_after"])
-    run("INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at) "
-        "SELECT printf('OUT-%05d', n), 'gap', printf('DC-%05d', n), '[[7, 7]]', 'bench', :now FROM k "
-        "WHERE n % 10 = 0", o, now=p["now"])
-    run("INSERT INTO devices (outlet_id, mid, nif, status, firmware, provisioned_at, last_seen, "
-        "bound_by) SELECT printf('OUT-%05d', n), printf('MCF-%05d', n), printf('M%08d', n % :m), 'active', "
+        m=MERCHANTS, end=p["per_outlet"] + 1000, nb=p["not_before"], na=p["not_after"])
+    run("INSERT INTO flags (outlet_id, merchant_nif, reason, credential_id, numbers, detail, created_at) "
+        "SELECT printf('OUT-%05d', n), printf('M%08d', n % :m), 'gap', printf('DC-%05d', n), '[[7, 7]]', 'bench', "
+        ":now FROM k WHERE n % 10 = 0", o, m=MERCHANTS, now=p["now"])
+    run("INSERT INTO devices (outlet_id, merchant_nif, mid, nif, status, firmware, provisioned_at, last_seen, "
+        "bound_by) SELECT printf('OUT-%05d', n), printf('M%08d', n % :m), printf('MCF-%05d', n), "
+        "printf('M%08d', n % :m), 'active', "
         "'{}', :now, :now, 'admin' FROM k WHERE n % 5 = 0", o, m=MERCHANTS, now=p["now"])
     conn.execute("COMMIT")
     for lo in range(0, p["entries"], BATCH):
@@ -98,9 +101,9 @@ def _fill_sqlite(path: Path, p: dict, progress) -> None:
         conn.execute("BEGIN")
         # Entry n: outlet n % outlets, its seq n / outlets + 1 (interleaved, as sales arrive).
         conn.execute(
-            series + "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, fiscal_number, "
-            "number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice, state) "
-            "SELECT printf('OUT-%05d', n % :o), n / :o + 1, "
+            series + "INSERT INTO ledger (outlet_id, merchant_nif, seq, recorded_at, mode, inv_type, authority_id, "
+            "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice, state) "
+            "SELECT printf('OUT-%05d', n % :o), printf('M%08d', (n % :o) % :m), n / :o + 1, "
             "strftime('%Y-%m-%dT%H:%M:%S+00:00', :start + (n / :o) * :step + 30, 'unixepoch'), 'delegated', 'FV', "
             "printf('DC-%05d', n % :o), n / :o + 1, printf('stalela:OUT-%05d:%d', n % :o, n / :o + 1), "
             "printf('delegated:OUT-%05d', n % :o), "
@@ -108,7 +111,7 @@ def _fill_sqlite(path: Path, p: dict, progress) -> None:
             "hex(randomblob(32)), hex(randomblob(32)), "
             "json_object('id', printf('INV-%d', n), 'invoice_number', printf('F-%d', n / :o + 1), "
             "'totals', json_object('total', printf('%d.00', 100 + n % 900))), 'verified' FROM k",
-            {"lo": lo, "hi": hi, "o": o, "start": p["start"], "step": p["step"]})
+            {"lo": lo, "hi": hi, "o": o, "m": MERCHANTS, "start": p["start"], "step": p["step"]})
         conn.execute("COMMIT")
         progress(hi)
     # The daily figures the cloud keeps as it appends (cloud_stub/kpis.py), for the rows made here.
@@ -138,30 +141,33 @@ def _fill_pg(url: str, p: dict, progress) -> None:
             run(f"INSERT INTO outlets (id, merchant_nif, name, time_zone, isf, created_at) SELECT {out}, "
                 "'M' || lpad((n % ?)::text, 8, '0'), 'Shop ' || n, 'Africa/Kinshasa', NULL, ? "
                 "FROM generate_series(0, ? - 1) n", MERCHANTS, p["now"], o)
-            run(f"INSERT INTO counters (outlet_id, next_number) SELECT {out}, ? FROM generate_series(0, ? - 1) n",
-                p["per_outlet"] + 1001, o)
-            run(f"INSERT INTO agents (id, outlet_id, public_key, token_hash, label, enrolled_at) SELECT "
-                f"'AG-' || lpad(n::text, 5, '0'), {out}, 'key', md5(random()::text), 'till', ? "
+            # Every row of an outlet's data carries the outlet's merchant (schema version 5).
+            nif = f"'M' || lpad((n % {MERCHANTS})::text, 8, '0')"
+            run(f"INSERT INTO counters (outlet_id, merchant_nif, next_number) SELECT {out}, {nif}, ? "
+                "FROM generate_series(0, ? - 1) n", p["per_outlet"] + 1001, o)
+            run(f"INSERT INTO agents (id, outlet_id, merchant_nif, public_key, token_hash, label, enrolled_at) SELECT "
+                f"'AG-' || lpad(n::text, 5, '0'), {out}, {nif}, 'key', md5(random()::text), 'till', ? "
                 "FROM generate_series(0, ? - 1) n", p["now"], o)
-            run(f"INSERT INTO credentials (id, outlet_id, agent_id, block_start, block_end, not_before, not_after, "
-                f"document, issued_at) SELECT 'DC-' || lpad(n::text, 5, '0'), {out}, 'AG-' || lpad(n::text, 5, '0'), "
-                "1, ?, ?, ?, '{}', ? FROM generate_series(0, ? - 1) n",
+            run(f"INSERT INTO credentials (id, outlet_id, merchant_nif, agent_id, block_start, block_end, not_before, "
+                f"not_after, document, issued_at) SELECT 'DC-' || lpad(n::text, 5, '0'), {out}, {nif}, "
+                "'AG-' || lpad(n::text, 5, '0'), 1, ?, ?, ?, '{}', ? FROM generate_series(0, ? - 1) n",
                 p["per_outlet"] + 1000, p["not_before"], p["not_after"], p["not_before"], o)
-            run(f"INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at) SELECT {out}, "
-                "'gap', 'DC-' || lpad(n::text, 5, '0'), '[[7, 7]]', 'bench', ? FROM generate_series(0, ? - 1) n "
-                "WHERE n % 10 = 0", p["now"], o)
-            run(f"INSERT INTO devices (outlet_id, mid, nif, status, firmware, provisioned_at, last_seen, bound_by) "
-                f"SELECT {out}, 'MCF-' || lpad(n::text, 5, '0'), 'M' || lpad((n % ?)::text, 8, '0'), 'active', '{{}}', "
-                "?, ?, 'admin' FROM generate_series(0, ? - 1) n WHERE n % 5 = 0", MERCHANTS, p["now"], p["now"], o)
+            run(f"INSERT INTO flags (outlet_id, merchant_nif, reason, credential_id, numbers, detail, created_at) "
+                f"SELECT {out}, {nif}, 'gap', 'DC-' || lpad(n::text, 5, '0'), '[[7, 7]]', 'bench', ? "
+                "FROM generate_series(0, ? - 1) n WHERE n % 10 = 0", p["now"], o)
+            run(f"INSERT INTO devices (outlet_id, merchant_nif, mid, nif, status, firmware, provisioned_at, last_seen, "
+                f"bound_by) SELECT {out}, {nif}, 'MCF-' || lpad(n::text, 5, '0'), {nif}, 'active', '{{}}', "
+                "?, ?, 'admin' FROM generate_series(0, ? - 1) n WHERE n % 5 = 0", p["now"], p["now"], o)
         ts = "to_char(to_timestamp({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')"
         for lo in range(0, p["entries"], BATCH):
             hi = min(p["entries"], lo + BATCH)
             o_n = f"'OUT-' || lpad((n % {o})::text, 5, '0')"
             seq = f"(n / {o} + 1)"
             sealed = f"{p['start']} + (n / {o}) * {p['step']}"
-            run("INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, fiscal_number, "
-                "number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice, state) "
-                f"SELECT {o_n}, {seq}, {ts.format(sealed + ' + 30')}, 'delegated', 'FV', "
+            run("INSERT INTO ledger (outlet_id, merchant_nif, seq, recorded_at, mode, inv_type, authority_id, "
+                "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice, "
+                f"state) SELECT {o_n}, 'M' || lpad(((n % {o}) % {MERCHANTS})::text, 8, '0'), {seq}, "
+                f"{ts.format(sealed + ' + 30')}, 'delegated', 'FV', "
                 f"'DC-' || lpad((n % {o})::text, 5, '0'), {seq}, 'stalela:' || {o_n} || ':' || {seq}, "
                 f"'delegated:' || {o_n}, {ts.format(sealed)}, "
                 "md5(n::text) || md5(n::text), md5(n::text) || md5(n::text), md5(n::text) || md5(n::text), "

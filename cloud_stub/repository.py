@@ -22,6 +22,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
@@ -37,17 +38,82 @@ SQLITE_TOTAL = "CAST(json_extract(invoice, '$.totals.total') AS REAL)"
 SQLITE_LAG = "((julianday(recorded_at) - julianday(sealed_at)) * 86400.0)"
 
 
-def kpi_days_from_ledger(total: str, lag: str) -> str:
+def kpi_days_from_ledger(total: str, lag: str, *, merchant_keys: bool = True) -> str:
     """`kpi_days` computed from the ledger as it stands: what `kpis.DayFigures` adds up entry by
-    entry as the ledger grows (migration 4 fills it for an existing ledger with this)."""
-    return ("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
-            f"SELECT outlet_id, substr(sealed_at, 1, 10), COUNT(*), "
+    entry as the ledger grows (migration 4 fills it for an existing ledger with this, before
+    version 5 gave both tables `merchant_nif`: `merchant_keys=False`)."""
+    merchant = "merchant_nif, " if merchant_keys else ""
+    return (f"INSERT INTO kpi_days (outlet_id, {merchant}day, invoices, net_sales, lag_sum, lag_max) "
+            f"SELECT outlet_id, {merchant}substr(sealed_at, 1, 10), COUNT(*), "
             f"SUM(CASE WHEN inv_type IN ('FA', 'EA') THEN -{total} ELSE {total} END), SUM({lag}), MAX({lag}) "
             "FROM ledger WHERE state IS NULL OR state <> 'unregistered_device' "
-            "GROUP BY outlet_id, substr(sealed_at, 1, 10);")
+            f"GROUP BY outlet_id, {merchant}substr(sealed_at, 1, 10);")
 
 
-MIGRATIONS: list[str] = [
+# The tables of one outlet's data: each has `outlet_id` and (from version 5) `merchant_nif`, the
+# outlet's merchant. A distributed PostgreSQL shards them by outlet (docs/cloud-scaling.md);
+# tests/cloud/test_schema_keys.py checks that no other table holds outlet data without them.
+OUTLET_TABLES = ("counters", "enrollment_tokens", "agents", "devices", "credentials", "ledger", "seal_requests",
+                 "flags", "rejections", "provisioning_tokens", "invoice_codes", "dgi_queues", "dgi_submissions",
+                 "dgi_events", "kpi_days")
+# Tables whose rows the database refuses to update (append-only): the backfill of version 5 lifts
+# the refusal for its one UPDATE, inside the migration's transaction.
+APPEND_ONLY = {"ledger": "the ledger is append-only", "dgi_events": "DGI events are append-only"}
+
+
+def _sqlite_merchant_keys() -> str:
+    """Version 5 on SQLite. ALTER TABLE cannot add a NOT NULL column without a default, and the
+    ledger and agents cannot be rebuilt inside the migration's transaction (other tables refer to
+    them, and foreign keys cannot be switched off there): the column gets the default '' and a
+    trigger refuses '' on insert, so an INSERT that leaves it out fails as it does on PostgreSQL.
+    `counters` and `dgi_queues`, which nothing refers to, are rebuilt instead: their `outlet_id`
+    (a TEXT PRIMARY KEY, which SQLite lets hold NULL) becomes NOT NULL as well."""
+    script = []
+    for table in OUTLET_TABLES:
+        if table in ("counters", "dgi_queues"):
+            continue
+        if table in APPEND_ONLY:
+            script.append(f"DROP TRIGGER {table}_no_update;")
+        script.append(f"ALTER TABLE {table} ADD COLUMN merchant_nif TEXT NOT NULL DEFAULT '';")
+        script.append(f"UPDATE {table} SET merchant_nif = "
+                      f"(SELECT o.merchant_nif FROM outlets o WHERE o.id = {table}.outlet_id);")
+        if table in APPEND_ONLY:
+            script.append(f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}\n"
+                          f"    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY[table]}'); END;")
+        script.append(f"CREATE TRIGGER {table}_merchant_key BEFORE INSERT ON {table} WHEN NEW.merchant_nif = ''\n"
+                      f"    BEGIN SELECT RAISE(ABORT, '{table}.merchant_nif is required'); END;")
+    script.append("""
+    CREATE TABLE counters_v5 (
+        outlet_id TEXT NOT NULL PRIMARY KEY REFERENCES outlets(id),
+        merchant_nif TEXT NOT NULL,
+        next_number INTEGER NOT NULL
+    );
+    INSERT INTO counters_v5 (outlet_id, merchant_nif, next_number)
+        SELECT c.outlet_id, o.merchant_nif, c.next_number FROM counters c JOIN outlets o ON o.id = c.outlet_id;
+    DROP TABLE counters;
+    ALTER TABLE counters_v5 RENAME TO counters;
+    CREATE TABLE dgi_queues_v5 (
+        outlet_id TEXT NOT NULL PRIMARY KEY,
+        merchant_nif TEXT NOT NULL,
+        next_seq INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until TEXT,
+        not_before TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at TEXT NOT NULL
+    );
+    INSERT INTO dgi_queues_v5 (outlet_id, merchant_nif, next_seq, lease_owner, lease_until, not_before, failures,
+                               last_error, updated_at)
+        SELECT q.outlet_id, o.merchant_nif, q.next_seq, q.lease_owner, q.lease_until, q.not_before, q.failures,
+               q.last_error, q.updated_at FROM dgi_queues q JOIN outlets o ON o.id = q.outlet_id;
+    DROP TABLE dgi_queues;
+    ALTER TABLE dgi_queues_v5 RENAME TO dgi_queues;
+    """)
+    return "\n".join(script)
+
+
+MIGRATIONS: list[str | tuple[str, str]] = [
     """
     CREATE TABLE merchants (
         nif TEXT PRIMARY KEY,
@@ -345,7 +411,13 @@ MIGRATIONS: list[str] = [
     );
     -- Covering: the KPIs of every outlet add the day's rows up from the index alone.
     CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
-    """ + kpi_days_from_ledger(SQLITE_TOTAL, SQLITE_LAG),
+    """ + kpi_days_from_ledger(SQLITE_TOTAL, SQLITE_LAG, merchant_keys=False),
+    # 5: every table of outlet-owned data carries the outlet's merchant too (ready to shard by
+    # outlet, and a merchant's rows found without a join); repository_pg has its PostgreSQL spelling.
+    ("0005_outlet_merchant_keys", _sqlite_merchant_keys()),
+    # 6: the ledger partitioned by month (repository_pg.PG_MIGRATIONS[5]); SQLite's ledger stays
+    # one table. Recorded under the same version and name, so both backends list the same history.
+    ("0006_ledger_partitions_postgresql_only", "SELECT 1;"),
 ]
 
 
@@ -392,6 +464,10 @@ class Repository(Protocol):
     def lost_race(self, exc: BaseException) -> bool:
         """Whether `exc` says a concurrent transaction won (a unique key inserted by both, a
         serialization failure): the transaction can be run again from its start."""
+
+    def ensure_ledger_partitions(self, now: datetime) -> list[str] | None:
+        """The periodic job creating the ledger's time partitions ahead (PostgreSQL); the names
+        created, or None when another instance is running it."""
 
     def close(self) -> None: ...
 
@@ -451,6 +527,18 @@ class Tx:
         merchant (a MID is bound to one of its outlets at a time), until it ends."""
         raise NotImplementedError
 
+    def merchant_of(self, outlet_id: str) -> str | None:
+        """The outlet's merchant (NIF), which every row of the outlet's data carries; read once
+        per transaction (an outlet never changes merchant). None for an unknown outlet: the
+        INSERT that needs it then fails on its NOT NULL column."""
+        known = self.__dict__.setdefault("_merchants", {})
+        nif = known.get(outlet_id)
+        if nif is None:
+            row = self._one("SELECT merchant_nif FROM outlets WHERE id = ?", outlet_id)
+            if row is not None:
+                nif = known[outlet_id] = row["merchant_nif"]
+        return nif
+
     # -- registry ---------------------------------------------------------------------------
 
     def insert_merchant(self, nif: str, name: str, taxpayer: dict, now: str) -> None:
@@ -464,7 +552,8 @@ class Tx:
                       isf: str | None, now: str) -> None:
         self._run("INSERT INTO outlets (id, merchant_nif, name, time_zone, isf, created_at) "
                   "VALUES (?, ?, ?, ?, ?, ?)", outlet_id, merchant_nif, name, time_zone, isf, now)
-        self._run("INSERT INTO counters (outlet_id, next_number) VALUES (?, 1)", outlet_id)
+        self._run("INSERT INTO counters (outlet_id, merchant_nif, next_number) VALUES (?, ?, 1)",
+                  outlet_id, merchant_nif)
 
     _OUTLET = ("SELECT o.id, o.name, o.time_zone, o.isf, o.created_at, o.merchant_nif, "
                "m.name AS merchant_name, m.taxpayer FROM outlets o "
@@ -488,8 +577,8 @@ class Tx:
         return [r["id"] for r in self._all("SELECT id FROM outlets ORDER BY id")]
 
     def insert_token(self, token_hash: str, outlet_id: str, now: str, expires_at: str) -> None:
-        self._run("INSERT INTO enrollment_tokens (token_hash, outlet_id, created_at, expires_at) "
-                  "VALUES (?, ?, ?, ?)", token_hash, outlet_id, now, expires_at)
+        self._run("INSERT INTO enrollment_tokens (token_hash, outlet_id, merchant_nif, created_at, expires_at) "
+                  "VALUES (?, ?, ?, ?, ?)", token_hash, outlet_id, self.merchant_of(outlet_id), now, expires_at)
 
     def token(self, token_hash: str) -> dict | None:
         return self._one("SELECT * FROM enrollment_tokens WHERE token_hash = ?", token_hash)
@@ -501,8 +590,9 @@ class Tx:
 
     def insert_agent(self, agent_id: str, outlet_id: str, public_key: str, token_hash: str,
                      label: str, now: str) -> None:
-        self._run("INSERT INTO agents (id, outlet_id, public_key, token_hash, label, enrolled_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?)", agent_id, outlet_id, public_key, token_hash, label, now)
+        self._run("INSERT INTO agents (id, outlet_id, merchant_nif, public_key, token_hash, label, enrolled_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)", agent_id, outlet_id, self.merchant_of(outlet_id), public_key,
+                  token_hash, label, now)
 
     def retire_agents(self, outlet_id: str, now: str) -> list[str]:
         ids = [r["id"] for r in self._all(
@@ -528,11 +618,12 @@ class Tx:
     def bind_device(self, outlet_id: str, mid: str, nif: str, status: str, firmware: dict, now: str,
                     bound_by: str) -> None:
         """Bind a MID to an outlet: a new record, or a record unbound before bound again."""
-        self._run("INSERT INTO devices (outlet_id, mid, nif, status, firmware, provisioned_at, last_seen, bound_by) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, mid) DO UPDATE SET "
+        self._run("INSERT INTO devices (outlet_id, merchant_nif, mid, nif, status, firmware, provisioned_at, "
+                  "last_seen, bound_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, mid) DO UPDATE SET "
                   "nif = excluded.nif, status = excluded.status, firmware = excluded.firmware, "
                   "provisioned_at = excluded.provisioned_at, bound_by = excluded.bound_by, unbound_at = NULL",
-                  outlet_id, mid, nif, status, json.dumps(firmware, ensure_ascii=False), now, now, bound_by)
+                  outlet_id, self.merchant_of(outlet_id), mid, nif, status, json.dumps(firmware, ensure_ascii=False),
+                  now, now, bound_by)
 
     def confirm_device(self, outlet_id: str, mid: str, bound_by: str) -> None:
         """The operator takes over a binding an agent made before version 2."""
@@ -554,8 +645,8 @@ class Tx:
         return self._all("SELECT * FROM devices WHERE outlet_id = ? ORDER BY mid", outlet_id)
 
     def insert_provisioning_token(self, token_hash: str, outlet_id: str, now: str, expires_at: str) -> None:
-        self._run("INSERT INTO provisioning_tokens (token_hash, outlet_id, created_at, expires_at) "
-                  "VALUES (?, ?, ?, ?)", token_hash, outlet_id, now, expires_at)
+        self._run("INSERT INTO provisioning_tokens (token_hash, outlet_id, merchant_nif, created_at, expires_at) "
+                  "VALUES (?, ?, ?, ?, ?)", token_hash, outlet_id, self.merchant_of(outlet_id), now, expires_at)
 
     def provisioning_token(self, token_hash: str) -> dict | None:
         return self._one("SELECT * FROM provisioning_tokens WHERE token_hash = ?", token_hash)
@@ -581,9 +672,9 @@ class Tx:
     def insert_credential(self, *, id: str, outlet_id: str, agent_id: str, request_id: str | None,
                           block_start: int, block_end: int, not_before: str, not_after: str,
                           document: str, issued_at: str) -> None:
-        self._run("INSERT INTO credentials (id, outlet_id, agent_id, request_id, block_start, block_end, "
-                  "not_before, not_after, document, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  id, outlet_id, agent_id, request_id, block_start, block_end, not_before, not_after,
+        self._run("INSERT INTO credentials (id, outlet_id, merchant_nif, agent_id, request_id, block_start, "
+                  "block_end, not_before, not_after, document, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  id, outlet_id, self.merchant_of(outlet_id), agent_id, request_id, block_start, block_end, not_before, not_after,
                   document, issued_at)
 
     def credential(self, credential_id: str) -> dict | None:
@@ -642,6 +733,12 @@ class Tx:
         return self._one("SELECT fiscal_number, invoice_hash FROM ledger "
                          "WHERE chain_key = ? AND outlet_id = ? ORDER BY id DESC LIMIT 1", chain_key, outlet_id)
 
+    def archived_anchor(self, outlet_id: str) -> dict | None:
+        """{seq, ledger_hash} of the outlet's last archived entry when the entries before its
+        first one in the ledger were archived (PostgreSQL: a detached time partition), else
+        None: the chain of what remains is verified from there."""
+        return None  # SQLite's ledger is never archived in part
+
     def by_number_key(self, number_key: str) -> dict | None:
         return self._one("SELECT id, outlet_id, invoice_hash, invoice FROM ledger WHERE number_key = ?",
                          number_key)
@@ -650,10 +747,11 @@ class Tx:
         return self._one(
             "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
             "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
-            "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "ledger_hash, invoice, state, merchant_nif) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
             e.outlet_id, e.seq, e.recorded_at, e.mode, e.inv_type, e.authority_id, e.fiscal_number,
             e.number_key, e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash,
-            e.ledger_hash, e.invoice, e.state)["id"]
+            e.ledger_hash, e.invoice, e.state, self.merchant_of(e.outlet_id))["id"]
 
     def by_number_keys(self, number_keys: list[str]) -> dict[str, dict]:
         """`by_number_key` for many keys at once: {number_key: {outlet_id, invoice_hash}} of those found."""
@@ -670,12 +768,17 @@ class Tx:
         self._many(
             "INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, "
             "fiscal_number, number_key, chain_key, sealed_at, invoice_hash, prev_ledger_hash, "
-            "ledger_hash, invoice, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "ledger_hash, invoice, state, merchant_nif) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._with_merchant(rows))
+
+    def _with_merchant(self, rows: list[tuple]) -> list[tuple]:
+        """Rows whose first value is an outlet id, with the outlet's merchant appended."""
+        return [(*row, self.merchant_of(row[0])) for row in rows]
 
     def insert_codes(self, rows: list[tuple]) -> None:
         """Index appended entries: (outlet_id, code, inv_type, total, reference_code) each."""
-        self._many("INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code) "
-                   "VALUES (?, ?, ?, ?, ?)", rows)
+        self._many("INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code, merchant_nif) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", self._with_merchant(rows))
 
     def invoice_by_code(self, outlet_id: str, code: str) -> dict | None:
         """The outlet's first ledger entry with this code: {inv_type, total}."""
@@ -742,17 +845,17 @@ class Tx:
                          "WHERE outlet_id = ? AND request_id = ?", outlet_id, request_id)
 
     def insert_seal_request(self, outlet_id: str, request_id: str, fingerprint: str, ledger_id: int) -> None:
-        self._run("INSERT INTO seal_requests (outlet_id, request_id, fingerprint, ledger_id) "
-                  "VALUES (?, ?, ?, ?)", outlet_id, request_id, fingerprint, ledger_id)
+        self._run("INSERT INTO seal_requests (outlet_id, merchant_nif, request_id, fingerprint, ledger_id) "
+                  "VALUES (?, ?, ?, ?, ?)", outlet_id, self.merchant_of(outlet_id), request_id, fingerprint, ledger_id)
 
     # -- flags and rejections ---------------------------------------------------------------
 
     def insert_flag(self, outlet_id: str, reason: str, credential_id: str | None, numbers: list,
                     detail: str, now: str, authority_id: str | None = None) -> int:
         return self._one(
-            "INSERT INTO flags (outlet_id, reason, credential_id, numbers, detail, created_at, authority_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            outlet_id, reason, credential_id, json.dumps(numbers), detail, now, authority_id)["id"]
+            "INSERT INTO flags (outlet_id, merchant_nif, reason, credential_id, numbers, detail, created_at, "
+            "authority_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            outlet_id, self.merchant_of(outlet_id), reason, credential_id, json.dumps(numbers), detail, now, authority_id)["id"]
 
     def open_flags_of(self, outlet_id: str, reason: str, authority_id: str) -> list[dict]:
         return self._all("SELECT * FROM flags WHERE outlet_id = ? AND reason = ? AND authority_id = ? "
@@ -778,9 +881,9 @@ class Tx:
     def insert_rejection(self, outlet_id: str, mode: str | None, authority_id: str | None,
                          fiscal_number: int | None, reason: str, detail: str,
                          invoice_hash: str | None, now: str) -> None:
-        self._run("INSERT INTO rejections (outlet_id, mode, authority_id, fiscal_number, reason, detail, "
-                  "invoice_hash, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                  outlet_id, mode, authority_id, fiscal_number, reason, detail, invoice_hash, now)
+        self._run("INSERT INTO rejections (outlet_id, merchant_nif, mode, authority_id, fiscal_number, reason, "
+                  "detail, invoice_hash, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  outlet_id, self.merchant_of(outlet_id), mode, authority_id, fiscal_number, reason, detail, invoice_hash, now)
 
     def rejections(self, outlet_id: str, limit: int) -> list[dict]:
         return self._all("SELECT * FROM rejections WHERE outlet_id = ? ORDER BY id DESC LIMIT ?",
@@ -791,8 +894,8 @@ class Tx:
     def dgi_add_queues(self, now: str) -> None:
         """A queue for each outlet that has none yet, starting at its first ledger entry."""
         # ON CONFLICT: another instance may add the same queue between the check and the insert.
-        self._run("INSERT INTO dgi_queues (outlet_id, next_seq, updated_at) "
-                  "SELECT o.id, 1, ? FROM outlets o WHERE NOT EXISTS "
+        self._run("INSERT INTO dgi_queues (outlet_id, merchant_nif, next_seq, updated_at) "
+                  "SELECT o.id, o.merchant_nif, 1, ? FROM outlets o WHERE NOT EXISTS "
                   "(SELECT 1 FROM dgi_queues q WHERE q.outlet_id = o.id) "
                   "ON CONFLICT (outlet_id) DO NOTHING", now)
 
@@ -875,13 +978,14 @@ class Tx:
                            vtotal: str | None = None, error_code: str | None = None,
                            error_desc: str | None = None) -> None:
         """Insert or move a submission to `state` (attempts count the times it went to the DGI)."""
-        self._run("INSERT INTO dgi_submissions (outlet_id, seq, ledger_id, invoice_id, rn, state, uid, total, vtotal, "
-                  "attempts, error_code, error_desc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        self._run("INSERT INTO dgi_submissions (outlet_id, merchant_nif, seq, ledger_id, invoice_id, rn, state, uid, "
+                  "total, vtotal, attempts, error_code, error_desc, updated_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                   "ON CONFLICT (outlet_id, seq) DO UPDATE SET state = excluded.state, uid = excluded.uid, "
                   "total = excluded.total, vtotal = excluded.vtotal, "
                   "attempts = dgi_submissions.attempts + excluded.attempts, error_code = excluded.error_code, "
                   "error_desc = excluded.error_desc, updated_at = excluded.updated_at",
-                  outlet_id, seq, ledger_id, invoice_id, rn, state, uid, total, vtotal,
+                  outlet_id, self.merchant_of(outlet_id), seq, ledger_id, invoice_id, rn, state, uid, total, vtotal,
                   1 if state == "submitted" else 0, error_code, error_desc, now)
 
     def dgi_add_event(self, *, outlet_id: str, seq: int, ledger_id: int, invoice_id: str, kind: str, now: str,
@@ -892,11 +996,11 @@ class Tx:
         """Append an event; `once`: none if the entry has its final event already (dgi_events_once).
         ON CONFLICT rather than catching the error: on PostgreSQL a failed statement spoils the
         whole transaction. False if nothing was added."""
-        return self._run("INSERT INTO dgi_events (outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, "
-                         "nim, date_time, qr_code, error_code, error_desc, actor, recorded_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        return self._run("INSERT INTO dgi_events (outlet_id, merchant_nif, seq, ledger_id, invoice_id, kind, uid, code, "
+                         "counters, nim, date_time, qr_code, error_code, error_desc, actor, recorded_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                          + (" ON CONFLICT DO NOTHING" if once else ""),
-                         outlet_id, seq, ledger_id, invoice_id, kind, uid, code, counters, nim, date_time, qr_code,
+                         outlet_id, self.merchant_of(outlet_id), seq, ledger_id, invoice_id, kind, uid, code, counters, nim, date_time, qr_code,
                          error_code, error_desc, actor, now) == 1
 
     def dgi_state_counts(self, outlet_id: str) -> dict[str, int]:
@@ -1023,12 +1127,12 @@ class Tx:
 
     def add_kpi_days(self, rows: list[tuple]) -> None:
         """Add (outlet_id, day, invoices, net_sales, lag_sum, lag_max) to the outlet's days."""
-        self._many("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max) "
-                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, day) DO UPDATE SET "
+        self._many("INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max, merchant_nif) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outlet_id, day) DO UPDATE SET "
                    "invoices = kpi_days.invoices + excluded.invoices, "
                    "net_sales = kpi_days.net_sales + excluded.net_sales, "
                    "lag_sum = kpi_days.lag_sum + excluded.lag_sum, "
-                   f"lag_max = {self._GREATEST}(kpi_days.lag_max, excluded.lag_max)", rows)
+                   f"lag_max = {self._GREATEST}(kpi_days.lag_max, excluded.lag_max)", self._with_merchant(rows))
 
     def dash_event_days(self, table: str, column: str, since: str, outlet_id: str | None,
                         merchant_nif: str | None) -> list[dict]:
@@ -1248,6 +1352,9 @@ class Store:
     def lost_race(self, exc: BaseException) -> bool:
         return False  # `BEGIN IMMEDIATE`: one writer at a time, no race to lose
 
+    def ensure_ledger_partitions(self, now: datetime) -> list[str]:
+        return []  # SQLite's ledger is one table
+
     def _migrate(self, upto: int | None) -> None:
         migrations.migrate(self._conn(), [m for m in sqlite_migrations() if upto is None or m[0] <= upto])
 
@@ -1268,7 +1375,8 @@ def sqlite_migrations() -> list[tuple[int, str, str]]:
     # MIGRATIONS[i] is version i + 1, the numbering of the records the cloud kept before the
     # shared runner (fiscal/runtime/migrations.py), so existing ledgers open unchanged.
     # repository_pg.PG_MIGRATIONS carries the same versions for PostgreSQL.
-    return [(i, f"{i:04d}", script) for i, script in enumerate(MIGRATIONS, 1)]
+    # From version 5 a migration also has a name saying what it does ((name, script) pairs).
+    return [(i, *m) if isinstance(m, tuple) else (i, f"{i:04d}", m) for i, m in enumerate(MIGRATIONS, 1)]
 
 
 def is_postgresql_url(url: str | None) -> bool:

@@ -10,7 +10,8 @@ Concurrency, with any number of service instances on one database:
     the lock sees what the previous holder committed, so the outlet's counter, chain heads, ledger
     tail and flags are read and written by one transaction at a time, whichever instance runs it;
   * unique constraints (number_key, (outlet_id, seq), request ids) refuse what a bug could still
-    let through;
+    let through; the ledger is partitioned by month since version 6, so the first two are held
+    by `ledger_keys` across partitions (ledger_partitions.py);
   * a read transaction is REPEATABLE READ READ ONLY: one snapshot, as SQLite's;
   * a periodic job runs on one instance at a time (`run_once`: `pg_try_advisory_lock`).
 
@@ -24,6 +25,7 @@ import functools
 import re
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import psycopg
@@ -33,7 +35,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
 from .errors import Invalid
-from .repository import StoreError, Tx, kpi_days_from_ledger
+from . import ledger_partitions
+from .repository import APPEND_ONLY, OUTLET_TABLES, StoreError, Tx, kpi_days_from_ledger
 
 # repository.SQLITE_TOTAL and SQLITE_LAG in PostgreSQL (the invoice's U+0000 as in ledger_invoice_id).
 PG_TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
@@ -322,7 +325,19 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
         PRIMARY KEY (outlet_id, day)
     );
     CREATE INDEX kpi_days_day ON kpi_days(day, invoices, net_sales, lag_sum, lag_max);
-    """) + kpi_days_from_ledger(PG_TOTAL, PG_LAG)),
+    """) + kpi_days_from_ledger(PG_TOTAL, PG_LAG, merchant_keys=False)),
+    # 5: as SQLite's version 5 (repository.MIGRATIONS[4]): the outlet's merchant on every row of
+    # the outlet's data. PostgreSQL adds the column, fills it and then makes it NOT NULL.
+    (5, "0005_outlet_merchant_keys", _c_text("\n".join(
+        (f"ALTER TABLE {t} DISABLE TRIGGER {t}_no_update;\n" if t in APPEND_ONLY else "")
+        + f"ALTER TABLE {t} ADD COLUMN merchant_nif TEXT;\n"
+        f"UPDATE {t} SET merchant_nif = o.merchant_nif FROM outlets o WHERE o.id = {t}.outlet_id;\n"
+        f"ALTER TABLE {t} ALTER COLUMN merchant_nif SET NOT NULL;"
+        + (f"\nALTER TABLE {t} ENABLE TRIGGER {t}_no_update;" if t in APPEND_ONLY else "")
+        for t in OUTLET_TABLES))),
+    # 6: the ledger partitioned by month (ledger_partitions.py says how and why); SQLite records
+    # the same version as a no-op.
+    (6, "0006_ledger_partitions_postgresql_only", ledger_partitions.partition_ledger),
 ])
 
 def _visible(*values: Any) -> tuple:
@@ -409,7 +424,16 @@ class PgTx(Tx):
                                    *_visible(detail, now, authority_id))
 
     def lock_outlet(self, outlet_id: str) -> None:
-        self._run("SELECT 1 FROM counters WHERE outlet_id = ? FOR UPDATE", outlet_id)
+        # The counter row carries the outlet's merchant: the lock reads it for the inserts to follow.
+        row = self._one("SELECT merchant_nif FROM counters WHERE outlet_id = ? FOR UPDATE", outlet_id)
+        if row is not None:
+            self.__dict__.setdefault("_merchants", {})[outlet_id] = row["merchant_nif"]
+
+    def archived_anchor(self, outlet_id: str) -> dict | None:
+        # The key row (kept when its partition is archived) of the entry just before the
+        # outlet's first entry still in the ledger.
+        return self._one("SELECT seq, ledger_hash FROM ledger_keys WHERE outlet_id = ? AND seq = "
+                         "(SELECT MIN(seq) FROM ledger WHERE outlet_id = ?) - 1", outlet_id, outlet_id)
 
     def lock_merchant(self, nif: str) -> None:
         # NO KEY UPDATE: binds of one merchant wait for each other, an outlet being added for it
@@ -492,6 +516,15 @@ class PgStore:
             finally:
                 if got and not conn.closed:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def ensure_ledger_partitions(self, now: datetime) -> list[str] | None:
+        """The periodic partition job (ledger_partitions.ensure_partitions): the partitions
+        created, or None when another instance is running it now."""
+        with self.run_once("ledger-partitions") as mine:
+            if not mine:
+                return None
+            with self._pool.connection() as conn:
+                return ledger_partitions.ensure_partitions(conn, now.astimezone(timezone.utc).date())
 
     def close(self) -> None:
         self._pool.close()

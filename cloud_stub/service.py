@@ -185,7 +185,9 @@ class CloudService:
 
     def periodic_audit(self) -> list[int] | None:
         """The server's periodic gap detection: on one instance at a time among those sharing
-        the database (None when another one is running it now)."""
+        the database (None when another one is running it now). The ledger's next time
+        partitions (PostgreSQL) are created on the same beat, under their own lock."""
+        self.store.ensure_ledger_partitions(self.now())
         with self.store.run_once("audit") as mine:
             return self.audit() if mine else None
 

@@ -257,20 +257,38 @@ def _v1_insert(conn: sqlite3.Connection, outlet_id: str, seq: int, prev: str, in
     return entry
 
 
+def _as_version_1(path, monkeypatch) -> None:
+    """Rebuild the database at `path` at schema version 1, with its rows of the tables version 1 has."""
+    today = path.with_name("today.sqlite3")
+    path.rename(today)
+    with monkeypatch.context() as m:
+        m.setattr(repository, "MIGRATIONS", repository.MIGRATIONS[:1])
+        repository.Store(path, background_checkpoints=False).close()
+    conn = sqlite3.connect(path)
+    conn.execute("ATTACH DATABASE ? AS today", (str(today),))
+    with conn:
+        for table in ("merchants", "outlets", "counters", "enrollment_tokens", "agents", "credentials"):
+            columns = ", ".join(c[1] for c in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM today.{table}")
+    conn.execute("DETACH DATABASE today")
+    conn.close()
+
+
 @pytest.fixture
 async def legacy(config, clock, monkeypatch):
     """A cloud whose database was built by schema version 1, then served by this version."""
-    with monkeypatch.context() as m:
-        m.setattr(repository, "MIGRATIONS", repository.MIGRATIONS[:1])
-        old = CloudService(config)
-        old.add_merchant("A1234567B", "ABC", {})
-        old.add_outlet("KIN-01", "A1234567B", "Gombe", isf="ISF-1")
-        key, public = new_key()
-        enrolled = old.enroll(old.create_token("KIN-01")["token"], public, "box")
-        agent = Agent(id=enrolled["agent_id"], token=enrolled["agent_token"], outlet=enrolled["outlet"], key=key)
-        row = old.authenticate(agent.token)
-        cred = DelegatedCredential.model_validate(old.issue_credential(row)[0])
-        old.close()
+    # The registry, the agent and its credential as today's service writes them, then carried
+    # into a database of version 1 (today's statements write columns version 1 lacks).
+    old = CloudService(config)
+    old.add_merchant("A1234567B", "ABC", {})
+    old.add_outlet("KIN-01", "A1234567B", "Gombe", isf="ISF-1")
+    key, public = new_key()
+    enrolled = old.enroll(old.create_token("KIN-01")["token"], public, "box")
+    agent = Agent(id=enrolled["agent_id"], token=enrolled["agent_token"], outlet=enrolled["outlet"], key=key)
+    row = old.authenticate(agent.token)
+    cred = DelegatedCredential.model_validate(old.issue_credential(row)[0])
+    old.close()
+    _as_version_1(config.db_path, monkeypatch)
     sale = agent.seal(cred, 1, request=invoice_request("3600.00"))
     device = device_invoice(agent.outlet, MID, 70, GENESIS_HASH, clock.now)
     now = clock.now.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -41,6 +41,15 @@ def seed(tx, outlet: str = "KIN-01") -> None:
     tx.insert_outlet(outlet, "A1234567B", "Main", "Africa/Kinshasa", None, "2026-01-01T00:00:00+00:00")
 
 
+def seed_version_1(tx) -> None:
+    """`seed` in the SQL of schema version 1 (today's statements write columns it lacks)."""
+    tx._run("INSERT INTO merchants (nif, name, taxpayer, created_at) VALUES ('A1234567B', 'Shop', '{}', ?)",
+            "2026-01-01T00:00:00+00:00")
+    tx._run("INSERT INTO outlets (id, merchant_nif, name, time_zone, isf, created_at) "
+            "VALUES ('KIN-01', 'A1234567B', 'Main', 'Africa/Kinshasa', NULL, ?)", "2026-01-01T00:00:00+00:00")
+    tx._run("INSERT INTO counters (outlet_id, next_number) VALUES ('KIN-01', 1)")
+
+
 def test_both_backends_carry_the_same_migrations():
     assert [(m[0], m[1]) for m in sqlite_migrations()] == [(m.version, m.name) for m in PG_MIGRATIONS]
 
@@ -131,7 +140,7 @@ def test_upgrading_a_version_1_database_with_data(backend):
     old = backend(upto=1)
     try:
         with old.write() as tx:
-            seed(tx)
+            seed_version_1(tx)
             tx._run("INSERT INTO devices (mid, nif, outlet_id, status, firmware, provisioned_at, last_seen) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", "MID-7", "A1234567B", "KIN-01", "active", "{}",
                     "2026-01-01T00:00:00+00:00", None)
