@@ -6,6 +6,7 @@ the simulator know nothing of the services above them; the kernel knows nothing 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,75 @@ def test_the_check_catches_a_planted_violation(tmp_path):
         found = violations(package, tmp_path)
         assert found and "bad.py" in found[0], (package, line)
         (tmp_path / package / "sub" / "bad.py").unlink()
+
+
+# ------------------------------------------------------------------ the agent's SQL lives in agent/store/
+# Every statement the agent sends to SQLite (queries, writes, BEGIN/COMMIT, PRAGMA) is written in
+# the repository layer, agent/store/ (its migrations included): elsewhere a module calls its typed
+# functions. Docstrings and comments may name SQL; code may not hold it or run it.
+SQL_HOME = ("agent", "store")
+RUNS_SQL = {"execute", "executemany", "executescript"}
+SQL_TEXT = re.compile(
+    r"^\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP|PRAGMA|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b"
+    r"|\bSELECT\b.*\bFROM\b|\bINSERT\s+(OR\s+[A-Z]+\s+)?INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b"
+    r"|\b(AND|OR|WHERE)\s+(NOT\s+)?EXISTS\b|\bORDER\s+BY\b|\bLIMIT\s+\?",
+    re.S)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def sql_outside_the_store(root: Path = ROOT) -> list[str]:
+    """`file:line what` for each SQL text or execute call in agent/ outside agent/store/."""
+    out = []
+    for path in sorted((root / "agent").rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[:2] == SQL_HOME:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in RUNS_SQL:
+                out.append(f"{rel}:{node.lineno} calls .{node.func.attr}()")
+            elif isinstance(node, ast.JoinedStr):
+                text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+                if SQL_TEXT.search(text):
+                    out.append(f"{rel}:{node.lineno} holds SQL {text[:60]!r}")
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+                  and SQL_TEXT.search(node.value)):
+                out.append(f"{rel}:{node.lineno} holds SQL {node.value[:60]!r}")
+    return out
+
+
+def test_the_agents_sql_lives_in_the_store_only():
+    assert sql_outside_the_store() == []
+
+
+@pytest.mark.parametrize("line", [
+    'conn.execute("SELECT 1")',
+    'def f(c): return c.executemany(q, [])',
+    'journal.reader.executescript(script)',
+    'QUERY = "SELECT body FROM invoices WHERE id = ?"',
+    'Q = f"UPDATE invoices SET sync_state = {state!r}"',
+    'BEGIN = "BEGIN IMMEDIATE"',
+    'TAIL = " AND NOT EXISTS (SELECT 1 FROM invoices i)"',
+])
+def test_the_sql_check_catches_a_planted_statement(tmp_path, line):
+    (tmp_path / "agent" / "store").mkdir(parents=True)
+    (tmp_path / "agent" / "store" / "ok.py").write_text('def f(c):\n    return c.execute("SELECT 1 FROM t")\n')
+    (tmp_path / "agent" / "fine.py").write_text(
+        '"""Reads with SELECT ... FROM invoices, in agent/store/."""\n'
+        'def f():\n    """Runs UPDATE invoices SET x through the store."""\n'
+        '    return "-----BEGIN PUBLIC KEY-----", "the invoices were selected from the outbox"\n')
+    assert sql_outside_the_store(tmp_path) == []  # the store and prose are not flagged
+    (tmp_path / "agent" / "sub").mkdir()
+    (tmp_path / "agent" / "sub" / "bad.py").write_text(line + "\n")
+    found = sql_outside_the_store(tmp_path)
+    assert found and all(f.startswith("agent/sub/bad.py:1 ") for f in found), found

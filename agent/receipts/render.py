@@ -112,7 +112,7 @@ def qr_png(payload: str, *, box_size: int = 8) -> bytes:
 PDF_FORMATS = ("a4", "roll")
 
 
-def _latin1(text: str) -> str:
+def latin1(text: str) -> str:
     # The PDF core fonts are Latin-1: keep accents, replace what Latin-1 lacks.
     return text.replace("’", "'").replace("—", "-").encode("latin-1", "replace").decode("latin-1")
 
@@ -139,7 +139,7 @@ def render_pdf(receipt: Receipt, fmt: str = "roll") -> bytes:
         pdf = FPDF(unit="mm", format="A4")
         pdf.set_margins(15, 15, 15)
         pdf.set_auto_page_break(True, margin=15)
-    pdf.set_title(_latin1(f"Facture normalisée {receipt.invoice_id}"))
+    pdf.set_title(latin1(f"Facture normalisée {receipt.invoice_id}"))
     pdf.set_creator("Stalela Edge")
     pdf.add_page()
     x0 = (pdf.w - col_w) / 2
@@ -153,7 +153,7 @@ def render_pdf(receipt: Receipt, fmt: str = "roll") -> bytes:
             continue
         pdf.set_font("Courier", "B" if row.bold else "", font_pt)
         pdf.set_x(x0)
-        pdf.cell(col_w, line_h, _latin1(row.text), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(col_w, line_h, latin1(row.text), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 

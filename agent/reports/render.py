@@ -106,7 +106,7 @@ def a_report_text(body: dict[str, Any]) -> str:
 def report_pdf(body: dict[str, Any]) -> bytes:
     from fpdf import FPDF
 
-    from ..receipts.render import _latin1
+    from ..receipts.render import latin1
 
     text = report_text(body)
     wide = body["kind"] == "A"
@@ -118,5 +118,5 @@ def report_pdf(body: dict[str, Any]) -> bytes:
     size = 7 if wide else 10
     for i, line in enumerate(text.splitlines()):
         pdf.set_font("Courier", "B" if i == 0 else "", size)
-        pdf.cell(0, size * 0.45, _latin1(line), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, size * 0.45, latin1(line), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
