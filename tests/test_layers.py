@@ -166,3 +166,40 @@ def test_the_sql_check_catches_a_planted_statement(tmp_path, line):
     (tmp_path / "agent" / "sub" / "bad.py").write_text(line + "\n")
     found = sql_outside_the_store(tmp_path)
     assert found and all(f.startswith("agent/sub/bad.py:1 ") for f in found), found
+
+
+# ------------------------------------------------------------------ public interfaces between modules
+# A module uses another object through its public names: `other._x` is that object's own business.
+# Allowed: self/cls, a class of the same module, and namedtuple's public `_replace`.
+PUBLIC_ANYWAY = {"_replace", "_asdict", "_fields", "_make"}
+
+
+def protected_uses(root: Path = ROOT) -> list[str]:
+    out = []
+    for path in sorted((root / "agent").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        own = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)} | {"self", "cls"}
+        imported_private = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+        out += [f"{path.relative_to(root)} imports {name}" for name in imported_private]
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and node.attr not in PUBLIC_ANYWAY
+                    and not (isinstance(node.value, ast.Name) and node.value.id in own)):
+                out.append(f"{path.relative_to(root)}:{node.lineno} uses {ast.unparse(node)}")
+    return out
+
+
+def test_modules_use_each_other_through_public_names():
+    assert protected_uses() == []
+
+
+@pytest.mark.parametrize("line", ["owner._answer(message)", "MCFClient._recovered(mcf, fn)",
+                                  "self.journal._commit_batch(batch)", "from .receipts.render import _latin1"])
+def test_the_public_names_check_catches_a_planted_use(tmp_path, line):
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "fine.py").write_text(
+        "class A:\n    _n = 0\n    def f(self):\n        return self._n + A._n + p._replace(x=1).x\n")
+    assert protected_uses(tmp_path) == []
+    (tmp_path / "agent" / "bad.py").write_text(line + "\n")
+    assert [f for f in protected_uses(tmp_path) if f.startswith("agent/bad.py")]
