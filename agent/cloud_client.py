@@ -89,6 +89,10 @@ class CloudClient:
             raise _refused(status, reason, data)
         return data
 
+    async def dgi_status(self, outlet_id: str, invoice_id: str) -> Any:
+        """Where the cloud's forwarding of one invoice to the DGI stands (agent/dgi.py)."""
+        return await self._call("GET", f"/v1/outlets/{outlet_id}/invoices/{invoice_id}/dgi")
+
     async def enroll(self, token: str, agent_public_key: str, label: str) -> dict[str, Any]:
         return await self._call("POST", "/v1/enroll", {"token": token, "agent_public_key": agent_public_key,
                                                       "label": label})

@@ -40,8 +40,7 @@ class DgiAnswers:
         if time.monotonic() < self._quiet_until:
             return {"state": "unknown", "reason": "the cloud did not answer lately"}
         try:
-            answer = await asyncio.wait_for(
-                self.client._call("GET", f"/v1/outlets/{outlet_id}/invoices/{invoice_id}/dgi"), BUDGET)
+            answer = await asyncio.wait_for(self.client.dgi_status(outlet_id, invoice_id), BUDGET)
         except (CloudError, asyncio.TimeoutError) as exc:
             self._quiet_until = time.monotonic() + QUIET
             return {"state": "unknown", "reason": str(exc) or "the cloud did not answer in time"}

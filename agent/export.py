@@ -24,7 +24,9 @@ from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import chain_hash, verify_stalela_seal
 from fiscal.signing import load_public_key, public_key_text
 from .verify import Fault, verify_z_chain
+from .store import export as store
 from .store.bodies import unpack
+from .store.reports import z_reports_for_export
 
 FORMAT = "stalela-audit-export/1"
 Z_FILE = "z-reports.jsonl"
@@ -69,13 +71,11 @@ def export_journal(conn: sqlite3.Connection, identity, out_dir: Path, *, start: 
             chunks.append(current)
             fh, current = None, None
 
-    sql = "SELECT seq, chain_key, body, sealed_at FROM invoices WHERE status = 'sealed'"
-    args: list[Any] = []
+    window: tuple[str | None, str | None] = (None, None)
     if lo is not None:
         from datetime import timedelta
-        sql += " AND sealed_at >= ? AND sealed_at < ?"
-        args += [(lo - timedelta(days=1)).date().isoformat(), (hi + timedelta(days=1)).date().isoformat()]
-    for row in conn.execute(sql + " ORDER BY seq", args):
+        window = ((lo - timedelta(days=1)).date().isoformat(), (hi + timedelta(days=1)).date().isoformat())
+    for row in store.sealed_for_export(conn, *window):
         body_text = unpack(row["body"])
         inv = json.loads(body_text)
         if lo is not None and not lo <= datetime.fromisoformat(inv["security"]["timestamp"]) < hi:
@@ -105,8 +105,7 @@ def export_journal(conn: sqlite3.Connection, identity, out_dir: Path, *, start: 
     z_digest = hashlib.sha256()
     z_info: dict[str, Any] = {"file": Z_FILE, "count": 0}
     with open(out_dir / Z_FILE, "wb") as zf:
-        for row in conn.execute("SELECT body, number, hash, prev_hash, created_at FROM reports WHERE kind = 'Z'"
-                                " ORDER BY chain_key, number"):
+        for row in z_reports_for_export(conn):
             if lo is not None and not lo <= datetime.fromisoformat(row["created_at"]) < hi:
                 continue
             line = row["body"].encode("utf-8") + b"\n"
@@ -123,15 +122,13 @@ def export_journal(conn: sqlite3.Connection, identity, out_dir: Path, *, start: 
     z_info["sha256"] = z_digest.hexdigest()
 
     credentials = []
-    for r in conn.execute("SELECT body, state, closure FROM credentials ORDER BY block_start"):
+    for r in store.credentials_in_order(conn):
         credentials.append({"credential": json.loads(r["body"]), "state": r["state"],
                             "closure": json.loads(r["closure"]) if r["closure"] else None})
-    anchors = {}
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='chain_anchors'").fetchone():
-        # Retention discarded acknowledged invoices: where each chain now starts (agent/retention.py).
-        anchors = {r["chain_key"]: {"last_hash": r["last_hash"], "last_number": r["last_number"],
-                                    "discarded": r["discarded"]}
-                   for r in conn.execute("SELECT * FROM chain_anchors")}
+    # Retention discarded acknowledged invoices: where each chain now starts (agent/retention.py).
+    anchors = {r["chain_key"]: {"last_hash": r["last_hash"], "last_number": r["last_number"],
+                                "discarded": r["discarded"]}
+               for r in store.chain_anchors_if_any(conn)}
     manifest = {
         "format": FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(),

@@ -31,7 +31,7 @@ from . import outbox
 from .errors import IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from .identity import OutletIdentity
 from .signers.credentials import CredentialBook
-from .store import repository
+from .store import repository, tx
 from .store.bodies import pack, unpack
 from .store.db import connect
 
@@ -232,14 +232,11 @@ class Journal:
     def _run_task(self, task: WriterTask) -> None:
         conn = self._wconn
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            tx.begin_immediate(conn)
             result = task.fn(conn)
-            conn.execute("COMMIT")
+            tx.commit(conn)
         except BaseException as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            tx.rollback_quietly(conn)
             task.future.set_exception(exc)
             return
         task.future.set_result(result)
@@ -310,24 +307,20 @@ class Journal:
         conn = self._wconn
         outcomes: list[tuple[SealJob, SealOutcome | None, Exception | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            tx.begin_immediate(conn)
             for job in batch:
-                conn.execute("SAVEPOINT job")
+                tx.savepoint(conn, "job")
                 try:
                     outcome = self._seal_one(conn, job)
                 except (IdempotencyConflict, InvalidInvoice, SealingBlocked) as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                    tx.rollback_to(conn, "job")
                     outcomes.append((job, None, exc))
                     continue
-                conn.execute("RELEASE job")
+                tx.release(conn, "job")
                 outcomes.append((job, outcome, None))
-            conn.execute("COMMIT")
+            tx.commit(conn)
         except Exception as exc:  # disk full, I/O error, corrupted file...
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            tx.rollback_quietly(conn)
             log.error("journal commit failed", extra={"event": "journal.commit_failed",
                                                        "error": str(exc), "batch": len(batch)})
             failure = StorageFailure(f"the journal could not be written: {exc}")

@@ -3,7 +3,7 @@
 The outbox is the journal itself (`invoices.sync_state`), so nothing sealed can be forgotten:
 
 * **enqueue** — inside the sealing transaction: the journal stores a sealed invoice with
-  `sync_state = PENDING` (agent/journal.py), in the same INSERT, so it is in the outbox from the
+  `sync_state = PENDING` (agent/journal.py), in the same row it inserts, so it is in the outbox from the
   moment it exists. An invoice the cloud itself sealed enters as `ACCEPTED`; a queued draft
   (`DRAFT`) is not in the outbox until a signer seals it.
 * **take a batch** — `take_batch`: the oldest pending invoices, in sealing order.
@@ -20,6 +20,8 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+from .store import outbox as store
 
 PENDING = "pending"
 ACCEPTED = "accepted"
@@ -41,9 +43,7 @@ class Marked:
 
 def take_batch(conn: sqlite3.Connection, limit: int, after_seq: int = 0) -> list[sqlite3.Row]:
     """The oldest pending invoices after `after_seq`, in sealing order: (seq, id, body)."""
-    return conn.execute(
-        "SELECT seq, id, body FROM invoices WHERE status='sealed' AND sync_state='pending' AND seq > ?"
-        " ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+    return store.pending_after(conn, after_seq, limit)
 
 
 def mark(conn: sqlite3.Connection, rows: list[sqlite3.Row], answer: dict[str, Any]) -> Marked:
@@ -68,27 +68,16 @@ def mark(conn: sqlite3.Connection, rows: list[sqlite3.Row], answer: dict[str, An
         else:
             raise BadAnswer(f"unknown reconciliation status {status!r}")
     # The whole answer is checked before anything is written: all of it is marked, or none.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.executemany("UPDATE invoices SET sync_state=?, sync_reason=NULL, synced_at=? WHERE seq=?", settled)
-        conn.executemany("UPDATE invoices SET sync_state='quarantined', sync_reason=?, synced_at=? WHERE seq=?",
-                         rejected)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    store.write_answers(conn, settled, rejected)
     return Marked(done=len(settled), quarantined=quarantined)
 
 
 def status(conn: sqlite3.Connection) -> dict[str, Any]:
     """Pending (and since when), synced, and the quarantine with the cloud's reasons."""
-    row = conn.execute(
-        "SELECT count(*), min(sealed_at) FROM invoices WHERE status='sealed' AND sync_state='pending'").fetchone()
-    quarantine = conn.execute(
-        "SELECT id, fiscal_number, authority_id, sync_reason FROM invoices WHERE sync_state='quarantined'"
-        " ORDER BY seq LIMIT 100").fetchall()
-    qcount = conn.execute("SELECT count(*) FROM invoices WHERE sync_state='quarantined'").fetchone()[0]
-    synced = conn.execute("SELECT count(*) FROM invoices WHERE sync_state IN ('accepted','duplicate')").fetchone()[0]
+    row = store.pending_summary(conn)
+    quarantine = store.quarantine(conn, 100)
+    qcount = store.quarantined_count(conn)
+    synced = store.synced_count(conn)
     return {
         "pending": row[0],
         "oldest_pending": row[1],
@@ -100,5 +89,4 @@ def status(conn: sqlite3.Connection) -> dict[str, Any]:
 
 def retry_quarantined(conn: sqlite3.Connection) -> int:
     """Put every quarantined invoice back in the queue (after the operator fixed the cause)."""
-    cur = conn.execute("UPDATE invoices SET sync_state='pending', sync_reason=NULL WHERE sync_state='quarantined'")
-    return cur.rowcount
+    return store.requeue_quarantined(conn)

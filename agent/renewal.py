@@ -13,6 +13,7 @@ from .config import AgentConfig
 from .identity import OutletIdentity
 from .journal import Journal
 from .signers.credentials import credential_status
+from .store import credentials as store
 
 log = logging.getLogger("stalela.credential")
 
@@ -31,9 +32,8 @@ def needs_renewal(journal: Journal, config: AgentConfig, now: datetime | None = 
 def _renewal_request_id(journal: Journal, identity: OutletIdentity) -> str:
     # Deterministic for the current state: a retry after a lost answer gets the same credential
     # back from the cloud instead of reserving (and later wasting) another block.
-    row = journal.reader.execute(
-        "SELECT id FROM credentials ORDER BY block_start DESC LIMIT 1").fetchone()
-    return f"{identity.agent_id}-after-{row['id'] if row else 'enrollment'}"
+    latest = store.latest_id(journal.reader)
+    return f"{identity.agent_id}-after-{latest or 'enrollment'}"
 
 
 async def fetch_credential(journal: Journal, identity: OutletIdentity, config: AgentConfig,
@@ -99,25 +99,20 @@ class CredentialKeeper:
 
     async def _send_closures(self) -> None:
         """Tell the cloud where closed blocks ended, so their unused tails are void, not gaps."""
-        rows = self.journal.reader.execute(
-            "SELECT id, closure FROM credentials WHERE state = 'closed' AND closure IS NOT NULL"
-            " AND closure_sent_at IS NULL").fetchall()
+        rows = store.unsent_closures(self.journal.reader)
         for row in rows:
             await self.client.close_credential(BlockClosure.model_validate_json(row["closure"]))
             now = datetime.now(timezone.utc).isoformat()
-            await self._write(lambda c, cid=row["id"]: c.execute(
-                "UPDATE credentials SET closure_sent_at = ? WHERE id = ?", (now, cid)))
+            await self._write(lambda c, cid=row["id"]: store.mark_closure_sent(c, cid, now))
             log.info("block closure sent", extra={"event": "credential.closure_sent", "credential": row["id"]})
 
     async def _check_revocations(self) -> None:
         """Stop using a revoked credential at once (the cloud would reject what it seals)."""
-        rows = self.journal.reader.execute(
-            "SELECT id FROM credentials WHERE state IN ('active', 'ready')").fetchall()
+        rows = store.unfinished_ids(self.journal.reader)
         for row in rows:
             state = await self.client.credential_state(row["id"])
             if state.get("status") == "revoked":
-                await self._write(lambda c, cid=row["id"]: c.execute(
-                    "UPDATE credentials SET state = 'revoked', closed_at = ? WHERE id = ?",
-                    (datetime.now(timezone.utc).isoformat(), cid)))
+                await self._write(lambda c, cid=row["id"]: store.revoke(
+                    c, cid, datetime.now(timezone.utc).isoformat()))
                 log.warning("credential revoked by the cloud", extra={"event": "credential.revoked",
                                                                       "credential": row["id"]})

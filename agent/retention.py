@@ -12,6 +12,8 @@ import logging
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+from .store import retention as store
+
 log = logging.getLogger("stalela.retention")
 
 
@@ -21,41 +23,30 @@ def discard_acknowledged(conn: sqlite3.Connection, days: float, now: datetime | 
     now = now or datetime.now(timezone.utc)
     cutoff = (now - timedelta(days=days)).isoformat()
     total = 0
-    for (chain_key,) in conn.execute("SELECT DISTINCT chain_key FROM invoices WHERE status='sealed'").fetchall():
+    for chain_key in store.sealed_chain_keys(conn):
         # The discardable prefix: oldest first, stop at the first invoice not yet acknowledged or too young.
-        rows = conn.execute(
-            "SELECT seq, id, request_id, request_hash, fiscal_number, authority_id, hash, sync_state, synced_at"
-            " FROM invoices WHERE chain_key = ? AND status = 'sealed' ORDER BY seq LIMIT ?",
-            (chain_key, limit)).fetchall()
+        rows = store.oldest_in_chain(conn, chain_key, limit)
         prefix = []
         for r in rows:
             if r["sync_state"] not in ("accepted", "duplicate") or not r["synced_at"] or r["synced_at"] > cutoff:
                 break
             prefix.append(r)
         # Always keep the chain's last invoice: the journal's tip must stay readable.
-        tip = conn.execute("SELECT max(seq) FROM invoices WHERE chain_key = ?", (chain_key,)).fetchone()[0]
+        tip = store.chain_tip_seq(conn, chain_key)
         prefix = [r for r in prefix if r["seq"] != tip]
         if not prefix:
             continue
-        anchor = conn.execute("SELECT * FROM chain_anchors WHERE chain_key = ?", (chain_key,)).fetchone()
+        anchor = store.anchor(conn, chain_key)
         creds = json.loads(anchor["credentials"]) if anchor else {}
         for r in prefix:
             creds[r["authority_id"]] = r["fiscal_number"]
         last = prefix[-1]
-        conn.execute(
-            "INSERT INTO chain_anchors(chain_key, last_seq, last_hash, last_number, last_credential, discarded,"
-            " credentials, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(chain_key) DO UPDATE SET"
-            " last_seq=excluded.last_seq, last_hash=excluded.last_hash, last_number=excluded.last_number,"
-            " last_credential=excluded.last_credential, discarded=chain_anchors.discarded + ?,"
-            " credentials=excluded.credentials, updated_at=excluded.updated_at",
-            (chain_key, last["seq"], last["hash"], last["fiscal_number"], last["authority_id"], len(prefix),
-             json.dumps(creds), now.isoformat(), len(prefix)))
-        conn.executemany(
-            "INSERT OR IGNORE INTO discarded_requests(request_id, request_hash, invoice_id, fiscal_number, discarded_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(r["request_id"], r["request_hash"], r["id"], r["fiscal_number"], now.isoformat()) for r in prefix])
-        conn.execute("DELETE FROM invoices WHERE chain_key = ? AND seq <= ? AND sync_state IN ('accepted','duplicate')",
-                     (chain_key, last["seq"]))
+        store.move_anchor(conn, chain_key, last_seq=last["seq"], last_hash=last["hash"],
+                          last_number=last["fiscal_number"], last_credential=last["authority_id"],
+                          discarded=len(prefix), credentials_json=json.dumps(creds), updated_at=now.isoformat())
+        store.add_tombstones(
+            conn, [(r["request_id"], r["request_hash"], r["id"], r["fiscal_number"], now.isoformat()) for r in prefix])
+        store.delete_acknowledged_upto(conn, chain_key, last["seq"])
         total += len(prefix)
         log.info("acknowledged invoices discarded", extra={"event": "retention.discarded", "chain": chain_key,
                                                            "count": len(prefix), "anchor_number": last["fiscal_number"]})

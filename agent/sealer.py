@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked, StorageFailure
 from .journal import BatchResult, Journal, SealJob, SealOutcome
@@ -87,8 +87,12 @@ def _error_from_wire(name: str, detail: str, extra: dict) -> AgentError:
 
 # ---------------------------------------------------------------------------------- parent side
 class _Link(asyncio.Protocol):
-    def __init__(self, owner: "SealerProcess") -> None:
-        self.owner = owner
+    """The parent's end of the socket pair: hands each whole frame to `on_message`, and itself to
+    `on_lost` when the connection ends (the owner's callbacks, given at construction)."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[["_Link"], None]) -> None:
+        self.on_message = on_message
+        self.on_lost = on_lost
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -98,10 +102,10 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         for message in _split_frames(self.buffer):
-            self.owner._answer(message)
+            self.on_message(message)
 
     def connection_lost(self, exc) -> None:
-        self.owner._lost(self)
+        self.on_lost(self)
 
 
 class SealerProcess:
@@ -165,7 +169,7 @@ class SealerProcess:
             return
         finally:
             child.close()
-        _, self._link = await loop.create_connection(lambda: _Link(self), sock=parent)
+        _, self._link = await loop.create_connection(lambda: _Link(self._answer, self._lost), sock=parent)
         self._last_seal = time.monotonic()
         self._schedule_idle_check()
         log.info("sealing process starting", extra={"event": "sealer.starting", "pid": self.proc.pid})

@@ -29,6 +29,7 @@ from .signers.credentials import credential_status
 from .signers import Breaker, PolicyEntry, SignerPolicy
 from .signers.delegated import DelegatedSigner
 from .signers.queued import QueuedSigner
+from .store import invoices
 from .store.bodies import unpack
 
 if TYPE_CHECKING:
@@ -141,9 +142,7 @@ class AgentService:
 
     async def seal_drafts(self, limit: int = 200) -> int:
         """Seal queued drafts, oldest first, as soon as a signer can (policy `queued`)."""
-        rows = self.journal.reader.execute(
-            "SELECT request_hash, body FROM invoices WHERE status = 'queued' ORDER BY seq LIMIT ?",
-            (limit,)).fetchall()
+        rows = invoices.queued_drafts(self.journal.reader, limit)
         sealed = 0
         for row in rows:
             draft = json.loads(unpack(row["body"]))
@@ -171,26 +170,12 @@ class AgentService:
         return body
 
     def get_invoice(self, invoice_id: str) -> dict | None:
-        row = self.journal.reader.execute(
-            "SELECT body, sync_state, sync_reason FROM invoices WHERE id = ?", (invoice_id,)).fetchone()
+        row = invoices.invoice_by_id(self.journal.reader, invoice_id)
         return self._with_sync(json.loads(unpack(row["body"])), row) if row else None
 
     def list_invoices(self, *, status: str | None, since: str | None, limit: int,
                       cursor: int | None) -> tuple[list[dict], int | None]:
-        sql = "SELECT seq, body, sync_state, sync_reason FROM invoices WHERE 1=1"
-        args: list[Any] = []
-        if status:
-            sql += " AND status = ?"
-            args.append(status)
-        if since:
-            sql += " AND created_at >= ?"
-            args.append(since)
-        if cursor is not None:
-            sql += " AND seq < ?"
-            args.append(cursor)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)
-        rows = self.journal.reader.execute(sql, args).fetchall()
+        rows = invoices.page(self.journal.reader, status=status, since=since, before_seq=cursor, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         items = [self._with_sync(json.loads(unpack(r["body"])), r) for r in rows]

@@ -23,8 +23,11 @@ from fiscal.protocol import GENESIS_HASH, STALELA_QR_TAG
 from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import chain_hash, verify_stalela_seal
 from fiscal.signing import auth_code, b32, load_verifying_key, unb64url
-from .store.db import connect
+from .store import verify as store
 from .store.bodies import unpack, unpack_utf8
+from .store.db import connect
+from .store.invoices import sealed_count
+from .store.reports import z_reports
 
 
 @dataclass
@@ -65,9 +68,9 @@ def verify_journal(db_path: Path, issuer_public_key: str, *, stop_at_first: bool
 
 
 def _verify_z_reports(conn, report: Report) -> None:
-    rows = conn.execute("SELECT * FROM reports WHERE kind = 'Z' ORDER BY chain_key, number").fetchall()
+    rows = z_reports(conn)
     keys = {DelegatedCredential.model_validate_json(r["body"]).agent_public_key
-            for r in conn.execute("SELECT body FROM credentials")}
+            for r in store.credential_bodies(conn)}
     report.faults.extend(verify_z_chain(rows, keys or None))
 
 
@@ -117,7 +120,7 @@ def _verify(conn, issuer_key: str, report: Report, stop: bool, progress) -> None
         return stop
 
     creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]] = {}
-    for row in conn.execute("SELECT * FROM credentials"):
+    for row in store.credentials(conn):
         try:
             cred = DelegatedCredential.model_validate_json(row["body"])
         except ValueError as exc:
@@ -160,10 +163,9 @@ def _walk(conn, creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]], conte
         report.faults.append(Fault(where, problem))
         return stop
 
-    chain_keys = [r[0] for r in conn.execute(
-        "SELECT DISTINCT chain_key FROM invoices WHERE status = 'sealed'")]
+    chain_keys = store.sealed_chain_keys(conn)
     last_by_cred: dict[str, int] = {}
-    anchors = {r["chain_key"]: r for r in conn.execute("SELECT * FROM chain_anchors")}
+    anchors = {r["chain_key"]: r for r in store.chain_anchors(conn)}
     for a in anchors.values():
         last_by_cred.update(json.loads(a["credentials"]))
     for key in chain_keys:
@@ -173,9 +175,7 @@ def _walk(conn, creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]], conte
         prev_number: int | None = anchor["last_number"] if anchor else None
         prev_cred: str | None = anchor["last_credential"] if anchor else None
         count = 0
-        for row in conn.execute(
-                "SELECT seq, id, fiscal_number, authority_id, mode, hash, prev_hash FROM invoices"
-                " WHERE chain_key = ? AND status = 'sealed' ORDER BY seq", (key,)):
+        for row in store.chain_links(conn, key):
             count += 1
             report.checked += 1
             where = _describe(row)
@@ -225,8 +225,8 @@ def _walk(conn, creds: dict[str, tuple[DelegatedCredential, sqlite3.Row]], conte
                         return
             prev_number = number
         report.chains[key] = count
-        tip = conn.execute("SELECT last_hash FROM chains WHERE chain_key = ?", (key,)).fetchone()
-        if tip is not None and tip[0] != prev_hash:
+        tip = store.chain_tip_hash(conn, key)
+        if tip is not None and tip != prev_hash:
             if fault(f"chain {key}", "the last invoice is not the recorded chain tip "
                                      "(invoices at the end of the chain are missing)"):
                 return
@@ -254,12 +254,12 @@ def _content_problems(conn, issuer_key: str, progress, meanwhile: Callable[[], N
                       ) -> dict[int, tuple]:
     """{seq: problems} for every sealed invoice whose own content has a problem (see _problems_of).
     `meanwhile()` runs once in this process, while the workers check (when there are any)."""
-    lo, hi, total = conn.execute("SELECT min(seq), max(seq), count(*) FROM invoices WHERE status = 'sealed'").fetchone()
+    lo, hi, total = store.sealed_span(conn)
     if not total:
         meanwhile()
         return {}
     workers = min(os.cpu_count() or 1, 8)
-    db_path = conn.execute("PRAGMA database_list").fetchone()["file"]
+    db_path = store.database_file(conn)
     if workers < 2 or total < PARALLEL_FROM:
         found = _check_range(db_path, issuer_key, lo, hi + 1, progress)[1]
         meanwhile()
@@ -282,7 +282,7 @@ def _check_range(db_path: str, issuer_key: str, lo: int, hi: int, progress=None)
     conn = connect(Path(db_path), readonly=True)
     try:
         creds: dict[str, DelegatedCredential] = {}
-        for row in conn.execute("SELECT body FROM credentials"):
+        for row in store.credential_bodies(conn):
             try:
                 cred = DelegatedCredential.model_validate_json(row["body"])
             except ValueError:
@@ -292,8 +292,7 @@ def _check_range(db_path: str, issuer_key: str, lo: int, hi: int, progress=None)
         found: dict[int, tuple] = {}
         n = 0
         # Only the columns the checks read (the rows are most of the pass).
-        for row in conn.execute(f"SELECT {_ROW_COLUMNS} FROM invoices WHERE status = 'sealed' AND seq >= ? AND seq < ?"
-                                " ORDER BY seq", (lo, hi)):
+        for row in store.sealed_rows(conn, lo, hi):
             n += 1
             if progress and n % 1000 == 0:
                 progress(1000)
@@ -330,9 +329,10 @@ _HASH_START, _HASH_END = len(_CANONICAL_HEAD), len(_CANONICAL_HEAD) + 64
 _SIGNED_OUT = ("code", "qr_payload", "signature")
 _encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                   check_circular=False).encode
-# The columns of _check_range's SELECT, in order (the stored-form check reads them by position).
-_SEQ, _ID, _REQUEST_ID, _NUMBER, _AUTHORITY, _CODE, _HASH, _PREV_HASH, _TYPE, _MODE, _BODY = range(11)
-_ROW_COLUMNS = "seq, id, request_id, fiscal_number, authority_id, code, hash, prev_hash, type, mode, body"
+# Where _check_range's columns are in each row (the stored-form check reads them by position).
+(_SEQ, _ID, _REQUEST_ID, _NUMBER, _AUTHORITY, _CODE, _HASH, _PREV_HASH, _TYPE, _MODE, _BODY) = (
+    store.CHECK_COLUMNS.index(c) for c in ("seq", "id", "request_id", "fiscal_number", "authority_id", "code",
+                                           "hash", "prev_hash", "type", "mode", "body"))
 
 
 def _sound_as_stored(row, creds: dict[str, DelegatedCredential], keys: dict) -> bool:
@@ -472,6 +472,6 @@ def _check_closed_tail(entry, last_number, fault) -> None:
 def iter_count(db_path: Path) -> int:
     conn = connect(db_path, readonly=True)
     try:
-        return conn.execute("SELECT count(*) FROM invoices WHERE status='sealed'").fetchone()[0]
+        return sealed_count(conn)
     finally:
         conn.close()

@@ -8,6 +8,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from ..store import keys as store
+
 KEY_PREFIX = "stk_"
 # The APIs a key may call: the POS API (/v1), the local e-MCF API (/api, agent/emcf) or both.
 APIS = ("v1", "emcf", "both")
@@ -26,28 +28,23 @@ def create_key(conn: sqlite3.Connection, name: str, api: str = "both") -> str:
         raise ValueError(f"api is one of {', '.join(APIS)}, not {api!r}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     try:
-        conn.execute("INSERT INTO api_keys(id, name, key_hash, created_at, api) VALUES (?, ?, ?, ?, ?)",
-                     (str(uuid.uuid4()), name, hash_key(key), datetime.now(timezone.utc).isoformat(), api))
+        store.insert_key(conn, str(uuid.uuid4()), name, hash_key(key), datetime.now(timezone.utc).isoformat(), api)
     except sqlite3.IntegrityError as exc:
         raise ValueError(f"a key named {name!r} already exists") from exc
     return key
 
 
 def list_keys(conn: sqlite3.Connection) -> list[dict]:
-    return [dict(r) | {"key_hash": None} for r in conn.execute(
-        "SELECT id, name, created_at, revoked_at, api FROM api_keys ORDER BY created_at")]
+    return [dict(r) | {"key_hash": None} for r in store.all_keys(conn)]
 
 
 def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
-    cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                       (datetime.now(timezone.utc).isoformat(), name))
-    return cur.rowcount > 0
+    return store.revoke(conn, name, datetime.now(timezone.utc).isoformat())
 
 
 def lookup(conn: sqlite3.Connection, key: str, api: str = "v1") -> str | None:
     """The key's name if it is valid, not revoked and allowed on `api`."""
-    row = conn.execute("SELECT name, api FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                       (hash_key(key),)).fetchone()
+    row = store.live_key(conn, hash_key(key))
     return row["name"] if row and allows(row["api"], api) else None
 
 
@@ -56,7 +53,7 @@ class KeyRing:
 
     Only the hash of a key is kept (as in the database), and only for keys found valid; an
     unknown key is looked up every time. A key revoked with `stalela agent keys revoke` stops
-    working within `ttl` (1 s by default) without a restart. Why: the lookup is a SELECT on the
+    working within `ttl` (1 s by default) without a restart. Why: the lookup is a query on the
     event loop on every request, and under load each one waits for the journal writer's thread
     to hand the interpreter back, which costs more than the query.
     """
@@ -79,8 +76,7 @@ class KeyRing:
         hit = self._valid.get(digest)
         if hit is not None and now - hit[2] < self._ttl:
             return hit[0], hit[1]
-        row = self._conn.execute("SELECT name, api FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                                 (digest,)).fetchone()
+        row = store.live_key(self._conn, digest)
         if row is None:
             self._valid.pop(digest, None)
             return None

@@ -11,6 +11,7 @@ from fiscal.credential import DelegatedCredential
 from fiscal.signing import load_private_key, public_key_text
 from ..identity import OutletIdentity
 from ..signers.credentials import credential_status
+from ..store import credentials, tx
 from ..store.db import connect, migrate
 from .common import EXIT_BLOCKED, data_option, domain_errors, emit_json, json_option, require_enrolled, run_async
 
@@ -32,13 +33,11 @@ def renew_now(config: AgentConfig) -> DelegatedCredential:
     migrate(config.db_path)
     conn = connect(config.db_path)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT OR IGNORE INTO credentials(id, body, block_start, block_end, next_number, not_before,"
-            " not_after, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?)",
-            (cred.id, cred.model_dump_json(), cred.block_start, cred.block_end, cred.block_start,
-             cred.not_before.isoformat(), cred.not_after.isoformat(), datetime.now(timezone.utc).isoformat()))
-        conn.execute("COMMIT")
+        tx.begin_immediate(conn)
+        credentials.insert_credential(conn, (
+            cred.id, cred.model_dump_json(), cred.block_start, cred.block_end, cred.not_before.isoformat(),
+            cred.not_after.isoformat(), datetime.now(timezone.utc).isoformat()))
+        tx.commit(conn)
     finally:
         conn.close()
     return cred

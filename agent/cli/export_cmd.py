@@ -30,7 +30,9 @@ def export(data_dir, out_dir, start, end, chunk_size):
     from ..export import ExportError, export_journal
     from ..identity import OutletIdentity
     from ..reports import BadPeriod
+    from ..store import tx
     from ..store.db import connect
+    from ..store.invoices import sealed_count
 
     config = require_enrolled(data_dir)
     if not config.db_path.exists():
@@ -40,12 +42,12 @@ def export(data_dir, out_dir, start, end, chunk_size):
     conn = connect(config.db_path, readonly=True)
     try:
         # One read transaction: a consistent snapshot even while the daemon seals.
-        conn.execute("BEGIN")
-        total = conn.execute("SELECT count(*) FROM invoices WHERE status='sealed'").fetchone()[0]
+        tx.begin_read(conn)
+        total = sealed_count(conn)
         with click.progressbar(length=total, label="exporting", file=click.get_text_stream("stderr")) as bar:
             manifest = export_journal(conn, identity, out_dir, start=start, end=end, tz=tz,
                                       chunk_size=chunk_size, progress=bar.update)
-        conn.execute("COMMIT")
+        tx.commit(conn)
     except (ExportError, BadPeriod) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -71,7 +71,7 @@ def report_x(data_dir, fmt):
 def report_z(data_dir, fmt):
     """Close the day: seal, number and chain a Z report; the next X starts from zero.
 
-    Safe while the daemon runs: the Z is computed and stored in one BEGIN IMMEDIATE transaction,
+    Safe while the daemon runs: the Z is computed and stored in one write transaction,
     which SQLite serializes with sealing.
 
     \b
@@ -82,6 +82,7 @@ def report_z(data_dir, fmt):
 
     from fiscal.signing import load_private_key
     from ..reports import close_z, notify_z_closed, offline_health
+    from ..store import tx
 
     config, identity, tz, conn = _open(data_dir)
     try:
@@ -92,13 +93,8 @@ def report_z(data_dir, fmt):
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot read the agent key {config.key_path}: {exc}") from None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with tx.immediate(conn):
                 body = close_z(conn, identity, key, offline_health(conn), tz=tz)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.OperationalError as exc:
             raise click.ClickException(f"the journal is busy or unwritable: {exc}") from None
     finally:

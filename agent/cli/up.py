@@ -132,6 +132,7 @@ def _check_ports(ports: dict[str, int]) -> None:
 def _demo_key(agent_dir: Path, key_file: Path) -> tuple[str, str]:
     """The demo's POS API key and the name `stalela agent keys list` shows for it."""
     from ..api.keys import create_key, lookup
+    from ..store.keys import key_names
 
     migrate(agent_dir / "agent.db")
     conn = connect(agent_dir / "agent.db")
@@ -139,7 +140,7 @@ def _demo_key(agent_dir: Path, key_file: Path) -> tuple[str, str]:
         if key_file.exists():
             key = key_file.read_text().strip()
             return key, lookup(conn, key) or "revoked"
-        taken = {r[0] for r in conn.execute("SELECT name FROM api_keys")}
+        taken = key_names(conn)
         name = DEMO_KEY_NAME
         n = 1
         while name in taken:  # a key file lost after its key was made: a new name, never a reuse

@@ -28,6 +28,7 @@ from drivers.usb_fiscal_memory.client import MCFClient
 from drivers.usb_fiscal_memory.commands import InvoiceOpened, McfStatus, NormalizedInvoice
 
 from ..journal import Journal, SealJob, SealOutcome
+from ..store import device as intents_store
 
 log = logging.getLogger("stalela.device")
 
@@ -47,7 +48,7 @@ def answer_dict(result: NormalizedInvoice) -> dict[str, Any]:
 
 
 def intent_rows(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM device_intents ORDER BY started_at").fetchall()
+    return intents_store.intents(conn)
 
 
 def job_of(row: sqlite3.Row) -> tuple[SealJob, InvoiceOpened | None]:
@@ -65,7 +66,7 @@ def record(journal: Journal, job: SealJob, result: NormalizedInvoice) -> SealOut
 
 def delete_intent(journal: Journal, request_id: str) -> None:
     journal.run_in_writer(
-        lambda conn: conn.execute("DELETE FROM device_intents WHERE request_id = ?", (request_id,))).result()
+        lambda conn: intents_store.delete_intent(conn, request_id)).result()
 
 
 def resolve_intents(client: MCFClient, journal: Journal, conn: sqlite3.Connection,
@@ -80,7 +81,7 @@ def resolve_intents(client: MCFClient, journal: Journal, conn: sqlite3.Connectio
     done: list[Resolution] = []
     for row in rows:
         job, opened = job_of(row)
-        result = MCFClient._recovered(mcf, row["fn"], opened)
+        result = MCFClient.last_result_in(mcf, row["fn"], opened)
         if result is not None:
             if not result.fc_exact:
                 log.warning("FC recovered from C1h FVC/FRC (approximate for FT/EV/ET devices)",

@@ -45,6 +45,7 @@ from drivers.usb_fiscal_memory.transport import Transport, open_transport
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice
 from ..journal import Journal, SealJob, SealOutcome, stored_request
 from ..signers import SignerUnavailable
+from ..store import device as intents_store
 from ..store.bodies import unpack
 from ..store.db import connect
 from . import recovery
@@ -249,7 +250,7 @@ class DeviceSigner:
             log.info("C2h refused", extra={"event": "device.c2h_refused", "error": exc.text})
 
     def _refresh_intents_count(self) -> None:
-        self.link.pending_intents = self._conn().execute("SELECT count(*) FROM device_intents").fetchone()[0]
+        self.link.pending_intents = intents_store.intent_count(self._conn())
 
     # ------------------------------------------------------------------ worker: start-up, poll
     def _startup(self) -> bool:
@@ -349,9 +350,8 @@ class DeviceSigner:
         payload = json.dumps({"request": req, "lines": job.lines, "totals": job.totals},
                              ensure_ascii=False, separators=(",", ":"))
         started = datetime.now(timezone.utc).isoformat()
-        self.journal.run_in_writer(lambda conn: conn.execute(
-            "INSERT INTO device_intents(request_id, fingerprint, fn, job, started_at) VALUES (?, ?, ?, ?, ?)",
-            (rid, job.fingerprint, fn, payload, started))).result()
+        self.journal.run_in_writer(lambda conn: intents_store.record_intent(
+            conn, rid, job.fingerprint, fn, payload, started)).result()
         self._job_rid, self._acked_open, self._opened = rid, False, None
         # 4: the invoice on the device.
         try:
@@ -415,7 +415,7 @@ class DeviceSigner:
                 f"the link to the fiscal device failed during invoice {fn} ({error}) and the device does not "
                 "answer yet; send the same request again", request_id=rid) from None
         opened = self._opened  # the C0h answer (FC/TC this invoice gets once normalized)
-        result = MCFClient._recovered(mcf, fn, opened)
+        result = MCFClient.last_result_in(mcf, fn, opened)
         if result is not None:
             log.info("device invoice recovered after a link failure",
                      extra={"event": "device.recovered_after_link_failure", "request_id": rid})
@@ -433,13 +433,12 @@ class DeviceSigner:
 
 
 def _add_opened(conn: sqlite3.Connection, request_id: str, opened: dict) -> None:
-    row = conn.execute("SELECT job FROM device_intents WHERE request_id = ?", (request_id,)).fetchone()
-    if row is None:
+    recorded = intents_store.intent_job(conn, request_id)
+    if recorded is None:
         return
-    data = json.loads(row["job"])
+    data = json.loads(recorded)
     data["opened"] = opened
-    conn.execute("UPDATE device_intents SET job = ? WHERE request_id = ?",
-                 (json.dumps(data, ensure_ascii=False, separators=(",", ":")), request_id))
+    intents_store.set_intent_job(conn, request_id, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
 def _field_of(cmd: int) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..store.db import connect
+from ..store import emcf as store, tx
 from . import mapping
 from .mapping import EmcfError
 
@@ -36,8 +36,6 @@ MAX_PENDING = 10
 # after a lost answer is still answered from them; then they are deleted.
 KEEP_SECONDS = 7 * 24 * 3600
 OPEN_STATES = ("pending", "confirming")
-# The journal is the authority: a request whose seal it holds is never cancelled or expired.
-_NOT_SEALED = " AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.request_id = emcf_pending.request_id)"
 
 
 @dataclass(frozen=True)
@@ -80,17 +78,9 @@ class PendingWriter:
     def run(self, db_path, fn):
         with self._lock:
             if self._conn is None:
-                self._conn = connect(db_path)
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return result
+                self._conn = store.open_writer(db_path)
+            with tx.immediate(self._conn) as conn:
+                return fn(conn)
 
     def close(self) -> None:
         with self._lock:
@@ -115,15 +105,12 @@ class PendingStore:
     # ---------------------------------------------------------------- reads
     def get(self, uid: str, key_name: str) -> Pending | None:
         """The request `uid` of this key (another key's request is unknown to it)."""
-        row = self._journal.reader.execute("SELECT * FROM emcf_pending WHERE uid = ? AND key_name = ?",
-                                           (uid, key_name)).fetchone()
+        row = store.get(self._journal.reader, uid, key_name)
         return Pending.from_row(row) if row else None
 
     def open_requests(self, key_name: str) -> list[dict[str, str]]:
         """[{uid, date}] of this key's requests still waiting for their confirm, oldest first."""
-        rows = self._journal.reader.execute(
-            "SELECT uid, created_at FROM emcf_pending WHERE key_name = ? AND (state = 'confirming' OR "
-            "(state = 'pending' AND expires_at > ?)) ORDER BY created_at", (key_name, self._clock())).fetchall()
+        rows = store.open_of_key(self._journal.reader, key_name, self._clock())
         return [{"uid": r["uid"], "date": r["created_at"]} for r in rows]
 
     # ---------------------------------------------------------------- writes
@@ -133,21 +120,16 @@ class PendingStore:
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM emcf_pending WHERE state NOT IN ('confirming') AND expires_at < ?",
-                         (now - KEEP_SECONDS,))
-            (count,) = conn.execute(
-                "SELECT count(*) FROM emcf_pending WHERE key_name = ? AND (state = 'confirming' OR "
-                "(state = 'pending' AND expires_at > ?))", (key_name, now)).fetchone()
+            store.forget_finished_before(conn, now - KEEP_SECONDS)
+            count = store.count_open(conn, key_name, now)
             if count >= MAX_PENDING:
                 raise EmcfError(mapping.TOO_MANY_PENDING,
                                 f"{count} requests are waiting for their confirm (at most {MAX_PENDING} per point "
                                 "of sale): confirm or cancel them, or wait for them to expire", 429)
             stamp = _iso_now()
-            conn.execute(
-                "INSERT INTO emcf_pending(uid, key_name, request_id, request, answer, total, vtotal, state,"
-                " created_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (uid, key_name, request_id, json.dumps(request, ensure_ascii=False), answer, total, vtotal,
-                 stamp, now + self._lifetime, stamp))
+            store.insert(conn, uid=uid, key_name=key_name, request_id=request_id,
+                         request_json=json.dumps(request, ensure_ascii=False), answer=answer, total=total,
+                         vtotal=vtotal, created_at=stamp, expires_at=now + self._lifetime)
 
         await self._write(insert)
 
@@ -157,9 +139,7 @@ class PendingStore:
         now = self._clock()
 
         def update(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE emcf_pending SET state = 'confirming', updated_at = ? WHERE uid = ? AND "
-                "(state = 'confirming' OR (state = 'pending' AND expires_at > ?))", (_iso_now(), uid, now)).rowcount
+            return store.claim(conn, uid, now, _iso_now())
 
         return await self._write(update) > 0
 
@@ -169,8 +149,7 @@ class PendingStore:
 
     async def confirmed(self, uid: str, invoice_id: str) -> None:
         def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE emcf_pending SET state = 'confirmed', invoice_id = ?, updated_at = ? WHERE uid = ?",
-                         (invoice_id, _iso_now(), uid))
+            store.confirm(conn, uid, invoice_id, _iso_now())
 
         await self._write(update)
 
@@ -179,9 +158,7 @@ class PendingStore:
         now = self._clock()
 
         def update(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE emcf_pending SET state = 'cancelled', updated_at = ? WHERE uid = ? AND state = 'pending' "
-                "AND expires_at > ?" + _NOT_SEALED, (_iso_now(), uid, now)).rowcount
+            return store.cancel(conn, uid, now, _iso_now())
 
         return await self._write(update) > 0
 
@@ -189,14 +166,12 @@ class PendingStore:
         now = self._clock()
 
         def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE emcf_pending SET state = 'expired', updated_at = ? WHERE uid = ? AND "
-                         "state = 'pending' AND expires_at <= ?" + _NOT_SEALED, (_iso_now(), uid, now))
+            store.expire(conn, uid, now, _iso_now())
 
         await self._write(update)
 
     async def _set(self, uid: str, state: str, from_state: str) -> None:
         def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE emcf_pending SET state = ?, updated_at = ? WHERE uid = ? AND state = ?",
-                         (state, _iso_now(), uid, from_state))
+            store.move(conn, uid, from_state, state, _iso_now())
 
         await self._write(update)

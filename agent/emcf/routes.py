@@ -25,7 +25,7 @@ from ..api.app import KEYS, SERVICE
 from ..signers.credentials import credential_status
 from ..errors import AgentError, IdempotencyConflict, InvalidInvoice, SealingBlocked
 from ..service import AgentService
-from ..store import repository
+from ..store import invoices, repository
 from . import mapping
 from .mapping import EmcfError
 from .pending import PendingStore, PendingWriter
@@ -321,9 +321,8 @@ def _confirmed_answer(service: AgentService, found) -> web.Response:
 
 
 def _sealed_for(service: AgentService, request_id: str) -> dict | None:
-    row = service.journal.reader.execute("SELECT id FROM invoices WHERE request_id = ? AND status = 'sealed'",
-                                         (request_id,)).fetchone()
-    return service.get_invoice(row["id"]) if row is not None else None
+    invoice_id = invoices.sealed_id_for_request(service.journal.reader, request_id)
+    return service.get_invoice(invoice_id) if invoice_id is not None else None
 
 
 async def _seal(service: AgentService, found) -> dict:

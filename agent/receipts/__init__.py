@@ -5,7 +5,7 @@ from typing import Any
 
 from .layout import (Header, Receipt, build_receipt, fmt_amount, fmt_qty, fmt_time, group_code,
                      header_for)
-from .prints import print_count, record_print
+from ..store.receipts import print_count, record_print
 from .render import PDF_FORMATS, WIDTHS, qr_png, render_escpos, render_pdf, render_text, rows
 
 __all__ = [

@@ -9,7 +9,8 @@
 * A: every article line of the invoices sealed in a period (dates in the outlet's zone).
 
 Functions here take a sqlite3 connection: the daemon passes its writer connection (through
-`Journal.run_in_writer`), the CLI its own connection inside BEGIN IMMEDIATE.
+`Journal.run_in_writer`), the CLI its own connection inside a write transaction
+(agent/store/tx.py). Their SQL is agent/store/reports.py.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator
 from fiscal.canonical import canonical_bytes, sha256_hex
 from fiscal.protocol import GENESIS_HASH
 from fiscal.signing import b64url, load_public_key, public_key_text, sign, unb64url, verify
+from ..store import reports as store
 from ..store.bodies import unpack
 from fiscal.reports import a_report, aggregate
 
@@ -43,21 +45,15 @@ def _now() -> datetime:
 
 
 def last_z(conn: sqlite3.Connection, outlet_id: str) -> sqlite3.Row | None:
-    return conn.execute("SELECT * FROM reports WHERE chain_key = ? ORDER BY number DESC LIMIT 1",
-                        (z_chain_key(outlet_id),)).fetchone()
+    return store.last_in_chain(conn, z_chain_key(outlet_id))
 
 
 def max_seq(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT coalesce(max(seq), 0) FROM invoices").fetchone()[0]
+    return store.max_seq(conn)
 
 
 def iter_sealed(conn: sqlite3.Connection, after_seq: int, upto_seq: int | None = None) -> Iterator[dict]:
-    sql = "SELECT body FROM invoices WHERE status = 'sealed' AND seq > ?"
-    args: list[Any] = [after_seq]
-    if upto_seq is not None:
-        sql += " AND seq <= ?"
-        args.append(upto_seq)
-    for (body,) in conn.execute(sql + " ORDER BY seq", args):
+    for body in store.sealed_bodies(conn, after_seq, upto_seq):
         yield json.loads(unpack(body))
 
 
@@ -123,7 +119,7 @@ def report_hash(body: dict[str, Any]) -> str:
 
 def close_z(conn: sqlite3.Connection, identity, key, health: dict | None, now: datetime | None = None,
             tz=None) -> dict:
-    """Compute, seal and store the next Z. Call inside a write transaction (BEGIN IMMEDIATE)."""
+    """Compute, seal and store the next Z. Call inside a write transaction (store.tx.immediate)."""
     now = now or _now()
     last = last_z(conn, identity.outlet_id)
     after = last["to_seq"] if last else 0
@@ -140,11 +136,10 @@ def close_z(conn: sqlite3.Connection, identity, key, health: dict | None, now: d
     digest = report_hash(body)
     body["hash"] = digest
     body["signature"] = b64url(sign(key, digest.encode("ascii")))
-    conn.execute(
-        "INSERT INTO reports(id, kind, number, chain_key, from_seq, to_seq, created_at, body, hash, prev_hash)"
-        " VALUES (?, 'Z', ?, ?, ?, ?, ?, ?, ?, ?)",
-        (body["id"], body["number"], body["chain"]["key"], body["from_seq"], body["to_seq"], body["created_at"],
-         json.dumps(body, ensure_ascii=False, separators=(",", ":")), digest, body["chain"]["prev_hash"]))
+    store.insert_z(conn, report_id=body["id"], number=body["number"], chain_key=body["chain"]["key"],
+                   from_seq=body["from_seq"], to_seq=body["to_seq"], created_at=body["created_at"],
+                   body_json=json.dumps(body, ensure_ascii=False, separators=(",", ":")), hash_hex=digest,
+                   prev_hash=body["chain"]["prev_hash"])
     return body
 
 
@@ -175,19 +170,12 @@ def notify_z_closed(body: dict[str, Any]) -> None:
 
 
 def get_report(conn: sqlite3.Connection, report_id: str) -> dict | None:
-    row = conn.execute("SELECT body FROM reports WHERE id = ?", (report_id,)).fetchone()
-    return json.loads(row[0]) if row else None
+    text = store.report_body(conn, report_id)
+    return json.loads(text) if text is not None else None
 
 
 def list_reports(conn: sqlite3.Connection, kind: str | None = None, limit: int = 100) -> list[dict]:
-    sql = "SELECT body FROM reports"
-    args: list[Any] = []
-    if kind:
-        sql += " WHERE kind = ?"
-        args.append(kind)
-    sql += " ORDER BY seq DESC LIMIT ?"
-    args.append(limit)
-    return [json.loads(r[0]) for r in conn.execute(sql, args)]
+    return [json.loads(text) for text in store.recent_bodies(conn, kind, limit)]
 
 
 # ------------------------------------------------------------------------------ A report
@@ -224,9 +212,7 @@ def invoices_in_period(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> 
     # exact comparison on the parsed timestamp.
     lo_txt = (lo - timedelta(days=1)).date().isoformat()
     hi_txt = (hi + timedelta(days=1)).date().isoformat()
-    for (body,) in conn.execute(
-            "SELECT body FROM invoices WHERE status = 'sealed' AND sealed_at >= ? AND sealed_at < ? ORDER BY seq",
-            (lo_txt, hi_txt)):
+    for body in store.sealed_bodies_between(conn, lo_txt, hi_txt):
         inv = json.loads(unpack(body))
         if lo <= datetime.fromisoformat(inv["security"]["timestamp"]) < hi:
             yield inv
@@ -254,5 +240,4 @@ def z_due(conn: sqlite3.Connection, outlet_id: str, now_local: datetime, z_time:
     if last is not None and datetime.fromisoformat(last["created_at"]) >= due_at:
         return False
     after = last["to_seq"] if last else 0
-    return conn.execute("SELECT 1 FROM invoices WHERE status='sealed' AND seq > ? LIMIT 1",
-                        (after,)).fetchone() is not None
+    return store.sealed_after(conn, after)

@@ -16,7 +16,7 @@ from fiscal.credential import BlockClosure, DelegatedCredential
 from fiscal.seal import credential_qr_part
 
 from ..errors import SealingBlocked
-from ..store import repository
+from ..store import credentials as store, tx
 from ..store.db import connect
 
 log = logging.getLogger("stalela.journal")
@@ -39,7 +39,7 @@ class CredentialBook:
 
     def warm_up(self, conn: sqlite3.Connection) -> None:
         """Parse the active credential ahead of the first seal (the sealing process does this)."""
-        row = repository.active_credential(conn)
+        row = store.active_credential(conn)
         if row is not None:
             self.qr_part(self.parsed(row))
 
@@ -50,13 +50,13 @@ class CredentialBook:
         successor takes over, in the same transaction; without one it stays as it is and sealing
         is refused with the reason, so nothing changes on disk for a refused invoice.
         """
-        row = repository.active_credential(conn)
+        row = store.active_credential(conn)
         cred = None
         if row is not None:
             cred = self.parsed(row)
             number = row["next_number"]
             if number <= cred.block_end and cred.valid_at(now):
-                repository.set_next_number(conn, cred.id, number + 1)
+                store.set_next_number(conn, cred.id, number + 1)
                 self.numbers_left = cred.block_end - number
                 return cred, number
             if number <= cred.block_end and now < cred.not_before:
@@ -64,7 +64,7 @@ class CredentialBook:
                 # end of the credential. Keep it open and say so.
                 raise SealingBlocked(_BLOCK_TEXT["clock"], reason="clock_before_validity")
         successor = None
-        for r in repository.ready_credentials(conn):
+        for r in store.ready_credentials(conn):
             c = self.parsed(r)
             if c.valid_at(now):
                 successor = c
@@ -75,16 +75,16 @@ class CredentialBook:
             raise SealingBlocked(_BLOCK_TEXT[reason], reason=reason)
         if cred is not None:
             self.close(conn, cred, row["next_number"] - 1, now)
-        for r in repository.ready_credentials(conn, before_block=successor.block_start):
+        for r in store.ready_credentials(conn, before_block=successor.block_start):
             # Ready credentials that expired unused: close them as unused (the whole block is void).
             stale = self.parsed(r)
             if now >= stale.not_after:
                 self.close(conn, stale, stale.block_start - 1, now)
-        repository.activate_credential(conn, successor.id)
+        store.activate_credential(conn, successor.id)
         log.info("credential activated", extra={"event": "credential.activated", "credential": successor.id,
                                                 "block": f"{successor.block_start}-{successor.block_end}"})
         number = successor.block_start
-        repository.set_next_number(conn, successor.id, number + 1)
+        store.set_next_number(conn, successor.id, number + 1)
         self.numbers_left = successor.block_end - number
         return successor, number
 
@@ -100,7 +100,7 @@ class CredentialBook:
 
     def close(self, conn, cred: DelegatedCredential, last_used: int, now: datetime) -> None:
         closure = BlockClosure.make(self._key, cred.id, last_used)
-        repository.close_credential(conn, cred.id, now.isoformat(), closure.model_dump_json())
+        store.close_credential(conn, cred.id, now.isoformat(), closure.model_dump_json())
         log.info("credential closed", extra={"event": "credential.closed", "credential": cred.id,
                                              "last_used": last_used})
 
@@ -108,11 +108,11 @@ class CredentialBook:
         """Store a credential fetched from the cloud (as `ready`). Goes through the writer lock."""
         conn = connect(self.db_path)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            new = repository.insert_credential(conn, (
+            tx.begin_immediate(conn)
+            new = store.insert_credential(conn, (
                 cred.id, cred.model_dump_json(), cred.block_start, cred.block_end, cred.not_before.isoformat(),
                 cred.not_after.isoformat(), _now_utc().isoformat()))
-            conn.execute("COMMIT")
+            tx.commit(conn)
             return new
         finally:
             conn.close()
@@ -133,7 +133,7 @@ _BLOCK_TEXT = {
 def credential_status(conn: sqlite3.Connection, now: datetime | None = None) -> dict[str, Any]:
     """What health and the CLI show about credentials: the active one and what is ready."""
     now = now or _now_utc()
-    rows = repository.usable_credentials(conn)
+    rows = store.usable_credentials(conn)
     active = None
     ready = []
     for r in rows:

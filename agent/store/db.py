@@ -261,12 +261,12 @@ os.register_at_fork(before=lambda: _in_sqlite.acquire(), after_in_parent=lambda:
 class _WritingConnection(sqlite3.Connection):
     """A writable journal connection: closing it lets its process's checkpointer stop."""
 
-    _release = None
+    on_close = None  # set by _Checkpointer.attach
 
     def close(self) -> None:
         super().close()
-        if self._release is not None:
-            self._release()
+        if self.on_close is not None:
+            self.on_close()
 
 
 class _Checkpointer:
@@ -294,11 +294,12 @@ class _Checkpointer:
         def release() -> None:  # once, on close() or when the connection is collected unclosed
             if not done.is_set():
                 done.set()
-                cp._release()
-        conn._release = release
+                cp.release()
+        conn.on_close = release
         weakref.finalize(conn, release)
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """One user fewer; the last one stops the thread."""
         with self._lock:
             self.users -= 1
             if self.users == 0:

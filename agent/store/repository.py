@@ -1,4 +1,4 @@
-"""The journal's SQL, in one place: requests, invoices, chains, intents and credentials.
+"""The sealing path's SQL: requests, invoices, chains and intents (credentials: store/credentials.py).
 
 Every function takes the connection of the transaction it belongs to and neither begins nor
 commits: the journal's writer (agent/journal.py) owns the transaction, so a seal's lookups and
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 # --------------------------------------------------------------------------- requests
 def find_request(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
@@ -132,46 +132,3 @@ def advance_chain(conn: sqlite3.Connection, chain_key: str, last_hash: str, last
             " last_number=excluded.last_number, last_timestamp=excluded.last_timestamp,"
             " type_counters=excluded.type_counters",
             (chain_key, last_hash, last_number, last_timestamp, type_counters))
-
-
-# --------------------------------------------------------------------------- credentials
-def active_credential(conn: sqlite3.Connection) -> sqlite3.Row | None:
-    return conn.execute("SELECT * FROM credentials WHERE state = 'active'").fetchone()
-
-
-def ready_credentials(conn: sqlite3.Connection, before_block: int | None = None) -> list[sqlite3.Row]:
-    """Credentials waiting to take over, in block order (those before `before_block` only)."""
-    if before_block is None:
-        return conn.execute("SELECT * FROM credentials WHERE state = 'ready' ORDER BY block_start").fetchall()
-    return conn.execute("SELECT * FROM credentials WHERE state = 'ready' AND block_start < ? ORDER BY block_start",
-                        (before_block,)).fetchall()
-
-
-def usable_credentials(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM credentials WHERE state IN ('active','ready') ORDER BY block_start").fetchall()
-
-
-def set_next_number(conn: sqlite3.Connection, credential_id: str, next_number: int) -> None:
-    conn.execute("UPDATE credentials SET next_number = ? WHERE id = ?", (next_number, credential_id))
-
-
-def activate_credential(conn: sqlite3.Connection, credential_id: str) -> None:
-    conn.execute("UPDATE credentials SET state = 'active' WHERE id = ?", (credential_id,))
-
-
-def close_credential(conn: sqlite3.Connection, credential_id: str, closed_at: str, closure_json: str) -> None:
-    conn.execute("UPDATE credentials SET state = 'closed', closed_at = ?, closure = ? WHERE id = ?",
-                 (closed_at, closure_json, credential_id))
-
-
-def insert_credential(conn: sqlite3.Connection, values: Iterable[Any]) -> bool:
-    """Store a credential as `ready` unless it is there already; True when it was new.
-    `values`: id, body, block_start, block_end, not_before, not_after, received_at."""
-    credential_id, body, start, end, not_before, not_after, received_at = values
-    if conn.execute("SELECT 1 FROM credentials WHERE id = ?", (credential_id,)).fetchone():
-        return False
-    conn.execute(
-        "INSERT INTO credentials(id, body, block_start, block_end, next_number, not_before, not_after, state,"
-        " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?)",
-        (credential_id, body, start, end, start, not_before, not_after, received_at))
-    return True

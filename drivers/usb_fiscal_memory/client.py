@@ -247,12 +247,14 @@ class MCFClient:
         exact. Otherwise FC is taken from FVC/FRC, which is right only while the device has
         normalized a single type of each family, and the result says ``fc_exact=False``.
         """
-        return self._recovered(self.status(), fn, opened)
+        return self.last_result_in(self.status(), fn, opened)
 
     @staticmethod
-    def _recovered(
+    def last_result_in(
         mcf: McfStatus, fn: str, opened: InvoiceOpened | None = None
     ) -> NormalizedInvoice | None:
+        """``recover_last`` on a C1h status already read (nothing is sent): for an SFE that
+        holds the status from its own exchange, e.g. while resolving intents after a crash."""
         if not fn or mcf.dfn != fn or not mcf.dfs:
             return None
         if opened is not None and opened.tc == mcf.tc:
@@ -280,7 +282,7 @@ class MCFClient:
         fn = draft.opening.fn
         mcf = self.check_ready()
         self.on_step("status")
-        already = self._recovered(mcf, fn)
+        already = self.last_result_in(mcf, fn)
         if already is not None:
             self._warn(f"invoice {fn} was already normalized; returning the MCF's result")
             return already

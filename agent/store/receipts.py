@@ -1,6 +1,7 @@
 """Which print of a receipt is this? The first print of an invoice is the original; every later
-print (reprint) carries DUPLICATA. Counted in `receipt_prints` (migration 0005_receipts), inside a
-writer transaction so two terminals printing at once cannot both get the original."""
+print (reprint) carries DUPLICATA (agent/receipts). Counted in `receipt_prints` (migration
+0005_receipts), inside a writer transaction so two terminals printing at once cannot both get the
+original."""
 from __future__ import annotations
 
 import sqlite3
