@@ -79,7 +79,10 @@ def owned_folder():
     os.chmod(parent, 0o755)
     harness = AgentHarness(parent / "agent")
     for path in [parent / "agent", *(parent / "agent").rglob("*")]:
-        os.chown(path, SERVICE_UID, SERVICE_UID)
+        try:
+            os.chown(path, SERVICE_UID, SERVICE_UID)
+        except FileNotFoundError:  # SQLite removes its -wal/-shm when the last connection closes
+            pass
     # The other users run this checkout's code: every folder above it must let them through
     # (a checkout in a `mktemp -d` folder is 0700). Given back as it was afterwards.
     opened = [(d, d.stat().st_mode) for d in ROOT.parents if not d.stat().st_mode & 0o001]
