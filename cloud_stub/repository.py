@@ -499,6 +499,34 @@ class Tx:
         """DGI forwarding entries of every outlet by state, with the oldest `updated_at` of each."""
         return self._all("SELECT state, count(*) AS n, min(updated_at) AS oldest FROM dgi_submissions GROUP BY state")
 
+    def outlets_last_contact(self) -> list[dict[str, Any]]:
+        """Every outlet with the moments it was last heard from, as the dashboard's "last seen"
+        reads them: its ledger's newest entry, its newest credential's issue, its bound MCFs' last
+        contact (None where there is none). One indexed lookup per outlet and column (the same
+        as a page of /dashboard/outlets), so the metrics scrape stays cheap at 10,000 outlets."""
+        return self._all(
+            "SELECT o.id, o.merchant_nif, "
+            "(SELECT l.recorded_at FROM ledger l WHERE l.outlet_id = o.id ORDER BY l.seq DESC LIMIT 1) "
+            "AS last_recorded_at, "
+            "(SELECT c.issued_at FROM credentials c WHERE c.outlet_id = o.id ORDER BY c.block_start DESC LIMIT 1) "
+            "AS issued_at, "
+            "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
+            "AS device_last_seen "
+            "FROM outlets o")
+
+    def dgi_backlog(self) -> list[dict[str, Any]]:
+        """Each forwarding queue (one per outlet once forwarding is on) with its position, its
+        consecutive failures, the outlet's last ledger seq and when the entry at the queue's head
+        was recorded: what has not reached the DGI yet, whatever holds it (the DGI down, a refused
+        or missing token), which `dgi_queue_by_state` cannot see (an entry has no submission row
+        until the DGI answered its first call)."""
+        return self._all(
+            "SELECT q.outlet_id, q.next_seq, q.failures, "
+            "(SELECT MAX(l.seq) FROM ledger l WHERE l.outlet_id = q.outlet_id) AS last_seq, "
+            "(SELECT l.recorded_at FROM ledger l WHERE l.outlet_id = q.outlet_id AND l.seq = q.next_seq) "
+            "AS head_recorded_at "
+            "FROM dgi_queues q")
+
     def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
         raise NotImplementedError
 
