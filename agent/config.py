@@ -24,13 +24,13 @@ from datetime import datetime
 from pathlib import Path
 
 from fiscal.runtime.files import DataFile
-from fiscal.runtime.settings import env_keys, mask_url, problem_lines, section_models, toml_value
+from fiscal.runtime.settings import (SourcesInOrder, env_keys, mask_url, problem_lines, section_models,
+                                    sectioned, toml_value)
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DRC_ZONES = ("Africa/Kinshasa", "Africa/Lubumbashi")
 SIGNERS = ("device", "cloud", "delegated", "queued")
@@ -155,11 +155,12 @@ class SyncSection(_Section):
     retention_days: int = Field(30, ge=1, le=3650, description="Days a local copy is kept after the cloud acknowledged it.")
 
 
-class Settings(BaseSettings):
+class Settings(SourcesInOrder):
     """Stalela Edge agent configuration. Every key is optional; the values shown are the defaults."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      case_sensitive=False)
+    model_config = sectioned(ENV_PREFIX)
+    # The file's values come in as init arguments; the environment wins over them.
+    SOURCES = ("env", "init")
 
     agent: AgentSection = AgentSection()
     cloud: CloudSection = CloudSection()
@@ -170,20 +171,11 @@ class Settings(BaseSettings):
     reports: ReportsSection = ReportsSection()
     sync: SyncSection = SyncSection()
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        # The file's values come in as init arguments; the environment wins over them.
-        return (env_settings, init_settings)
-
 
 class _FileOnly(Settings):
     """The same model without the environment: checks what a file says on its own."""
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        return (init_settings,)
+    SOURCES = ("init",)
 
 
 # (section, key) in the file -> attribute of AgentConfig. The attribute names are what the rest

@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import PydanticBaseSettingsSource
 
-from fiscal.runtime.settings import env_keys, mask_url, problem_lines, section_models, toml_value
+from fiscal.runtime.settings import (SourcesInOrder, env_keys, mask_url, problem_lines, section_models,
+                                    sectioned, toml_value)
 
 ENV_PREFIX = "STALELA_CLOUD_"
 CONFIG_ENV = "STALELA_CLOUD_CONFIG"
@@ -196,23 +197,18 @@ class DgiSection(_Section):
         return value
 
 
-class CloudSettings(BaseSettings):
+class CloudSettings(SourcesInOrder):
     """Stalela cloud ledger service configuration. Every key is optional; the values shown are the defaults."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      case_sensitive=False)
+    model_config = sectioned(ENV_PREFIX)
 
     server: ServerSection = ServerSection()
     database: DatabaseSection = DatabaseSection()
     ledger: LedgerSection = LedgerSection()
     dgi: DgiSection = DgiSection()
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        # init arguments are the command line's values; the file's are given to load() by
-        # _Loading below. The defaults come last, from the model itself.
-        return (init_settings, env_settings)
+    # init arguments are the command line's values; the file's are given to load() by _Loading
+    # below. The defaults come last, from the model itself.
+    SOURCES = ("init", "env")
 
 
 class _FileSource(PydanticBaseSettingsSource):

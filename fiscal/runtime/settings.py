@@ -8,10 +8,32 @@ URL, rendering a TOML value, and finding which section.key an environment variab
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def sectioned(env_prefix: str) -> SettingsConfigDict:
+    """The model config both services' settings use: TOML-like sections, overridden from the
+    environment as `<PREFIX><SECTION>__<KEY>`, unknown keys refused, names case-insensitive."""
+    return SettingsConfigDict(env_prefix=env_prefix, env_nested_delimiter="__", extra="forbid",
+                              case_sensitive=False)
+
+
+class SourcesInOrder(BaseSettings):
+    """Settings read from an ordered tuple of sources, strongest first (`SOURCES` names them:
+    "init" — the values given to the constructor —, "env"). The agent passes its file as init
+    values and lets the environment win; the cloud passes its command line as init values."""
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("init", "env")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        named = {"init": init_settings, "env": env_settings}
+        return tuple(named[name] for name in cls.SOURCES)
 
 
 def mask_url(url: str) -> str:
