@@ -270,6 +270,11 @@ async def sim_stats(request: web.Request) -> web.Response:
     return web.json_response({**request.app[STORE].stats(), "since_start": dict(request.app[COUNTS])})
 
 
+async def sim_progress(request: web.Request) -> web.Response:
+    """How many requests were normalized, without reading the table (what a benchmark polls)."""
+    return web.json_response({"normalized": request.app[STORE].normalized})
+
+
 async def _not_found(request: web.Request) -> web.Response:
     return error("NOT_FOUND", "no such endpoint", 404)
 
@@ -293,5 +298,6 @@ def make_app(store: Store, faults: Switchboard | None = None, limits: Limits | N
     r.add_get("/_sim/faults", sim_faults_get)
     r.add_post("/_sim/faults", sim_faults_set)
     r.add_get("/_sim/stats", sim_stats)
+    r.add_get("/_sim/progress", sim_progress)
     r.add_route("*", "/{tail:.*}", _not_found)
     return app
