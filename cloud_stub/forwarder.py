@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
+import orjson
 
 from . import forwarding
 from .config import CloudConfig
@@ -119,6 +120,7 @@ class DgiClient:
         self.session = session
         self.base = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.json_headers = {**self.headers, "Content-Type": "application/json"}
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._next_at = 0.0
@@ -130,7 +132,9 @@ class DgiClient:
                 await asyncio.sleep(wait)
             self._next_at = max(time.monotonic(), self._next_at) + self.interval
         try:
-            async with self.session.request(method, self.base + path, json=body, headers=self.headers,
+            # orjson both ways: a few µs per call instead of tens (json), on the loop of every outlet.
+            payload, headers = (None, self.headers) if body is None else (orjson.dumps(body), self.json_headers)
+            async with self.session.request(method, self.base + path, data=payload, headers=headers,
                                             timeout=self.timeout) as resp:
                 raw = await resp.read()
                 status, after = resp.status, resp.headers.get("Retry-After")
@@ -141,8 +145,8 @@ class DgiClient:
         if status >= 500:
             raise Transient(f"the DGI answered HTTP {status}", retry_after(after))
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            data = orjson.loads(raw)
+        except ValueError:  # orjson.JSONDecodeError, also for bytes that are not UTF-8
             raise Transient(f"the DGI answered HTTP {status} without JSON") from None
         if isinstance(data, dict) and "errorCode" in data:
             code, desc = str(data.get("errorCode")), str(data.get("errorDesc") or "")

@@ -12,7 +12,7 @@ These writes touch no counter, chain or ledger row: they do not take the outlet'
 """
 from __future__ import annotations
 
-import json
+import orjson
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -104,7 +104,7 @@ def next_works(store: Store, outlet_id: str, limit: int) -> list[Work]:
 
 
 def _work(outlet_id: str, entry: dict, submission: dict | None, queue: dict) -> Work:
-    return Work(outlet_id, entry["seq"], entry["id"], entry["mode"], json.loads(entry["invoice"]), submission,
+    return Work(outlet_id, entry["seq"], entry["id"], entry["mode"], orjson.loads(entry["invoice"]), submission,
                 queue["failures"])
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 import sqlite3
 from pathlib import Path
@@ -95,12 +94,13 @@ class Store:
         return self.conn.execute("SELECT uid, rn, created_at FROM requests WHERE nif = ? AND isf = ? "
                                  "AND status = 'pending' ORDER BY created_at", (nif, isf)).fetchall()
 
-    def create(self, *, uid: str, nif: str, isf: str, rn: str, type_: str, body: dict, total: str,
+    def create(self, *, uid: str, nif: str, isf: str, rn: str, type_: str, body: str, total: str,
                vtotal: str, now: float, ttl: float) -> None:
+        """A pending request; `body` is the phase-1 request as received (JSON text)."""
         self.conn.execute(
             "INSERT INTO requests (uid, nif, isf, rn, type, status, body, total, vtotal, created_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-            (uid, nif, isf, rn, type_, json.dumps(body, ensure_ascii=False), total, vtotal, now, now + ttl))
+            (uid, nif, isf, rn, type_, body, total, vtotal, now, now + ttl))
 
     def get(self, uid: str, nif: str, isf: str) -> sqlite3.Row | None:
         """A request of this point of sale (another's is as unknown as a made-up uid)."""
