@@ -41,6 +41,10 @@ LIMITS = web.AppKey("limits", Limits)
 WINDOWS = web.AppKey("windows", dict)
 RETRY_UNTIL = web.AppKey("retry_until", dict)  # point of sale -> monotonic time its Retry-After ends
 COUNTS = web.AppKey("counts", dict)  # since start (not persisted): 429s, ignored Retry-After, limits hit
+# Tokens whose signature was checked already (token -> its point of sale): a point of sale
+# sends the same token at every call, and decoding and checking it each time cost more than the
+# call's own work. The expiry is still checked at every call.
+TOKENS = web.AppKey("tokens", dict)
 POS = web.RequestKey("pos", object)
 NIF_OF_DGI = "DGI"
 
@@ -82,10 +86,16 @@ async def faults_and_auth(request: web.Request, handler: Callable[[web.Request],
         return error("TOKEN_MISSING", "send Authorization: Bearer <token>", 401)
     if faults.take("expired_token"):
         return error("TOKEN_EXPIRED", "the token has expired: ask the DGI for a new one", 401)
-    try:
-        pos = verify(request.app[STORE].secret, token)
-    except TokenError as exc:
-        return error(exc.code, exc.desc, 401)
+    tokens = request.app[TOKENS]
+    pos = tokens.get(token)
+    if pos is None or pos.expires <= time.time():  # the expiry is checked at every call
+        try:
+            pos = verify(request.app[STORE].secret, token)
+        except TokenError as exc:
+            return error(exc.code, exc.desc, 401)
+        if len(tokens) >= 10_000:
+            tokens.clear()
+        tokens[token] = pos
     key, counts, until = (pos.nif, pos.isf), request.app[COUNTS], request.app[RETRY_UNTIL]
     if time.monotonic() < until.get(key, 0.0):
         # Asked to wait and did not: what the tests check the forwarder never does.
@@ -298,6 +308,7 @@ def make_app(store: Store, faults: Switchboard | None = None, limits: Limits | N
     app[WINDOWS] = {}
     app[RETRY_UNTIL] = {}
     app[COUNTS] = {}
+    app[TOKENS] = {}
     r = app.router
     r.add_get("/api/info/status", info_status)
     r.add_get("/api/info/taxGroups", info_tax_groups)
