@@ -250,7 +250,11 @@ class Forwarder:
 
     async def run(self) -> None:
         limit = max(1, self.config.dgi_concurrency)
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit * 2))
+        # No cookie jar: the DGI authenticates each outlet by its bearer token, and a cookie one
+        # outlet's call received must not ride along with another's (nor cost every call a jar
+        # lookup and update).
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit * 2),
+                                              cookie_jar=aiohttp.DummyCookieJar())
         event("dgi.forwarder_started", url=self.config.dgi_url, owner=self.owner)
         failing = False
         try:
