@@ -11,12 +11,20 @@ the bound its latency and limits allow is
 
 (plus one pending-list look per outlet taken up). Run alone:
     python -m bench.forward --outlets 10 --per-outlet 100
+
+Beside the wall time: the CPU every process involved spent per invoice (the cloud, the
+simulator, PostgreSQL's backends serving the cloud when it runs on PostgreSQL), counted from
+/proc between the cloud's start (once it answers) and the end. On a shared machine the wall time
+moves with whatever else runs; the CPU per invoice much less. From it, the wall time that CPU
+alone allows on two free cores: all the work spread over both, but no less than the CPU of the
+busiest of the cloud and the simulator, which (Python, one GIL each) run on about one core each.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import urllib.request
@@ -25,13 +33,52 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.forwarding.fwd_support import EmcfSim, fill_ledger, stalela  # noqa: E402
+from tests.forwarding.fwd_support import EmcfSim, fill_ledger, set_tokens  # noqa: E402
 from tests.support import CloudProcess  # noqa: E402
 
 
+CORES = 2  # the development machine's; the CPU-allowed wall time spreads the work over them
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def _normalized(url: str) -> int:
-    with urllib.request.urlopen(url + "/_sim/stats", timeout=30) as resp:
+    # /_sim/progress, not /_sim/stats: the latter counts the table, and would cost the
+    # simulator more CPU the further the run went.
+    with urllib.request.urlopen(url + "/_sim/progress", timeout=30) as resp:
         return json.loads(resp.read())["normalized"]
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            total += sum(_cpu(int(c)) for c in task.read_text().split())
+        except OSError:
+            pass
+    return total
+
+
+def _pg_backends() -> list[int]:
+    """The PostgreSQL backends serving the cloud's database (none on SQLite)."""
+    from cloud_stub.settings import DATABASE_URL_ENV
+    url = os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        return []
+    import psycopg
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")]
+
+
+def _cpu_by_process(cloud_pid: int, sim_pid: int) -> dict[str, float]:
+    return {"cloud": _cpu(cloud_pid), "simulator": _cpu(sim_pid),
+            "postgresql": sum(_cpu(p) for p in _pg_backends())}
 
 
 def forward_backlog(workdir: Path, outlets: int = 100, per_outlet: int = 1000, latency_ms: int = 20,
@@ -46,37 +93,54 @@ def forward_backlog(workdir: Path, outlets: int = 100, per_outlet: int = 1000, l
                                                    str(max_pending), "--rate", str(rate))
     cloud = CloudProcess(workdir / "cloud")
     try:
-        for outlet_id in ledger:  # tokens first: forwarding starts with the cloud
-            isf = "ISF-" + outlet_id.split("-")[1]
-            stalela("cloud", "dgi", "token", "--data", str(cloud.data_dir), "--outlet", outlet_id,
-                    "--token-file", "-", stdin=sim.token("A1234567B", isf))
+        # Tokens first (forwarding starts with the cloud), written as `stalela cloud dgi token`
+        # writes them but in this process: a hundred CLI starts took longer than the forwarding.
+        set_tokens(cloud.data_dir, sim, ledger)
         t = time.perf_counter()
         cloud.start(60, "--workers", "0", "--dgi-url", sim.url, "--dgi-concurrency", str(concurrency),
                     "--dgi-poll", "0.1")
+        cpu0, done0 = _cpu_by_process(cloud.proc.pid, sim.proc.pid), _normalized(sim.url)
         deadline = time.monotonic() + timeout
         done = 0
         while done < total and time.monotonic() < deadline:
             time.sleep(0.25)
             done = _normalized(sim.url)
         forward_s = time.perf_counter() - t
+        cpu1 = _cpu_by_process(cloud.proc.pid, sim.proc.pid)
     finally:
         cloud.stop()
         sim.stop()
     per_call = latency_ms / 1000
     per_invoice = max(2 * per_call, 2 / rate if rate else 0.0)
     bound = per_outlet * per_invoice * math.ceil(outlets / concurrency)
+    measured = max(1, done - done0)
+    cpu_us = {k: (cpu1[k] - cpu0[k]) / measured * 1e6 for k in cpu1}
+    cpu_total_us = sum(cpu_us.values())
     return {"invoices": total, "outlets": outlets, "latency_ms": latency_ms, "concurrency": concurrency,
             "normalized": done, "fill_s": fill_s, "forward_s": forward_s, "bound_s": bound,
-            "rate": done / forward_s if forward_s else 0.0}
+            "rate": done / forward_s if forward_s else 0.0,
+            "cpu_us_per_invoice": {k: round(v) for k, v in cpu_us.items()},
+            "cpu_us_per_invoice_total": round(cpu_total_us),
+            # The cloud and the simulator are Python processes: each runs on about one core at a
+            # time (its threads share the GIL), so the busiest one bounds the run too.
+            "cpu_wall_s": total * max(cpu_total_us / CORES, cpu_us["cloud"], cpu_us["simulator"]) / 1e6}
+
+
+def _cpu_text(r: dict) -> str:
+    parts = ", ".join(f"{k} {v:,.0f}" for k, v in r["cpu_us_per_invoice"].items() if v)
+    return (f"{r['cpu_us_per_invoice_total']:,.0f} µs ({parts}); on {CORES} free cores: "
+            f"{r['cpu_wall_s']:.1f} s")
 
 
 def render(rows: list[dict[str, float]]) -> str:
-    out = ["| figure | measured | bound from the DGI's latency and limits | ratio |", "|---|---|---|---|"]
+    out = ["| figure | measured | bound from the DGI's latency and limits | ratio | CPU per invoice, all processes |",
+           "|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['invoices']:,.0f} invoices, {r['outlets']:.0f} outlets, {r['latency_ms']:.0f} ms per call, "
                    f"{r['concurrency']:.0f} outlets at a time ({r['normalized']:,.0f} normalized) | "
                    f"{r['forward_s']:.1f} s ({r['rate']:.0f} invoices/s) | {r['bound_s']:.1f} s | "
-                   + (f"{r['forward_s'] / r['bound_s']:.2f} × |" if r["bound_s"] else "— |"))
+                   + (f"{r['forward_s'] / r['bound_s']:.2f} × |" if r["bound_s"] else "— |")
+                   + f" {_cpu_text(r)} |")
     return "\n".join(out)
 
 

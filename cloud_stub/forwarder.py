@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
+import orjson
 
 from . import forwarding
 from .config import CloudConfig
@@ -47,6 +48,7 @@ from .logs import event, log
 
 BACKOFF_BASE = 0.5  # seconds; doubles with each consecutive failure of an outlet, up to the cap
 RETRY_MARGIN = 0.05  # seconds added to the DGI's Retry-After
+READ_AHEAD = 20  # entries of an outlet read in one transaction (at most a slice's worth is used)
 TOKEN_BACKOFF = 60.0  # a token the DGI refuses needs an operator: look again only now and then
 
 
@@ -118,6 +120,7 @@ class DgiClient:
         self.session = session
         self.base = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.json_headers = {**self.headers, "Content-Type": "application/json"}
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._next_at = 0.0
@@ -129,7 +132,9 @@ class DgiClient:
                 await asyncio.sleep(wait)
             self._next_at = max(time.monotonic(), self._next_at) + self.interval
         try:
-            async with self.session.request(method, self.base + path, json=body, headers=self.headers,
+            # orjson both ways: a few µs per call instead of tens (json), on the loop of every outlet.
+            payload, headers = (None, self.headers) if body is None else (orjson.dumps(body), self.json_headers)
+            async with self.session.request(method, self.base + path, data=payload, headers=headers,
                                             timeout=self.timeout) as resp:
                 raw = await resp.read()
                 status, after = resp.status, resp.headers.get("Retry-After")
@@ -140,8 +145,8 @@ class DgiClient:
         if status >= 500:
             raise Transient(f"the DGI answered HTTP {status}", retry_after(after))
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            data = orjson.loads(raw)
+        except ValueError:  # orjson.JSONDecodeError, also for bytes that are not UTF-8
             raise Transient(f"the DGI answered HTTP {status} without JSON") from None
         if isinstance(data, dict) and "errorCode" in data:
             code, desc = str(data.get("errorCode")), str(data.get("errorDesc") or "")
@@ -154,6 +159,50 @@ class DgiClient:
         if status >= 400 or not isinstance(data, dict):
             raise Transient(f"the DGI answered HTTP {status} with an unexpected body")
         return data
+
+
+class Recorder:
+    """Group commit of the outlets' recordings (forwarding.record_together).
+
+    An outlet's coroutine hands its recording over and waits for the commit; while one group is
+    being committed the next gathers, and goes as one transaction as soon as that commit ends.
+    One outlet alone pays what it paid before (one transaction); a hundred outlets pay one
+    commit, and one fsync on SQLite, for all their recordings waiting at that moment instead
+    of one each. A recording is answered only after its commit: `uid` is still durable before
+    the confirm leaves."""
+
+    def __init__(self, service):
+        self.service = service
+        self._waiting: list[tuple[Any, tuple, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    async def __call__(self, fn: Any, *args: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((fn, args, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._commit_waiting())
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                results = await self.service.call(forwarding.record_together, self.service.store,
+                                                  [(fn, args) for fn, args, _ in group])
+            except BaseException as exc:  # the single recording's own error, or the store's
+                results = [(False, exc)] * len(group)
+                if not isinstance(exc, Exception):
+                    for _, _, future in group:
+                        if not future.done():
+                            future.cancel()
+                    raise
+            for (_, _, future), (ok, value) in zip(group, results):
+                if future.done():  # its outlet was cancelled meanwhile (shutdown)
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
 
 class Forwarder:
@@ -171,6 +220,7 @@ class Forwarder:
         self._renewed: set[str] = set()  # outlets whose token changed since the last round
         self._loaded = False
         self._session: aiohttp.ClientSession | None = None
+        self.record = Recorder(service)
 
     async def db(self, fn, *args: Any) -> Any:
         return await self.service.call(fn, self.service.store, *args)
@@ -200,7 +250,11 @@ class Forwarder:
 
     async def run(self) -> None:
         limit = max(1, self.config.dgi_concurrency)
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit * 2))
+        # No cookie jar: the DGI authenticates each outlet by its bearer token, and a cookie one
+        # outlet's call received must not ride along with another's (nor cost every call a jar
+        # lookup and update).
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit * 2),
+                                              cookie_jar=aiohttp.DummyCookieJar())
         event("dgi.forwarder_started", url=self.config.dgi_url, owner=self.owner)
         failing = False
         try:
@@ -255,14 +309,17 @@ class Forwarder:
         try:
             await self._cancel_strays(outlet_id, client)
             renewed = time.monotonic()
+            ahead: list[Work] = []
             # A slice of entries, then the outlet goes back to the queue (behind the outlets that
             # waited longest): with more outlets than `dgi_concurrency`, all of them move on.
             for _ in range(max(1, self.config.dgi_slice)):
                 if self._stop.is_set():
                     return
-                work = await self.db(forwarding.next_work, outlet_id)
-                if work is None:
-                    return
+                if not ahead:
+                    ahead = await self.db(forwarding.next_works, outlet_id, READ_AHEAD)
+                    if not ahead:
+                        return
+                work = ahead.pop(0)
                 # Renewed when a third of it is gone, not per entry: one write less per invoice
                 # (each recording is fenced by the lease anyway).
                 if time.monotonic() - renewed > self.config.dgi_lease.total_seconds() / 3:
@@ -271,6 +328,11 @@ class Forwarder:
                     renewed = time.monotonic()
                 if not await self._forward(work, client):
                     return
+                # The entries read ahead hold only if this one moved the queue on to the first of
+                # them, with nothing released meanwhile (an entry left `submitted` for the next
+                # pass, a release: read the queue again).
+                if ahead and (work.released_waiting or work.next_seq != ahead[0].seq):
+                    ahead = []
         except Transient as exc:
             failures = work.failures if work is not None else 0
             # A small margin over Retry-After: our clock starts after the DGI's answer left it.
@@ -311,10 +373,10 @@ class Forwarder:
     async def _forward(self, work: Work, client: DgiClient) -> bool:
         """Take one entry to its end (normalized, device_reported, quarantined). False: stop the outlet."""
         if work.mode == "device":
-            return await self.db(forwarding.record_device, work, self.owner, self.now())
+            return await self.record(forwarding.record_device_in, work, self.owner, self.now())
         sub = work.submission
         if sub is not None and sub["state"] in ("normalized", "device_reported", "quarantined"):
-            return await self.db(forwarding.pass_settled, work, self.owner, self.now())
+            return await self.record(forwarding.pass_settled_in, work, self.owner, self.now())
         if sub is not None and sub["state"] == "submitted" and sub["uid"]:
             known = await self._resolve(work, client, sub["uid"])
             if known == "confirmed":
@@ -325,7 +387,7 @@ class Forwarder:
                                               "release", sub["uid"])
             if known == "pending":
                 return await self._confirm(work, client, sub["uid"], sub["total"], sub["vtotal"])
-            await self.db(forwarding.forget_uid, work, self.now())
+            await self.record(forwarding.forget_uid_in, work, self.now())
         return await self._submit(work, client)
 
     async def _resolve(self, work: Work, client: DgiClient, uid: str) -> str:
@@ -344,7 +406,7 @@ class Forwarder:
             if status == "confirmed":
                 if not data.get("codeDEFDGI"):
                     raise Transient(f"the DGI says request {uid} is confirmed but gives no code")
-                await self.db(forwarding.record_normalized, work, self.owner, uid, data, self.now())
+                await self.record(forwarding.record_normalized_in, work, self.owner, uid, data, self.now())
                 event("dgi.resolved", outlet_id=work.outlet_id, seq=work.seq, uid=uid)
                 return "confirmed"
             if status == "pending":
@@ -369,7 +431,8 @@ class Forwarder:
             await self._cancel(client, uid)
             return await self._quarantine(work, "TOTALS_DIFFER", f"the DGI computes total {total} VAT {vtotal}, "
                                           f"the ledger {ours[0]} VAT {ours[1]}")
-        if not await self.db(forwarding.record_submitted, work, self.owner, uid, str(total), str(vtotal), self.now()):
+        if not await self.record(forwarding.record_submitted_in, work, self.owner, uid, str(total), str(vtotal),
+                                 self.now()):
             await self._cancel(client, uid)  # another instance holds the outlet now
             return False
         work.submission = {"uid": uid, "total": str(total), "vtotal": str(vtotal)}
@@ -386,12 +449,12 @@ class Forwarder:
             return await self._quarantine(work, exc.code, exc.desc, uid)
         if not elements.get("codeDEFDGI"):
             raise Transient("the DGI's confirm answer lacks codeDEFDGI")
-        return await self.db(forwarding.record_normalized, work, self.owner, uid, elements, self.now())
+        return await self.record(forwarding.record_normalized_in, work, self.owner, uid, elements, self.now())
 
     async def _quarantine(self, work: Work, code: str, desc: str, uid: str | None = None) -> bool:
         event("dgi.quarantined", level=logging.WARNING, outlet_id=work.outlet_id, seq=work.seq,
               invoice_id=work.invoice_id, error_code=code)
-        return await self.db(forwarding.record_quarantine, work, self.owner, code, desc[:500], self.now(), uid)
+        return await self.record(forwarding.record_quarantine_in, work, self.owner, code, desc[:500], self.now(), uid)
 
 
 async def forwarder_ctx(app) -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ These writes touch no counter, chain or ledger row: they do not take the outlet'
 """
 from __future__ import annotations
 
-import json
+import orjson
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -39,6 +39,12 @@ class Work:
     invoice: dict
     submission: dict | None
     failures: int
+    # Set by the recording that settles the entry: the queue's next entry after it, and whether
+    # an operator released an entry meanwhile. The forwarder goes on with the entries it read
+    # ahead only if the first of them is that next entry and nothing was released; otherwise
+    # it reads the queue again (forwarder.py).
+    next_seq: int | None = None
+    released_waiting: bool = False
 
     @property
     def invoice_id(self) -> str:
@@ -75,33 +81,53 @@ def drop(store: Store, outlet_id: str, owner: str, now: datetime) -> None:
 
 def next_work(store: Store, outlet_id: str) -> Work | None:
     """A released entry first (the operator asked for it), else the queue's next entry."""
+    ahead = next_works(store, outlet_id, 1)
+    return ahead[0] if ahead else None
+
+
+def next_works(store: Store, outlet_id: str, limit: int) -> list[Work]:
+    """A released entry alone (the operator asked for it), else up to `limit` entries from the
+    queue's next one, in ledger order, each with its submission: one read for several entries."""
     with store.read() as tx:
         queue = tx.dgi_queue(outlet_id)
         if queue is None:
-            return None
+            return []
         released = tx.dgi_released(outlet_id)
-        seq = released["seq"] if released else queue["next_seq"]
-        entry = tx.ledger_entry(outlet_id, seq)
-        if entry is None:
-            return None
-        submission = released or tx.dgi_submission(outlet_id, seq)
-        return Work(outlet_id, seq, entry["id"], entry["mode"], json.loads(entry["invoice"]), submission,
-                    queue["failures"])
+        if released:
+            entry = tx.ledger_entry(outlet_id, released["seq"])
+            return [] if entry is None else [_work(outlet_id, entry, released, queue)]
+        entries = tx.ledger_entries_from(outlet_id, queue["next_seq"], max(1, limit))
+        if not entries:
+            return []
+        subs = {r["seq"]: r for r in tx.dgi_submissions_between(outlet_id, entries[0]["seq"], entries[-1]["seq"])}
+        return [_work(outlet_id, e, subs.get(e["seq"]), queue) for e in entries]
+
+
+def _work(outlet_id: str, entry: dict, submission: dict | None, queue: dict) -> Work:
+    return Work(outlet_id, entry["seq"], entry["id"], entry["mode"], orjson.loads(entry["invoice"]), submission,
+                queue["failures"])
 
 
 def _done(tx, work: Work, owner: str, now: str) -> bool:
     """Past this entry: advance the queue if it was the queue's next one. False if the lease is lost."""
     tx.dgi_advance(work.outlet_id, owner, work.seq, now)
-    queue = tx.dgi_queue(work.outlet_id)
-    return queue is not None and queue["lease_owner"] == owner
+    queue = tx.dgi_queue_after(work.outlet_id)
+    if queue is None:
+        return False
+    work.next_seq, work.released_waiting = queue["next_seq"], bool(queue["released"])
+    return queue["lease_owner"] == owner
 
 
 def pass_settled(store: Store, work: Work, owner: str, now: datetime) -> bool:
     """An entry already settled whose queue did not advance (its instance lost the lease right
     then): only advance. Sending it again could normalize it twice."""
     with store.write() as tx:
-        tx.dgi_lock_queue(work.outlet_id)
-        return _done(tx, work, owner, ts(now))
+        return pass_settled_in(tx, work, owner, now)
+
+
+def pass_settled_in(tx, work: Work, owner: str, now: datetime) -> bool:
+    tx.dgi_lock_queue(work.outlet_id)
+    return _done(tx, work, owner, ts(now))
 
 
 def clear_back_off(store: Store, outlet_ids: list[str], now: datetime) -> None:
@@ -113,13 +139,17 @@ def clear_back_off(store: Store, outlet_ids: list[str], now: datetime) -> None:
 
 def record_device(store: Store, work: Work, owner: str, now: datetime) -> bool:
     """The MCF reports its own invoices to the DGI: nothing to send, only to note."""
-    at = ts(now)
     with store.write() as tx:
-        tx.dgi_lock_queue(work.outlet_id)
-        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                              invoice_id=work.invoice_id, rn=work.rn, state="device_reported", now=at)
-        _add_once(tx, work, "device_reported", at)
-        return _done(tx, work, owner, at)
+        return record_device_in(tx, work, owner, now)
+
+
+def record_device_in(tx, work: Work, owner: str, now: datetime) -> bool:
+    at = ts(now)
+    tx.dgi_lock_queue(work.outlet_id)
+    tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                          invoice_id=work.invoice_id, rn=work.rn, state="device_reported", now=at)
+    _add_once(tx, work, "device_reported", at)
+    return _done(tx, work, owner, at)
 
 
 def _add_once(tx, work: Work, kind: str, at: str, **fields: Any) -> None:
@@ -131,37 +161,48 @@ def _add_once(tx, work: Work, kind: str, at: str, **fields: Any) -> None:
 def record_submitted(store: Store, work: Work, owner: str, uid: str, total: str, vtotal: str,
                      now: datetime) -> bool:
     """Phase 1 answered: keep `uid` before confirming. False (nothing kept) if the lease is lost."""
-    at = ts(now)
     with store.write() as tx:
-        queue = tx.dgi_lock_queue(work.outlet_id)
-        if queue is None or queue["lease_owner"] != owner:
-            return False
-        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                              invoice_id=work.invoice_id, rn=work.rn, state="submitted", uid=uid,
-                              total=total, vtotal=vtotal, now=at)
+        return record_submitted_in(tx, work, owner, uid, total, vtotal, now)
+
+
+def record_submitted_in(tx, work: Work, owner: str, uid: str, total: str, vtotal: str, now: datetime) -> bool:
+    queue = tx.dgi_lock_queue(work.outlet_id)
+    if queue is None or queue["lease_owner"] != owner:
+        return False
+    tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                          invoice_id=work.invoice_id, rn=work.rn, state="submitted", uid=uid,
+                          total=total, vtotal=vtotal, now=ts(now))
     return True
 
 
 def forget_uid(store: Store, work: Work, now: datetime) -> None:
     """The DGI no longer has the request (expired, cancelled): submit the invoice anew."""
     with store.write() as tx:
-        tx.dgi_lock_queue(work.outlet_id)
-        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                              invoice_id=work.invoice_id, rn=work.rn, state="submitting", now=ts(now))
+        forget_uid_in(tx, work, now)
+
+
+def forget_uid_in(tx, work: Work, now: datetime) -> None:
+    tx.dgi_lock_queue(work.outlet_id)
+    tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                          invoice_id=work.invoice_id, rn=work.rn, state="submitting", now=ts(now))
 
 
 def record_normalized(store: Store, work: Work, owner: str, uid: str, elements: dict, now: datetime) -> bool:
-    at = ts(now)
     with store.write() as tx:
-        tx.dgi_lock_queue(work.outlet_id)
-        sub = work.submission or {}
-        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                              invoice_id=work.invoice_id, rn=work.rn, state="normalized", uid=uid,
-                              total=sub.get("total"), vtotal=sub.get("vtotal"), now=at)
-        _add_once(tx, work, "normalized", at, uid=uid, code=_text(elements.get("codeDEFDGI")),
-                  counters=_text(elements.get("counters")), nim=_text(elements.get("nim")),
-                  date_time=_text(elements.get("dateTime")), qr_code=_text(elements.get("qrCode")))
-        return _done(tx, work, owner, at)
+        return record_normalized_in(tx, work, owner, uid, elements, now)
+
+
+def record_normalized_in(tx, work: Work, owner: str, uid: str, elements: dict, now: datetime) -> bool:
+    at = ts(now)
+    tx.dgi_lock_queue(work.outlet_id)
+    sub = work.submission or {}
+    tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                          invoice_id=work.invoice_id, rn=work.rn, state="normalized", uid=uid,
+                          total=sub.get("total"), vtotal=sub.get("vtotal"), now=at)
+    _add_once(tx, work, "normalized", at, uid=uid, code=_text(elements.get("codeDEFDGI")),
+              counters=_text(elements.get("counters")), nim=_text(elements.get("nim")),
+              date_time=_text(elements.get("dateTime")), qr_code=_text(elements.get("qrCode")))
+    return _done(tx, work, owner, at)
 
 
 def _text(value: Any) -> str | None:
@@ -170,16 +211,49 @@ def _text(value: Any) -> str | None:
 
 def record_quarantine(store: Store, work: Work, owner: str, code: str, desc: str, now: datetime,
                       uid: str | None = None) -> bool:
-    at = ts(now)
     with store.write() as tx:
-        tx.dgi_lock_queue(work.outlet_id)
-        tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                              invoice_id=work.invoice_id, rn=work.rn, state="quarantined", uid=uid,
-                              error_code=code, error_desc=desc, now=at)
-        tx.dgi_add_event(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
-                         invoice_id=work.invoice_id, kind="quarantined", uid=uid, error_code=code,
-                         error_desc=desc, now=at)
-        return _done(tx, work, owner, at)
+        return record_quarantine_in(tx, work, owner, code, desc, now, uid)
+
+
+def record_quarantine_in(tx, work: Work, owner: str, code: str, desc: str, now: datetime,
+                         uid: str | None = None) -> bool:
+    at = ts(now)
+    tx.dgi_lock_queue(work.outlet_id)
+    tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                          invoice_id=work.invoice_id, rn=work.rn, state="quarantined", uid=uid,
+                          error_code=code, error_desc=desc, now=at)
+    tx.dgi_add_event(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                     invoice_id=work.invoice_id, kind="quarantined", uid=uid, error_code=code,
+                     error_desc=desc, now=at)
+    return _done(tx, work, owner, at)
+
+
+def record_together(store: Store, recordings: list[tuple[Any, tuple]]) -> list[tuple[bool, Any]]:
+    """Group commit: the recordings of many outlets (`(fn_in, args)`, each `fn_in(tx, *args)`)
+    in one transaction, one commit (one fsync on SQLite) for all of them. Each keeps its own
+    fence (it locks its outlet's queue row and checks the lease); taken in outlet order, so two
+    instances' groups lock queue rows in the same order (no deadlock on PostgreSQL). If one of
+    them fails, the group is rolled back and each is run again alone, so one failure does not
+    fail the others. Returns `(ok, result or exception)` per recording, in the given order."""
+    order = sorted(range(len(recordings)), key=lambda i: recordings[i][1][0].outlet_id)
+    results: list[tuple[bool, Any]] = [(False, None)] * len(recordings)
+    try:
+        with store.write() as tx:
+            for i in order:
+                fn, args = recordings[i]
+                results[i] = (True, fn(tx, *args))
+        return results
+    except Exception:
+        if len(recordings) == 1:
+            raise
+    for i in order:
+        fn, args = recordings[i]
+        try:
+            with store.write() as tx:
+                results[i] = (True, fn(tx, *args))
+        except Exception as exc:
+            results[i] = (False, exc)
+    return results
 
 
 def back_off(store: Store, outlet_id: str, owner: str, delay: float, error: str, now: datetime) -> None:

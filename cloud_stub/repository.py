@@ -966,6 +966,13 @@ class Tx:
         every write does on SQLite, so a lease checked here holds until the commit."""
         return self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?" + self._FOR_UPDATE, outlet_id)
 
+    def dgi_queue_after(self, outlet_id: str) -> dict | None:
+        """The queue's lease and next entry, and whether an operator released an entry (what
+        the forwarder needs after each recording to go on with the entries it read ahead)."""
+        return self._one("SELECT q.lease_owner, q.next_seq, EXISTS (SELECT 1 FROM dgi_submissions s "
+                         "WHERE s.outlet_id = q.outlet_id AND s.state = 'released') AS released "
+                         "FROM dgi_queues q WHERE q.outlet_id = ?", outlet_id)
+
     def dgi_queues(self) -> list[dict]:
         return self._all("SELECT * FROM dgi_queues ORDER BY outlet_id")
 
@@ -992,6 +999,10 @@ class Tx:
 
     def dgi_submission(self, outlet_id: str, seq: int) -> dict | None:
         return self._one("SELECT * FROM dgi_submissions WHERE outlet_id = ? AND seq = ?", outlet_id, seq)
+
+    def dgi_submissions_between(self, outlet_id: str, first: int, last: int) -> list[dict]:
+        return self._all("SELECT * FROM dgi_submissions WHERE outlet_id = ? AND seq BETWEEN ? AND ?",
+                         outlet_id, first, last)
 
     def dgi_released(self, outlet_id: str) -> dict | None:
         return self._one("SELECT * FROM dgi_submissions WHERE outlet_id = ? AND state = 'released' "

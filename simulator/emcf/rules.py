@@ -19,6 +19,10 @@ ITEM_TYPES = ("BIE", "SER", "TAX")
 CLIENT_TYPES = ("PP", "PM", "PC", "PL", "AO")
 RATES = {g: Decimal(DEFAULT_RATES[g]) for g in GROUPS}
 MAX_ITEMS = 500
+# Phase 1's per-group figures (rate, total, without VAT, VAT) of a group no item uses, in the
+# answer's order: built once, not per request.
+EMPTY_FIGURES: dict[str, float] = {f"{name}{g.lower()}": (float(RATES[g]) if name == "t" else 0.0)
+                                   for g in GROUPS for name in ("t", "ta", "ha", "va")}
 
 
 class Refusal(Exception):
@@ -109,10 +113,9 @@ def totals(items: Any, ht_mode: bool) -> dict[str, Any]:
                                RATES[group], ht_mode, specific)
         acc.add(group, amounts)
     sub = acc.subtotal()
-    figures: dict[str, float] = {}
-    for g in GROUPS:
+    figures = dict(EMPTY_FIGURES)  # the groups no item uses: their rate, and zeros
+    for g in acc.base_by_group:
         low = g.lower()
-        figures[f"t{low}"] = float(RATES[g])
         figures[f"ta{low}"] = float(sub.mv_by_group[g])
         figures[f"ha{low}"] = float(money(sub.mv_by_group[g] - sub.mt_by_group[g]))
         figures[f"va{low}"] = float(sub.mt_by_group[g])

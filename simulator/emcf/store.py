@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 import sqlite3
 from pathlib import Path
@@ -66,6 +65,13 @@ class Store:
             self.conn.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (secrets.token_hex(32),))
             row = self.conn.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
         self.secret = bytes.fromhex(row["value"])
+        # Kept in memory for `GET /_sim/progress`: a benchmark polls it while the table grows,
+        # and counting the confirmed rows each time would cost the simulator more as it ran.
+        self.normalized = self.conn.execute("SELECT COUNT(*) FROM requests WHERE status = 'confirmed'").fetchone()[0]
+        # When the first pending request falls due: expiry runs before every call, and most calls
+        # need not touch the table for it (0.0: not known yet, look at the next call).
+        self._next_expiry = 0.0
+        self._nims: dict[tuple[str, str], str] = {}  # a point of sale's NIM never changes
 
     def close(self) -> None:
         self.conn.close()
@@ -74,30 +80,42 @@ class Store:
 
     def nim(self, nif: str, isf: str) -> str:
         """The NIM the DGI assigned to this point of sale (assigned on first sight)."""
+        nim = self._nims.get((nif, isf))
+        if nim is not None:
+            return nim
         row = self.conn.execute("SELECT nim FROM pos WHERE nif = ? AND isf = ?", (nif, isf)).fetchone()
         if row is not None:
-            return row["nim"]
-        digest = hashlib.sha256(f"{nif}/{isf}".encode()).hexdigest().upper()
-        nim = f"EM{digest[:8]}"
-        self.conn.execute("INSERT OR IGNORE INTO pos (nif, isf, nim) VALUES (?, ?, ?)", (nif, isf, nim))
+            nim = row["nim"]
+        else:
+            digest = hashlib.sha256(f"{nif}/{isf}".encode()).hexdigest().upper()
+            nim = f"EM{digest[:8]}"
+            self.conn.execute("INSERT OR IGNORE INTO pos (nif, isf, nim) VALUES (?, ?, ?)", (nif, isf, nim))
+        if not self.conn.in_transaction:  # kept once it is committed (confirm may still roll back)
+            self._nims[(nif, isf)] = nim
         return nim
 
     # -- requests ---------------------------------------------------------------------------
 
     def expire(self, now: float) -> None:
+        if now < self._next_expiry:
+            return  # no pending request is due yet
         self.conn.execute("UPDATE requests SET status = 'expired' WHERE status = 'pending' AND expires_at <= ?",
                           (now,))
+        due = self.conn.execute("SELECT MIN(expires_at) FROM requests WHERE status = 'pending'").fetchone()[0]
+        self._next_expiry = float("inf") if due is None else due
 
     def pending(self, nif: str, isf: str) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT uid, rn, created_at FROM requests WHERE nif = ? AND isf = ? "
                                  "AND status = 'pending' ORDER BY created_at", (nif, isf)).fetchall()
 
-    def create(self, *, uid: str, nif: str, isf: str, rn: str, type_: str, body: dict, total: str,
+    def create(self, *, uid: str, nif: str, isf: str, rn: str, type_: str, body: str, total: str,
                vtotal: str, now: float, ttl: float) -> None:
+        """A pending request; `body` is the phase-1 request as received (JSON text)."""
         self.conn.execute(
             "INSERT INTO requests (uid, nif, isf, rn, type, status, body, total, vtotal, created_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-            (uid, nif, isf, rn, type_, json.dumps(body, ensure_ascii=False), total, vtotal, now, now + ttl))
+            (uid, nif, isf, rn, type_, body, total, vtotal, now, now + ttl))
+        self._next_expiry = min(self._next_expiry, now + ttl)
 
     def get(self, uid: str, nif: str, isf: str) -> sqlite3.Row | None:
         """A request of this point of sale (another's is as unknown as a made-up uid)."""
@@ -110,11 +128,10 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             nim = self.nim(nif, isf)
-            self.conn.execute("UPDATE pos SET total = total + 1 WHERE nif = ? AND isf = ?", (nif, isf))
-            total = self.conn.execute("SELECT total FROM pos WHERE nif = ? AND isf = ?", (nif, isf)).fetchone()[0]
-            self.conn.execute("INSERT INTO type_counters (nif, isf, type, n) VALUES (?, ?, ?, 1) "
-                              "ON CONFLICT (nif, isf, type) DO UPDATE SET n = n + 1", (nif, isf, row["type"]))
-            n = self.conn.execute("SELECT n FROM type_counters WHERE nif = ? AND isf = ? AND type = ?",
+            total = self.conn.execute("UPDATE pos SET total = total + 1 WHERE nif = ? AND isf = ? RETURNING total",
+                                      (nif, isf)).fetchone()[0]
+            n = self.conn.execute("INSERT INTO type_counters (nif, isf, type, n) VALUES (?, ?, ?, 1) "
+                                  "ON CONFLICT (nif, isf, type) DO UPDATE SET n = n + 1 RETURNING n",
                                   (nif, isf, row["type"])).fetchone()[0]
             seq = self.conn.execute("SELECT COALESCE(MAX(confirm_seq), 0) + 1 FROM requests").fetchone()[0]
             code = self._code(row["uid"])
@@ -127,6 +144,7 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        self.normalized += 1
         return elements
 
     def set_status(self, uid: str, status: str) -> None:

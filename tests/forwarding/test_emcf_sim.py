@@ -202,3 +202,27 @@ async def test_malformed_bodies_get_an_error_code_never_a_5xx(emcf, raw):
     assert 400 <= resp.status < 500 and answer["errorCode"] and answer["errorDesc"]
     resp = await client.put("/api/invoice/x/confirm", data=raw, headers=auth)
     assert 400 <= resp.status < 500 and (await resp.json(content_type=None))["errorCode"]
+
+
+async def test_a_token_accepted_once_is_still_refused_once_it_expires(emcf):
+    # Tokens are checked once then remembered: the expiry must still be checked at every call.
+    client, _, store = await emcf()
+    short = {"Authorization": f"Bearer {issue(store.secret, NIF, ISF, 1)}"}
+    assert (await call(client, "GET", "/api/invoice", short))[0] == 200
+    await asyncio.sleep(1.1)
+    status, answer = await call(client, "GET", "/api/invoice", short)
+    assert status == 401 and answer["errorCode"] == "TOKEN_EXPIRED"
+
+
+async def test_progress_counts_normalizations_as_stats_do_and_keeps_them_across_a_restart(emcf):
+    client, auth, store = await emcf()
+    for n in range(3):
+        _, first = await call(client, "POST", "/api/invoice", auth, body(f"R-{n}"))
+        if n < 2:
+            await call(client, "PUT", f"/api/invoice/{first['uid']}/confirm", auth, {"total": 3600.0, "vtotal": 496.55})
+    assert (await call(client, "GET", "/_sim/progress", {}))[1] == {"normalized": 2}
+    assert (await call(client, "GET", "/_sim/stats", {}))[1]["normalized"] == 2
+    await client.close()
+    store.close()
+    client2, _, _ = await emcf()
+    assert (await call(client2, "GET", "/_sim/progress", {}))[1] == {"normalized": 2}
