@@ -5,15 +5,18 @@ past its `expires_at` counts as expired wherever it is read. `confirming` is set
 and stays when the seal's outcome is unknown (a lost cloud answer): such a request can neither
 expire nor be cancelled, only confirmed again (the seal is exactly once per request_id).
 
-Writes run on a connection of their own (`PendingWriter`), one transaction each, so the pending
-limit's count and the insert are one transaction. That connection commits with
-`synchronous=NORMAL`: a pending request survives a crash of the daemon (the WAL is written
-before the answer) but not always a power cut before the next checkpoint — and losing one costs
-nothing, since nothing was sealed: the client's confirm is refused and it submits again. What
-must survive everything is the seal itself, committed by the journal (fsync) under request_id
-`emcf-{uid}`; the journal is therefore the authority on "was it sealed?": a request whose seal
-is in the journal is never cancelled or expired, whatever its recorded state. So a two-phase
-sale costs one fsync, like `POST /v1/invoices`. Reads use the journal's reader.
+Writes run on connections of their own (`PendingWriter`), one transaction each, so the pending
+limit's count and the insert are one transaction. A write runs right on the event loop when
+SQLite's write lock is free at once (it then takes tens of microseconds, no fsync), and in a
+thread when another writer holds the lock (the journal's writer or the sealing process,
+mid-commit): the loop never waits for a lock. Those connections commit with `synchronous=NORMAL`: a
+pending request survives a crash of the daemon (the WAL is written before the answer) but not
+always a power cut before the next checkpoint — and losing one costs nothing, since nothing was
+sealed: the client's confirm is refused and it submits again. What must survive everything is
+the seal itself, committed by the journal (fsync) under request_id `emcf-{uid}`; the journal is
+therefore the authority on "was it sealed?": a request whose seal is in the journal is never
+cancelled or expired, whatever its recorded state. So a two-phase sale costs one fsync, like
+`POST /v1/invoices`. Reads use the journal's reader.
 """
 from __future__ import annotations
 
@@ -71,13 +74,31 @@ def _iso_now() -> str:
 
 
 class PendingWriter:
-    """The pending requests' own write connection (see the module's docstring), opened on first
-    use and closed with the app."""
+    """The pending requests' write connections (see the module's docstring), opened on first use
+    and closed with the app: one for the event loop, which never waits for SQLite's write lock,
+    and one for a thread, which does."""
 
     def __init__(self) -> None:
+        self._now: sqlite3.Connection | None = None  # used on the event loop only
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self.forgotten_at = 0.0  # when finished requests were last deleted (FORGET_EVERY_SECONDS)
+
+    def run_now(self, db_path, fn) -> tuple[bool, Any]:
+        """(True, fn's result) when the write could run at once on the calling (event loop)
+        thread; (False, None) when another writer holds the lock: then use `run` in a thread."""
+        if self._now is None:
+            self._now = store.open_writer(db_path, wait=False)
+        conn = self._now
+        if not store.begin_now(conn):
+            return False, None
+        try:
+            result = fn(conn)
+            tx.commit(conn)
+        except BaseException:
+            tx.rollback_quietly(conn)
+            raise
+        return True, result
 
     def run(self, db_path, fn):
         with self._lock:
@@ -88,9 +109,10 @@ class PendingWriter:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in (self._conn, self._now):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._now = None
 
 
 class PendingStore:
@@ -104,6 +126,9 @@ class PendingStore:
         return self._clock()
 
     async def _write(self, fn):
+        done, result = self._writer.run_now(self._journal.db_path, fn)
+        if done:
+            return result
         return await asyncio.to_thread(self._writer.run, self._journal.db_path, fn)
 
     # ---------------------------------------------------------------- reads
