@@ -245,7 +245,9 @@ async def post_invoice(request: web.Request) -> web.Response:
                     answer=answer, total=job.totals["total"], vtotal=job.totals["vat"])
     now = store.now()
     request.app[PREPARED].keep(uid, Prepared.of(job, day, store.expires_at(now)), now)
-    log.info("e-MCF request recorded", extra={"event": "emcf.pending", "uid": uid, "terminal": key_name})
+    # Debug, as /v1 logs no line per sale either (the journal is the record): a JSON log line
+    # cost ≈ 70 µs, a tenth of phase 1.
+    log.debug("e-MCF request recorded", extra={"event": "emcf.pending", "uid": uid, "terminal": key_name})
     return web.Response(text=answer, content_type="application/json")
 
 
@@ -301,8 +303,8 @@ async def confirm_invoice(request: web.Request) -> web.Response:
     # Recorded after the answer leaves: the journal already holds the seal (the authority on
     # "was it sealed?"), so a repeated confirm is answered from it even if this write is lost.
     _later(store.confirmed(found.uid, invoice["id"]))
-    log.info("e-MCF request confirmed", extra={"event": "emcf.confirmed", "uid": found.uid,
-                                               "invoice_id": invoice["id"], "mode": invoice["mode"]})
+    log.debug("e-MCF request confirmed", extra={"event": "emcf.confirmed", "uid": found.uid,
+                                                "invoice_id": invoice["id"], "mode": invoice["mode"]})
     return _json(mapping.confirm_answer(invoice))
 
 
