@@ -207,16 +207,6 @@ class PendingStore:
 
         return await self._write(check_and_claim)
 
-    async def claim(self, uid: str) -> bool:
-        """pending (not expired) or confirming → confirming; False when the request left those
-        states meanwhile (a cancel, the expiry, another confirm that finished)."""
-        now = self._clock()
-
-        def update(conn: sqlite3.Connection) -> int:
-            return store.claim(conn, uid, now, _iso_now())
-
-        return await self._write(update) > 0
-
     async def release(self, uid: str) -> None:
         """confirming → pending: the seal was refused and nothing was sealed."""
         await self._set(uid, "pending", "confirming")
