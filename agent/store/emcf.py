@@ -1,8 +1,10 @@
 """The e-MCF API's phase 1 requests (table emcf_pending, migration 0009_emcf; agent/emcf/pending.py).
 
-Writes run on a connection of their own that commits with `synchronous=NORMAL` (see
-agent/emcf/pending.py for why losing one to a power cut costs nothing). The journal is the
-authority on "was it sealed?": a request whose seal it holds is never cancelled or expired.
+Writes run on connections of their own that commit with `synchronous=NORMAL` (see
+agent/emcf/pending.py for why losing one to a power cut costs nothing): one used on the event
+loop when SQLite's write lock is free at once (`begin_now`), one in a thread otherwise. The
+journal is the authority on "was it sealed?": a request whose seal it holds is never cancelled
+or expired.
 """
 from __future__ import annotations
 
@@ -16,11 +18,26 @@ _NOT_SEALED = " AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.request_id = em
 _OPEN = "(state = 'confirming' OR (state = 'pending' AND expires_at > ?))"
 
 
-def open_writer(db_path: Path) -> sqlite3.Connection:
-    """The pending requests' own write connection, committing without waiting for fsync."""
+def open_writer(db_path: Path, *, wait: bool = True) -> sqlite3.Connection:
+    """A write connection of the pending requests, committing without waiting for fsync. With
+    wait=False it never waits for SQLite's write lock: `begin_now` says whether it got it."""
     conn = connect(db_path)
     conn.execute("PRAGMA synchronous=NORMAL")
+    if not wait:
+        conn.execute("PRAGMA busy_timeout=0")
     return conn
+
+
+def begin_now(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE if the write lock is free at once (on a wait=False connection); False when
+    another connection (the journal's writer, the sealing process) holds it."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):  # extended codes too
+            return False
+        raise
+    return True
 
 
 def get(conn: sqlite3.Connection, uid: str, key_name: str) -> sqlite3.Row | None:

@@ -458,3 +458,27 @@ def test_concurrent_confirms_seal_once(agent, client):
         answers = list(pool.map(confirm, range(6)))
     assert all(a == answers[0] for a in answers)
     assert agent.numbers() == [1001]
+
+
+def test_a_pending_write_waits_for_the_lock_without_holding_the_agent(agent, client):
+    # Phase 1 writes on the event loop only when SQLite's write lock is free at once; while
+    # another writer holds it, the write waits in a thread and the agent keeps answering.
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocker = agent.db()
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            submitted = pool.submit(client.submit, invoice("R-LOCK", nif=NIF))
+            for _ in range(5):  # the phase 1 has arrived by now, and waits for the lock
+                time.sleep(0.1)
+                assert client.status()["nif"] == NIF  # answered meanwhile
+            assert not submitted.done() and _pending_rows(agent) == {}
+            blocker.execute("COMMIT")
+            uid = submitted.result(timeout=30)["uid"]
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+    assert _pending_rows(agent) == {uid: "pending"}
+    assert client.confirm(uid, 4064.0, 64.0)["counters"] == "1/1001 FV"
