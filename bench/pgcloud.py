@@ -101,6 +101,36 @@ class Databases:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def admin_url(given: str | None = None) -> str:
+    return given or os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL
+
+
+def server_problem(url: str) -> str | None:
+    """Why the benchmark cannot use this server (None: it can), in one line, before any long step."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            if not conn.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+                                ).fetchone()[0]:
+                return f"{_redacted(url)}: this user may not create databases"
+    except psycopg.Error as exc:
+        lines = str(exc).strip().splitlines()
+        return f"PostgreSQL at {_redacted(url)} does not answer: {lines[0] if lines else type(exc).__name__}"
+    return None
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password (it may be given one; it is never printed)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 @contextmanager
 def _cloud_database(url: str) -> Iterator[None]:
     """`stalela cloud serve` and the admin commands started meanwhile use this database."""
@@ -402,7 +432,8 @@ def ledger_ratio(workdir: Path, empty_url: str, full_url: str, entries: int, cou
                 agent, _ = _seal_backlog(folder, cloud, count, outlet=f"FRESH-{side.upper()}")
             sides[side] = (cloud, agent, request_bodies(agent, count, batch))
         lat: dict[str, list[float]] = {"empty": [], "full": []}
-        conns = {side: http.client.HTTPConnection("127.0.0.1", c.port, timeout=300) for side, (c, _, _) in sides.items()}
+        conns = {side: http.client.HTTPConnection("127.0.0.1", c.port, timeout=300)
+                 for side, (c, _, _) in sides.items()}
         try:
             def post(side: str, body: bytes) -> float:
                 cloud, agent, _ = sides[side]
@@ -512,13 +543,13 @@ def sizes(quick: bool, ledger: int | None) -> dict[str, int]:
     return s
 
 
-def run(quick: bool = False, ledger: int | None = None, admin_url: str | None = None,
+def run(quick: bool = False, ledger: int | None = None, admin_url: str = DEFAULT_ADMIN_URL,
         progress: Progress = _stderr) -> dict[str, float]:
     """Every figure of the section, each step on a database of its own (dropped afterwards)."""
     from .sync import backlog_drain, reconcile_throughput
 
     s = sizes(quick, ledger)
-    dbs = Databases(admin_url or os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL)
+    dbs = Databases(admin_url)
     result: dict[str, float] = {"quick": quick}
     with _terminated_cleanly(), tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
         workdir = Path(folder)
@@ -602,15 +633,24 @@ def main() -> None:
     ap.add_argument("--ledger", type=int, default=None,
                     help=f"ledger entries for the p99 ratio (default {LEDGER:,}; quick: 20,000)")
     ap.add_argument("--admin-url", default=None,
-                    help=f"a PostgreSQL URL allowed to create databases (default ${ADMIN_URL_ENV} or {DEFAULT_ADMIN_URL})")
+                    help=f"a PostgreSQL URL allowed to create databases "
+                         f"(default ${ADMIN_URL_ENV} or {DEFAULT_ADMIN_URL})")
     args = ap.parse_args()
     if args.ledger is not None and args.ledger < 1000:
         ap.error("--ledger: at least 1,000 entries")
+    url = admin_url(args.admin_url)
+    problem = server_problem(url)
+    if problem:
+        sys.exit(problem)
     started = time.perf_counter()
     try:
-        row = run(args.quick, args.ledger, args.admin_url)
+        row = run(args.quick, args.ledger, url)
     except KeyboardInterrupt:
         sys.exit("interrupted: the run's databases were dropped")
+    except SystemExit as exc:  # SIGTERM (see _terminated_cleanly): the same, said once
+        if exc.code == 128 + signal.SIGTERM:
+            sys.exit("terminated: the run's databases were dropped")
+        raise
     print(render(row))
     _stderr(f"(took {(time.perf_counter() - started) / 60:.1f} minutes)")
 
