@@ -63,3 +63,17 @@ def test_light_agents_reconcile_through_one_instance_and_two(tmp_path):
     # Every invoice accepted (the run raises otherwise), each outlet's chain continued by both instances.
     assert row["pair_invoices"] == 16 and stored == {"PAIR-0000": 8, "PAIR-0001": 8}
     assert row["one_rate"] > 0 and row["two_rate"] > 0
+
+
+def test_a_sqlite_run_keeps_the_postgresql_section_it_did_not_measure(tmp_path):
+    from argparse import Namespace
+
+    from bench.__main__ import pg_section
+
+    previous = tmp_path / "benchmarks.md"
+    previous.write_text("# Benchmarks\n\n## Device mode\n\n| a |\n\n## The cloud on PostgreSQL\n\n"
+                        "- measured: 2026-12-01, commit abc\n\n| figure | 1 |\n\n## Reading these figures\n\n* x\n")
+    kept = pg_section(Namespace(cloud_db="sqlite"), previous)
+    assert kept == "\n\n## The cloud on PostgreSQL\n\n- measured: 2026-12-01, commit abc\n\n| figure | 1 |"
+    previous.write_text("# Benchmarks\n\n## Reading these figures\n")
+    assert pg_section(Namespace(cloud_db="sqlite"), previous) == ""
