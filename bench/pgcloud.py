@@ -481,7 +481,9 @@ def two_instances(workdir: Path, url: str, outlets: int, rounds: int, per_round:
     Rounds alternate (one, two, one, two…): in each, every outlet posts `per_round` invoices in
     batches of `batch`, one after the other (its chain continues). With two instances, an outlet's
     batches alternate between them. Both instances run all along, with the default verifier
-    processes (one per core each): what a deployment of two would run on this machine.
+    processes (one per core each): what a deployment of two would run on this machine. A batch
+    of 64 or more is what the verifier processes check (`parallel_min_batch`); a smaller one is
+    checked in the service's own process, which would turn the ratio into one core against two.
     """
     data = workdir / "pair" / "cloud"
     data.parent.mkdir(parents=True)
@@ -492,7 +494,8 @@ def two_instances(workdir: Path, url: str, outlets: int, rounds: int, per_round:
                 cloud.start(60)
         progress(f"  enrolling {outlets} outlets…")
         agents = enroll_outlets(pair[0], outlets, "PAIR")
-        total = rounds * per_round
+        warm = 2 * batch  # one batch to each instance first: both warm, their verifier processes started
+        total = warm + rounds * per_round
         admin = Admin(pair[0])
         try:
             for a in agents:
@@ -502,13 +505,17 @@ def two_instances(workdir: Path, url: str, outlets: int, rounds: int, per_round:
             admin.close()
         progress(f"  sealing {outlets} × {total} invoices in this process…")
         sealed = [[a.seal(f"R-{a.outlet['id']}-{i}") for i in range(total)] for a in agents]
+        progress("  warm-up: one batch per outlet to each instance…")
+        asyncio.run(_post_batches([[(cloud.port, _reconcile_request(cloud.port, a.token, part), len(part))
+                                    for cloud, part in zip(pair, (sealed[k][:batch], sealed[k][batch:warm]))]
+                                   for k, a in enumerate(agents)]))
         elapsed = {"one": 0.0, "two": 0.0}
         invoices = {"one": 0, "two": 0}
         for r in range(rounds):
             mode = "one" if r % 2 == 0 else "two"
             plan = []
             for k, a in enumerate(agents):
-                mine = sealed[k][r * per_round:(r + 1) * per_round]
+                mine = sealed[k][warm + r * per_round:warm + (r + 1) * per_round]
                 items = []
                 for j in range(0, len(mine), batch):
                     port = pair[0].port if mode == "one" else pair[(k + j // batch) % 2].port
@@ -532,12 +539,12 @@ def two_instances(workdir: Path, url: str, outlets: int, rounds: int, per_round:
 def sizes(quick: bool, ledger: int | None) -> dict[str, int]:
     if quick:
         s = {"reconcile": 2000, "backlog": 2000, "seal_outlets": 20, "seal_per_outlet": 20, "ledger": 20_000,
-             "ratio_count": 2000, "ratio_batch": 100, "pair_outlets": 20, "pair_rounds": 2, "pair_per_round": 50,
-             "pair_batch": 25}
+             "ratio_count": 2000, "ratio_batch": 100, "pair_outlets": 20, "pair_rounds": 4, "pair_per_round": 100,
+             "pair_batch": 100}
     else:
         s = {"reconcile": 20_000, "backlog": 100_000, "seal_outlets": 200, "seal_per_outlet": 50, "ledger": LEDGER,
              "ratio_count": 20_000, "ratio_batch": 100, "pair_outlets": 200, "pair_rounds": 4, "pair_per_round": 100,
-             "pair_batch": 50}
+             "pair_batch": 100}
     if ledger is not None:
         s["ledger"] = ledger
     return s
