@@ -26,7 +26,7 @@ from agent.renewal import fetch_credential  # noqa: E402
 from agent.service import AgentService  # noqa: E402
 from agent.store.db import connect  # noqa: E402
 from agent.sync import SyncWorker  # noqa: E402
-from tests.support import CloudProcess, EnrolledAgent  # noqa: E402
+from tests.support import OUTLET, CloudProcess, EnrolledAgent  # noqa: E402
 
 try:  # journals that store bodies compressed (agent/store/bodies.py)
     from agent.store.bodies import unpack as _body_text  # noqa: E402
@@ -48,9 +48,13 @@ def _start_cloud(workdir: Path, workers: int | None) -> CloudProcess:
     return cloud
 
 
-def _seal_backlog(workdir: Path, cloud: CloudProcess, count: int) -> tuple[EnrolledAgent, float]:
-    """Enroll an agent, fetch enough credentials, seal `count` invoices offline: (agent, seconds)."""
-    agent = EnrolledAgent(workdir / "agent", cloud, cloud.add_outlet(), block_size=BLOCK)
+def _seal_backlog(workdir: Path, cloud: CloudProcess, count: int, outlet: str = OUTLET
+                  ) -> tuple[EnrolledAgent, float]:
+    """Enroll an agent, fetch enough credentials, seal `count` invoices offline: (agent, seconds).
+
+    `outlet`: a new outlet of that id is created for it (several agents may share one cloud)."""
+    folder = workdir / "agent" if outlet == OUTLET else workdir / f"agent-{outlet}"
+    agent = EnrolledAgent(folder, cloud, cloud.add_outlet(outlet), block_size=BLOCK)
     config = load_config(agent.data_dir)
     service = AgentService.open(config)
     try:
@@ -135,6 +139,21 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def request_bodies(agent: EnrolledAgent, count: int, batch: int) -> list[bytes]:
+    """The agent's pending invoices as `POST /v1/reconcile` bodies of `batch`, in sealing order,
+    exactly as its outbox sends them (the stored JSON texts joined)."""
+    conn = connect(agent.data_dir / "agent.db", readonly=True)
+    try:
+        texts = [_body_text(r[0]) for r in conn.execute(
+            "SELECT body FROM invoices WHERE status='sealed' AND sync_state='pending' ORDER BY seq")]
+    finally:
+        conn.close()
+    if len(texts) != count:
+        raise RuntimeError(f"expected {count} sealed invoices, found {len(texts)}")
+    return [('{"invoices":[' + ",".join(texts[i:i + batch]) + "]}").encode("utf-8")
+            for i in range(0, count, batch)]
+
+
 def reconcile_throughput(workdir: Path, count: int, batch: int = 1000,
                          workers: int | None = None) -> dict[str, float]:
     """The cloud alone: invoices/s verified and committed by `POST /v1/reconcile`.
@@ -148,16 +167,7 @@ def reconcile_throughput(workdir: Path, count: int, batch: int = 1000,
     cloud = _start_cloud(workdir, workers)
     try:
         agent, _ = _seal_backlog(workdir, cloud, count)
-        conn = connect(agent.data_dir / "agent.db", readonly=True)
-        try:
-            texts = [_body_text(r[0]) for r in conn.execute(
-                "SELECT body FROM invoices WHERE status='sealed' AND sync_state='pending' ORDER BY seq")]
-        finally:
-            conn.close()
-        if len(texts) != count:
-            raise RuntimeError(f"expected {count} sealed invoices, found {len(texts)}")
-        bodies = [('{"invoices":[' + ",".join(texts[i:i + batch]) + "]}").encode("utf-8")
-                  for i in range(0, count, batch)]
+        bodies = request_bodies(agent, count, batch)
         headers = {"Authorization": f"Bearer {agent.cloud_token}", "Content-Type": "application/json"}
         http_conn = http.client.HTTPConnection("127.0.0.1", cloud.port, timeout=300)
         accepted = 0
