@@ -395,8 +395,8 @@ def fill_ledger(url: str, entries: int, progress: Progress) -> dict[str, float]:
             hi = min(p["entries"], lo + step)
             # The code as the seal makes it: 24 characters of base32, one per entry.
             conn.execute(
-                "INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code) "
-                "SELECT outlet_id, upper(substr(md5(id::text || 'code'), 1, 24)), inv_type, "
+                "INSERT INTO invoice_codes (outlet_id, merchant_nif, code, inv_type, total, reference_code) "
+                "SELECT outlet_id, merchant_nif, upper(substr(md5(id::text || 'code'), 1, 24)), inv_type, "
                 "(invoice::json #>> '{totals,total}'), NULL FROM ledger WHERE id > %s AND id <= %s ORDER BY id",
                 (lo, hi))
             progress(f"  {hi:,} / {p['entries']:,} invoice codes")
