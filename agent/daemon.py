@@ -231,7 +231,10 @@ class HealthWatch:
         self.service = service
         self.last: tuple[str, str] | None = None
 
-    def check(self) -> None:
+    async def check(self) -> None:
+        # A coroutine, so the scheduler runs it on the event loop: health reads the journal's
+        # reader connection, which the loop's handlers use, and must not be read from a worker
+        # thread at the same time.
         health = self.service.health()
         now = (health["status"], health["state"])
         if now == self.last:
