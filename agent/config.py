@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 
 from fiscal.runtime.files import DataFile
-from fiscal.runtime.settings import (SourcesInOrder, env_keys, mask_url, problem_lines, section_models,
-                                    sectioned, toml_value)
+from fiscal.runtime.settings import (SourcesInOrder, commented_toml, env_keys, mask_url, problem_lines,
+                                    section_models, sectioned, toml_value)
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -327,14 +327,7 @@ _mask_url = mask_url
 # ------------------------------------------------------------------------------ writing
 def default_toml() -> str:
     """config.toml with every key at its default, each commented from the model."""
-    lines = [f"# {Settings.__doc__}"]
-    for section, model in _sections().items():
-        lines += ["", f"[{section}]"]
-        for key, info in model.model_fields.items():
-            for comment in (info.description or "").splitlines():
-                lines.append(f"# {comment}")
-            lines.append(f"{key} = {_render(info.default)}")
-    return "\n".join(lines) + "\n"
+    return commented_toml([f"# {Settings.__doc__}"], _sections(), _render)
 
 
 def write_default_config(data_dir: Path, **overrides: object) -> Path:

@@ -30,8 +30,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 from pydantic_settings import PydanticBaseSettingsSource
 
-from fiscal.runtime.settings import (SourcesInOrder, env_keys, mask_url, problem_lines, section_models,
-                                    sectioned, toml_value)
+from fiscal.runtime.settings import (SourcesInOrder, commented_toml, env_keys, mask_url, problem_lines,
+                                    section_models, sectioned, toml_value)
 
 ENV_PREFIX = "STALELA_CLOUD_"
 CONFIG_ENV = "STALELA_CLOUD_CONFIG"
@@ -447,13 +447,7 @@ def _read_secret(path: str, name: str, problems: list[str], *, check_mode: bool 
 # ------------------------------------------------------------------------------ the template
 def template() -> str:
     """A TOML file with every key at its default, each commented from the model."""
-    lines = [f"# {CloudSettings.__doc__}",
-             "# Environment variables STALELA_CLOUD_<SECTION>__<KEY> and `stalela cloud serve` options win over",
-             "# this file. Durations: 30s, 15m, 12h, 90d."]
-    for section, model in _sections().items():
-        lines += ["", f"[{section}]"]
-        for key, info in model.model_fields.items():
-            for comment in (info.description or "").splitlines():
-                lines.append(f"# {comment}")
-            lines.append(f"{key} = {toml_value(shown(info.default))}")
-    return "\n".join(lines) + "\n"
+    header = [f"# {CloudSettings.__doc__}",
+              "# Environment variables STALELA_CLOUD_<SECTION>__<KEY> and `stalela cloud serve` options win over",
+              "# this file. Durations: 30s, 15m, 12h, 90d."]
+    return commented_toml(header, _sections(), lambda value: toml_value(shown(value)))

@@ -8,7 +8,7 @@ URL, rendering a TOML value, and finding which section.key an environment variab
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -34,6 +34,18 @@ class SourcesInOrder(BaseSettings):
                                    file_secret_settings):
         named = {"init": init_settings, "env": env_settings}
         return tuple(named[name] for name in cls.SOURCES)
+
+
+def commented_toml(header: list[str], sections: dict[str, Any], render: Callable[[Any], str]) -> str:
+    """A TOML file with every key of every section at its default, each preceded by its
+    description as comments (`config template`, the agent's first config.toml)."""
+    lines = list(header)
+    for section, model in sections.items():
+        lines += ["", f"[{section}]"]
+        for key, info in model.model_fields.items():
+            lines += [f"# {comment}" for comment in (info.description or "").splitlines()]
+            lines.append(f"{key} = {render(info.default)}")
+    return "\n".join(lines) + "\n"
 
 
 def mask_url(url: str) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,6 +40,15 @@ def check(tmp_path: Path, *args: str, **env: str) -> dict[str, dict]:
     res = cloud("config", "check", "--json", *args, cwd=tmp_path, **env)
     assert res.returncode == 0, res.stdout + res.stderr
     return {row["key"]: row for row in json.loads(res.stdout)["settings"]}
+
+
+@contextmanager
+def busy_port():
+    """A port on 127.0.0.1 that something else listens on, for as long as the block runs."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
 
 
 def write(path: Path, text: str, mode: int = 0o600) -> Path:
@@ -111,10 +121,7 @@ def test_config_check_names_each_origin(tmp_path):
 def test_serve_applies_option_over_environment_over_file(tmp_path):
     # The file's port is taken; the environment says 0 (any free port): serve starts, so the
     # environment won. The environment's data folder loses to --data.
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
+    with busy_port() as taken:
         write(tmp_path / "cloud.toml", f'[server]\nport = {taken}\ndata_dir = "from-file"\nworkers = 0\n')
         ready, _ = serve_until_ready(["--config", "cloud.toml", "--data", "from-cli"], tmp_path,
                                      STALELA_CLOUD_SERVER__PORT="0", STALELA_CLOUD_SERVER__DATA_DIR="from-env")
@@ -240,10 +247,7 @@ def test_a_secret_file_readable_by_everyone_is_refused(tmp_path):
 
 
 def test_serve_on_a_busy_port_is_refused_before_the_data_folder(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         write(tmp_path / "cloud.toml", f"[server]\nport = {port}\n")
         res = cloud("serve", "--config", "cloud.toml", "--data", "data", cwd=tmp_path)
     assert res.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in res.stderr
