@@ -370,7 +370,7 @@ def _postgres_cpu() -> float:
 
 
 def online_seal(workdir: Path, url: str | None, outlets: int, per_outlet: int, progress: Progress,
-                extra: tuple[str, ...] = ()) -> dict[str, float]:
+                extra: tuple[str, ...] = (), rate: float | None = None) -> dict[str, float]:
     """`outlets` enrolled outlets sealing online at once, one connection each, closed loop.
 
     `url` None: the cloud on its SQLite file. The CPU per seal is the cloud process's (/proc),
@@ -396,12 +396,12 @@ def online_seal(workdir: Path, url: str | None, outlets: int, per_outlet: int, p
         asyncio.run(closed_loop("127.0.0.1", cloud.port, warm, expect=201))
         progress(f"  {outlets} × {per_outlet} online seals…")
         cpu0, pg0 = _cpu_seconds(cloud.proc.pid), _postgres_cpu() if url else 0.0
-        rate, lat = asyncio.run(closed_loop("127.0.0.1", cloud.port, measured, expect=201))
+        achieved, lat = asyncio.run(closed_loop("127.0.0.1", cloud.port, measured, expect=201, rate=rate))
         cloud_cpu, pg_cpu = _cpu_seconds(cloud.proc.pid) - cpu0, (_postgres_cpu() - pg0) if url else 0.0
     finally:
         cloud.stop()
     count = outlets * per_outlet
-    return {"seal_outlets": outlets, "seal_count": count, "seal_rate": rate,
+    return {"seal_outlets": outlets, "seal_count": count, "seal_rate": achieved, **({"seal_offered": rate} if rate else {}),
             "seal_p50_ms": pct(lat, 50) * 1000, "seal_p99_ms": pct(lat, 99) * 1000,
             "seal_cloud_cpu_us": cloud_cpu / count * 1e6, "seal_pg_cpu_us": pg_cpu / count * 1e6}
 
@@ -418,13 +418,13 @@ def _no_cloud_database() -> Iterator[None]:
 
 
 def seal_only(admin: str, outlets: int, per_outlet: int, backend: str, extra: tuple[str, ...] = (),
-              progress: Progress = _stderr) -> dict[str, float]:
+              rate: float | None = None, progress: Progress = _stderr) -> dict[str, float]:
     """The online-seal step alone (`--only seal`), on a scratch database or on SQLite."""
     with _terminated_cleanly(), tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
         if backend == "sqlite":
-            return online_seal(Path(folder), None, outlets, per_outlet, progress, extra)
+            return online_seal(Path(folder), None, outlets, per_outlet, progress, extra, rate)
         with Databases(admin).scratch("seal") as url:
-            return online_seal(Path(folder), url, outlets, per_outlet, progress, extra)
+            return online_seal(Path(folder), url, outlets, per_outlet, progress, extra, rate)
 
 
 def fill_ledger(url: str, entries: int, progress: Progress) -> dict[str, float]:
@@ -699,6 +699,9 @@ def main() -> None:
     ap.add_argument("--per-outlet", type=int, default=20, help="--only seal: seals per outlet (default 20)")
     ap.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql",
                     help="--only seal: the cloud's database (default postgresql)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="--only seal: seals/s offered by the outlets together, each on a schedule (default: "
+                         "closed loop, every outlet sending its next seal as soon as it has its answer)")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="--only seal: an extra `stalela cloud serve` argument (repeatable), e.g. --serve-arg=--threads=16")
     args = ap.parse_args()
@@ -707,7 +710,7 @@ def main() -> None:
         problem = server_problem(url) if args.backend == "postgresql" else None
         if problem:
             sys.exit(problem)
-        figures = seal_only(url, args.outlets, args.per_outlet, args.backend, tuple(args.serve_arg))
+        figures = seal_only(url, args.outlets, args.per_outlet, args.backend, tuple(args.serve_arg), args.rate)
         print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}))
         return
     if args.ledger is not None and args.ledger < 1000:
