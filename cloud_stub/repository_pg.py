@@ -12,7 +12,8 @@ Concurrency, with any number of service instances on one database:
   * unique constraints (number_key, (outlet_id, seq), request ids) refuse what a bug could still
     let through; the ledger is partitioned by month since version 6, so the first two are held
     by `ledger_keys` across partitions (ledger_partitions.py);
-  * a read transaction is REPEATABLE READ READ ONLY: one snapshot, as SQLite's;
+  * a read transaction is REPEATABLE READ READ ONLY: one snapshot, as SQLite's; a read of one
+    statement (`lookup`, every request's token) runs alone in autocommit, its own snapshot;
   * a periodic job runs on one instance at a time (`run_once`: `pg_try_advisory_lock`).
 
 Migrations carry the same versions and names as the SQLite ones (`repository.MIGRATIONS`), are
