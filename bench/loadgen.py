@@ -28,11 +28,13 @@ def build_request(path: str, host: str, body: bytes, headers: dict[str, str] | N
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, requests: list[bytes], expect: int, latencies: list[float], done: asyncio.Future) -> None:
+    def __init__(self, requests: list[bytes], expect: int, latencies: list[float], done: asyncio.Future,
+                 schedule: tuple[float, float] | None = None) -> None:
         self.requests = requests
         self.expect = expect
         self.latencies = latencies
         self.done = done
+        self.schedule = schedule  # (first send, seconds between sends) on the perf_counter clock
         self.buffer = b""
         self.next = 0
         self.sent_at = 0.0
@@ -48,6 +50,15 @@ class _Connection(asyncio.Protocol):
             if not self.done.done():
                 self.done.set_result(None)
             return
+        if self.schedule is not None:
+            due = self.schedule[0] + self.next * self.schedule[1]
+            wait = due - time.perf_counter()
+            if wait > 0:
+                asyncio.get_running_loop().call_later(wait, self._send_now)
+                return
+        self._send_now()
+
+    def _send_now(self) -> None:
         self.sent_at = time.perf_counter()
         self.transport.write(self.requests[self.next])
         self.next += 1
@@ -81,17 +92,25 @@ class _Connection(asyncio.Protocol):
             self.done.set_exception(LoadError(f"connection lost after {self.next} requests: {exc}"))
 
 
-async def closed_loop(host: str, port: int, requests_per_client: list[list[bytes]], expect: int = 201
-                      ) -> tuple[float, list[float]]:
-    """Run one connection per list of requests; returns (requests/s, latencies in seconds)."""
+async def closed_loop(host: str, port: int, requests_per_client: list[list[bytes]], expect: int = 201,
+                      rate: float | None = None) -> tuple[float, list[float]]:
+    """Run one connection per list of requests; returns (requests/s, latencies in seconds).
+
+    With a `rate` (requests/s offered by all clients together), each client sends on a schedule
+    (its sends evenly spaced, the clients' schedules staggered) instead of at once: the latency
+    at that load rather than with every client queued. A send waits for the previous answer, so
+    a service slower than the rate is seen as an achieved rate below it."""
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     dones = []
     start = time.perf_counter()
-    for requests in requests_per_client:
+    clients = len(requests_per_client)
+    for k, requests in enumerate(requests_per_client):
         done = loop.create_future()
         dones.append(done)
-        await loop.create_connection(lambda r=requests, d=done: _Connection(r, expect, latencies, d), host, port)
+        schedule = None if rate is None else (start + 0.05 + k / rate, clients / rate)
+        await loop.create_connection(lambda r=requests, d=done, s=schedule: _Connection(r, expect, latencies, d, s),
+                                     host, port)
     await asyncio.gather(*dones)
     elapsed = time.perf_counter() - start
     return sum(len(r) for r in requests_per_client) / elapsed, latencies

@@ -3,6 +3,8 @@
     python -m bench.pgcloud --quick                  # a smoke run: small counts, ≈ 2 minutes
     python -m bench.pgcloud                          # the full figures (a 10,000,000-entry ledger)
     ./dev bench --cloud-db postgresql                # the same, written into docs/benchmarks.md
+    python -m bench.pgcloud --only seal [--outlets 200 --per-outlet 20 --backend sqlite]
+                                                     # the online seal alone, as JSON (≈ 1 minute)
 
 Every step runs real `stalela cloud serve` processes on a database of its own, created on the
 server for the step (`bench_<run>_<step>`) and dropped afterwards, also when the step fails or
@@ -349,13 +351,37 @@ def pct(values: list[float], q: float) -> float:
 
 # -- the figures ----------------------------------------------------------------------------------
 
-def online_seal(workdir: Path, url: str, outlets: int, per_outlet: int, progress: Progress) -> dict[str, float]:
-    """`outlets` enrolled outlets sealing online at once, one connection each, closed loop."""
+def _postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL server process on this machine (its backends, WAL writer,
+    checkpointer…): /proc, whoever owns them. Other clients' work on the same server counts too."""
+    from .sync import _cpu_seconds
+
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() != "postgres":
+                        continue
+            except OSError:
+                continue
+            total += _cpu_seconds(int(entry))
+    return total
+
+
+def online_seal(workdir: Path, url: str | None, outlets: int, per_outlet: int, progress: Progress,
+                extra: tuple[str, ...] = (), rate: float | None = None) -> dict[str, float]:
+    """`outlets` enrolled outlets sealing online at once, one connection each, closed loop.
+
+    `url` None: the cloud on its SQLite file. The CPU per seal is the cloud process's (/proc),
+    and on PostgreSQL the server processes' (every `postgres` process on the machine)."""
+    from .sync import _cpu_seconds
+
     data = workdir / "seal" / "cloud"
     data.parent.mkdir(parents=True)
     cloud = CloudProcess(data)
-    with _cloud_database(url):
-        cloud.start(60, "--workers", "0")  # online sealing verifies nothing: no verifier processes
+    with _cloud_database(url) if url else _no_cloud_database():
+        cloud.start(60, "--workers", "0", *extra)  # online sealing verifies nothing: no verifier processes
     try:
         progress(f"  enrolling {outlets} outlets…")
         agents = enroll_outlets(cloud, outlets, "SEAL")
@@ -369,11 +395,36 @@ def online_seal(workdir: Path, url: str, outlets: int, per_outlet: int, progress
         warm, measured = plan("warm", 2), plan("seal", per_outlet)
         asyncio.run(closed_loop("127.0.0.1", cloud.port, warm, expect=201))
         progress(f"  {outlets} × {per_outlet} online seals…")
-        rate, lat = asyncio.run(closed_loop("127.0.0.1", cloud.port, measured, expect=201))
+        cpu0, pg0 = _cpu_seconds(cloud.proc.pid), _postgres_cpu() if url else 0.0
+        achieved, lat = asyncio.run(closed_loop("127.0.0.1", cloud.port, measured, expect=201, rate=rate))
+        cloud_cpu, pg_cpu = _cpu_seconds(cloud.proc.pid) - cpu0, (_postgres_cpu() - pg0) if url else 0.0
     finally:
         cloud.stop()
-    return {"seal_outlets": outlets, "seal_count": outlets * per_outlet, "seal_rate": rate,
-            "seal_p50_ms": pct(lat, 50) * 1000, "seal_p99_ms": pct(lat, 99) * 1000}
+    count = outlets * per_outlet
+    return {"seal_outlets": outlets, "seal_count": count, "seal_rate": achieved, **({"seal_offered": rate} if rate else {}),
+            "seal_p50_ms": pct(lat, 50) * 1000, "seal_p99_ms": pct(lat, 99) * 1000,
+            "seal_cloud_cpu_us": cloud_cpu / count * 1e6, "seal_pg_cpu_us": pg_cpu / count * 1e6}
+
+
+@contextmanager
+def _no_cloud_database() -> Iterator[None]:
+    """The cloud started meanwhile uses its SQLite file, whatever the environment says."""
+    before = os.environ.pop(DATABASE_URL_ENV, None)
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.environ[DATABASE_URL_ENV] = before
+
+
+def seal_only(admin: str, outlets: int, per_outlet: int, backend: str, extra: tuple[str, ...] = (),
+              rate: float | None = None, progress: Progress = _stderr) -> dict[str, float]:
+    """The online-seal step alone (`--only seal`), on a scratch database or on SQLite."""
+    with _terminated_cleanly(), tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
+        if backend == "sqlite":
+            return online_seal(Path(folder), None, outlets, per_outlet, progress, extra, rate)
+        with Databases(admin).scratch("seal") as url:
+            return online_seal(Path(folder), url, outlets, per_outlet, progress, extra, rate)
 
 
 def fill_ledger(url: str, entries: int, progress: Progress) -> dict[str, float]:
@@ -642,7 +693,26 @@ def main() -> None:
     ap.add_argument("--admin-url", default=None,
                     help=f"a PostgreSQL URL allowed to create databases "
                          f"(default ${ADMIN_URL_ENV} or {DEFAULT_ADMIN_URL})")
+    ap.add_argument("--only", choices=["seal"], default=None,
+                    help="one step alone, its figures printed as JSON (seal: the online seal)")
+    ap.add_argument("--outlets", type=int, default=200, help="--only seal: concurrent outlets (default 200)")
+    ap.add_argument("--per-outlet", type=int, default=20, help="--only seal: seals per outlet (default 20)")
+    ap.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql",
+                    help="--only seal: the cloud's database (default postgresql)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="--only seal: seals/s offered by the outlets together, each on a schedule (default: "
+                         "closed loop, every outlet sending its next seal as soon as it has its answer)")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="--only seal: an extra `stalela cloud serve` argument (repeatable), e.g. --serve-arg=--threads=16")
     args = ap.parse_args()
+    if args.only == "seal":
+        url = admin_url(args.admin_url)
+        problem = server_problem(url) if args.backend == "postgresql" else None
+        if problem:
+            sys.exit(problem)
+        figures = seal_only(url, args.outlets, args.per_outlet, args.backend, tuple(args.serve_arg), args.rate)
+        print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}))
+        return
     if args.ledger is not None and args.ledger < 1000:
         ap.error("--ledger: at least 1,000 entries")
     url = admin_url(args.admin_url)

@@ -33,7 +33,11 @@ class DayFigures:
         day[2] += lag
         day[3] = max(day[3], lag)
 
+    def rows(self) -> list[tuple]:
+        """(outlet_id, day, invoices, net_sales, lag_sum, lag_max) of each day, as `Tx.add_kpi_days` takes them."""
+        return [(self.outlet_id, day, *figures) for day, figures in sorted(self.days.items())]
+
     def write(self, tx: Tx) -> None:
         if self.days:
-            tx.add_kpi_days([(self.outlet_id, day, *figures) for day, figures in sorted(self.days.items())])
+            tx.add_kpi_days(self.rows())
             self.days = {}

@@ -108,9 +108,10 @@ def code_row(outlet_id: str, invoice: dict) -> tuple:
             ref["code"] if isinstance(ref, dict) else None)
 
 
-def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, int]:
-    """Append a sealed invoice (JSON form, exactly as sealed) to the outlet's ledger: (id, seq)."""
-    tail = tx.ledger_tail(outlet_id)
+def sealed_entry(outlet_id: str, invoice: dict, now: datetime, tail: dict | None
+                 ) -> tuple[LedgerEntry, tuple, list[tuple]]:
+    """The ledger entry of an invoice the cloud sealed, after `tail` (the outlet's last entry,
+    {seq, ledger_hash}, None for the first), with its `invoice_codes` row and `kpi_days` rows."""
     seq = tail["seq"] + 1 if tail else 1
     prev = tail["ledger_hash"] if tail else GENESIS_HASH
     sec = invoice["security"]
@@ -127,12 +128,9 @@ def append(tx: Tx, outlet_id: str, invoice: dict, now: datetime) -> tuple[int, i
         invoice=stored_text(invoice),
         state=VERIFIED,  # the cloud sealed it itself
     )
-    ledger_id = tx.append(entry)
-    tx.insert_codes([code_row(outlet_id, invoice)])
     figures = DayFigures(outlet_id, recorded_at)
     figures.add(entry.sealed_at, entry.inv_type, invoice["totals"]["total"])
-    figures.write(tx)
-    return ledger_id, seq
+    return entry, code_row(outlet_id, invoice), figures.rows()
 
 
 def stored_text(invoice: dict) -> str:

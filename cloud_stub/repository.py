@@ -448,6 +448,16 @@ class StoreError(RuntimeError):
     """The database cannot be opened (a bad URL, a server that does not answer): one line, no secret."""
 
 
+@dataclass
+class SealState:
+    """`Tx.seal_state`: `done` (the request's seal_requests row) or the rest."""
+    done: dict | None
+    number: int | None = None
+    head: dict | None = None
+    last_same: dict | None = None
+    tail: dict | None = None
+
+
 class Repository(Protocol):
     """A store: transactions yielding a `Tx`. `Store` (SQLite) and `repository_pg.PgStore`."""
 
@@ -456,6 +466,10 @@ class Repository(Protocol):
 
     def read(self) -> ContextManager["Tx"]:
         """A read transaction: one consistent snapshot."""
+
+    def lookup(self) -> ContextManager["Tx"]:
+        """A read of exactly one statement (a single statement is its own snapshot): on
+        PostgreSQL without BEGIN and COMMIT, one round trip instead of three."""
 
     def run_once(self, job: str) -> ContextManager[bool]:
         """True inside when this process holds the job's lock (a periodic job runs on one
@@ -875,6 +889,29 @@ class Tx:
     def insert_seal_request(self, outlet_id: str, request_id: str, fingerprint: str, ledger_id: int) -> None:
         self._run("INSERT INTO seal_requests (outlet_id, merchant_nif, request_id, fingerprint, ledger_id) "
                   "VALUES (?, ?, ?, ?, ?)", outlet_id, self.merchant_of(outlet_id), request_id, fingerprint, ledger_id)
+
+    def seal_state(self, outlet_id: str, request_id: str, chain_key: str, inv_type: str) -> SealState:
+        """What an online seal reads under the outlet's lock: the request's earlier seal if any;
+        otherwise the number taken for it (the counter moves: the caller must hold the outlet's
+        lock, and a seal that does not go on rolls the transaction back), the chain's head, the
+        chain's last entry of the same type and the outlet's ledger tail. PostgreSQL does it in
+        one statement (repository_pg.PgTx); here, one query each."""
+        done = self.seal_request(outlet_id, request_id)
+        if done is not None:
+            return SealState(done=done)
+        return SealState(done=None, number=self.take_numbers(outlet_id, 1), head=self.chain_head(chain_key),
+                         last_same=self.last_of_type(chain_key, inv_type), tail=self.ledger_tail(outlet_id))
+
+    def append_sealed(self, entry: "LedgerEntry", code: tuple, days: list[tuple], request_id: str,
+                      fingerprint: str) -> int:
+        """An online seal's writes: its ledger entry, `invoice_codes` row, `kpi_days` figures and
+        request record; returns the entry's id. PostgreSQL does it in one statement."""
+        ledger_id = self.append(entry)
+        self.insert_codes([code])
+        if days:
+            self.add_kpi_days(days)
+        self.insert_seal_request(entry.outlet_id, request_id, fingerprint, ledger_id)
+        return ledger_id
 
     # -- flags and rejections ---------------------------------------------------------------
 
@@ -1383,6 +1420,8 @@ class Store:
     def read(self):
         """A read transaction: one consistent snapshot."""
         return self._transaction("BEGIN")
+
+    lookup = read  # a read transaction costs no round trip here
 
     def run_once(self, job: str):
         # One process per SQLite file runs the periodic jobs: nothing to share.

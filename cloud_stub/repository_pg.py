@@ -12,7 +12,8 @@ Concurrency, with any number of service instances on one database:
   * unique constraints (number_key, (outlet_id, seq), request ids) refuse what a bug could still
     let through; the ledger is partitioned by month since version 6, so the first two are held
     by `ledger_keys` across partitions (ledger_partitions.py);
-  * a read transaction is REPEATABLE READ READ ONLY: one snapshot, as SQLite's;
+  * a read transaction is REPEATABLE READ READ ONLY: one snapshot, as SQLite's; a read of one
+    statement (`lookup`, every request's token) runs alone in autocommit, its own snapshot;
   * a periodic job runs on one instance at a time (`run_once`: `pg_try_advisory_lock`).
 
 Migrations carry the same versions and names as the SQLite ones (`repository.MIGRATIONS`), are
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -36,7 +39,7 @@ from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
 from .errors import Invalid
 from . import ledger_partitions
-from .repository import APPEND_ONLY, OUTLET_TABLES, StoreError, Tx, kpi_days_from_ledger
+from .repository import APPEND_ONLY, OUTLET_TABLES, LedgerEntry, SealState, StoreError, Tx, kpi_days_from_ledger
 
 # repository.SQLITE_TOTAL and SQLITE_LAG in PostgreSQL (the invoice's U+0000 as in ledger_invoice_id).
 PG_TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
@@ -399,7 +402,10 @@ class PgTx(Tx):
         return self._c.execute(_pg(sql), _storable(sql, args)).rowcount
 
     def _many(self, sql: str, rows: list[tuple]) -> None:
-        if rows:
+        if len(rows) == 1:
+            # One row: a plain statement (executemany's pipeline costs more CPU for a single row).
+            self._c.execute(_pg(sql), _storable(sql, rows[0]))
+        elif rows:
             rows = [_storable(sql, row) for row in rows]
             with self._c.cursor() as cur:
                 cur.executemany(_pg(sql), rows)  # pipelined by psycopg: one round trip per batch
@@ -422,6 +428,32 @@ class PgTx(Tx):
                     detail: str, now: str, authority_id: str | None = None) -> int:
         return super().insert_flag(*_visible(outlet_id, reason, credential_id), numbers,
                                    *_visible(detail, now, authority_id))
+
+    def seal_state(self, outlet_id: str, request_id: str, chain_key: str, inv_type: str) -> SealState:
+        # One statement, after the lock (`lock_outlet`, its own statement: at READ COMMITTED this
+        # one's snapshot is taken once the lock is held, so it sees the previous holder's commit).
+        # The counter moves only when the request was not sealed before.
+        row = self._c.execute(_SEAL_STATE, _storable("WITH", (outlet_id, request_id, outlet_id, chain_key,
+                                                                chain_key, inv_type, outlet_id))).fetchone()
+        if row["done_ledger_id"] is not None:
+            return SealState(done={"fingerprint": row["done_fingerprint"], "ledger_id": row["done_ledger_id"]})
+        head = None if row["head_invoice"] is None else {
+            "fiscal_number": row["head_fiscal_number"], "invoice_hash": row["head_invoice_hash"],
+            "sealed_at": row["head_sealed_at"], "invoice": row["head_invoice"]}
+        last_same = None if row["last_same_invoice"] is None else {"invoice": row["last_same_invoice"]}
+        tail = None if row["tail_seq"] is None else {"seq": row["tail_seq"], "ledger_hash": row["tail_ledger_hash"]}
+        return SealState(done=None, number=row["number"], head=head, last_same=last_same, tail=tail)
+
+    def append_sealed(self, entry: LedgerEntry, code: tuple, days: list[tuple], request_id: str,
+                      fingerprint: str) -> int:
+        if len(days) != 1:  # one entry has one day; anything else the general way
+            return super().append_sealed(entry, code, days, request_id, fingerprint)
+        nif = self.merchant_of(entry.outlet_id)
+        args = (entry.outlet_id, entry.seq, entry.recorded_at, entry.mode, entry.inv_type, entry.authority_id,
+                entry.fiscal_number, entry.number_key, entry.chain_key, entry.sealed_at, entry.invoice_hash,
+                entry.prev_ledger_hash, entry.ledger_hash, entry.invoice, entry.state, nif,
+                *code, nif, *days[0], nif, entry.outlet_id, nif, request_id, fingerprint)
+        return self._c.execute(_APPEND_SEALED, _storable("WITH", args)).fetchone()["id"]
 
     def lock_outlet(self, outlet_id: str) -> None:
         # The counter row carries the outlet's merchant: the lock reads it for the inserts to follow.
@@ -446,6 +478,69 @@ class PgTx(Tx):
         return super().retire_agents(outlet_id, now)
 
 
+class _OneStatement(PgTx):
+    """The Tx of `PgStore.lookup`: one statement, then any other is a programming error."""
+
+    def __init__(self, conn: psycopg.Connection):
+        super().__init__(_Once(conn))
+
+
+class _Once:
+    def __init__(self, conn: psycopg.Connection):
+        self._conn, self._used = conn, False
+
+    def execute(self, *args: Any, **kwargs: Any):
+        if self._used:
+            raise RuntimeError("a lookup runs one statement: use store.read() for more")
+        self._used = True
+        return self._conn.execute(*args, **kwargs)
+
+    def cursor(self, *args: Any, **kwargs: Any):
+        raise RuntimeError("a lookup runs one statement: use store.read() for more")
+
+
+# PgTx.seal_state: Tx.seal_request, take_numbers, chain_head, last_of_type and ledger_tail in
+# one statement (parameters: outlet, request, outlet, chain key, chain key, type, outlet).
+_SEAL_STATE = """
+WITH done AS (SELECT fingerprint, ledger_id FROM seal_requests WHERE outlet_id = %s AND request_id = %s),
+taken AS (UPDATE counters SET next_number = next_number + 1
+          WHERE outlet_id = %s AND NOT EXISTS (SELECT 1 FROM done) RETURNING next_number - 1 AS number)
+SELECT d.fingerprint AS done_fingerprint, d.ledger_id AS done_ledger_id, (SELECT number FROM taken) AS number,
+       h.fiscal_number AS head_fiscal_number, h.invoice_hash AS head_invoice_hash, h.sealed_at AS head_sealed_at,
+       h.invoice AS head_invoice, s.invoice AS last_same_invoice, t.seq AS tail_seq, t.ledger_hash AS tail_ledger_hash
+FROM (SELECT 1) one
+LEFT JOIN done d ON true
+LEFT JOIN LATERAL (SELECT fiscal_number, invoice_hash, sealed_at, invoice FROM ledger
+                   WHERE chain_key = %s ORDER BY id DESC LIMIT 1) h ON d.ledger_id IS NULL
+LEFT JOIN LATERAL (SELECT invoice FROM ledger WHERE chain_key = %s AND inv_type = %s
+                   ORDER BY id DESC LIMIT 1) s ON d.ledger_id IS NULL
+LEFT JOIN LATERAL (SELECT seq, ledger_hash FROM ledger WHERE outlet_id = %s
+                   ORDER BY seq DESC LIMIT 1) t ON d.ledger_id IS NULL
+"""
+
+# PgTx.append_sealed: Tx.append, insert_codes, add_kpi_days and insert_seal_request in one
+# statement. The entry's `ledger_keys` row (its trigger) is written before the request's row,
+# which refers to it, is checked: both at the statement's end, in the order they were queued.
+_APPEND_SEALED = """
+WITH entry AS (
+    INSERT INTO ledger (outlet_id, seq, recorded_at, mode, inv_type, authority_id, fiscal_number, number_key,
+                        chain_key, sealed_at, invoice_hash, prev_ledger_hash, ledger_hash, invoice, state, merchant_nif)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),
+code AS (
+    INSERT INTO invoice_codes (outlet_id, code, inv_type, total, reference_code, merchant_nif)
+    VALUES (%s, %s, %s, %s, %s, %s)),
+day AS (
+    INSERT INTO kpi_days (outlet_id, day, invoices, net_sales, lag_sum, lag_max, merchant_nif)
+    VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (outlet_id, day) DO UPDATE SET
+        invoices = kpi_days.invoices + excluded.invoices, net_sales = kpi_days.net_sales + excluded.net_sales,
+        lag_sum = kpi_days.lag_sum + excluded.lag_sum, lag_max = GREATEST(kpi_days.lag_max, excluded.lag_max)),
+request AS (
+    INSERT INTO seal_requests (outlet_id, merchant_nif, request_id, fingerprint, ledger_id)
+    SELECT %s, %s, %s, %s, id FROM entry)
+SELECT id FROM entry
+"""
+
+
 class PgStore:
     """A PostgreSQL database through a pool of synchronous connections (autocommit; each
     transaction is an explicit BEGIN ... COMMIT, as in the SQLite store)."""
@@ -460,8 +555,9 @@ class PgStore:
                              f"{redact(problem.replace(url, redact(url)))}")
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max(2, pool_size + 2), open=False, name="cloud-pg",
-            # A connection the server dropped (a restart, a failover) is replaced before it is lent.
-            check=ConnectionPool.check_connection,
+            # A connection the server dropped (a restart, a failover) is replaced before it is lent
+            # (_check: without a round trip for a connection used just now).
+            check=_check, reset=_returned,
             kwargs={"autocommit": True, "row_factory": dict_row,
                     "connect_timeout": max(1, int(connect_timeout))})
         try:
@@ -499,6 +595,14 @@ class PgStore:
         """A read transaction: one consistent snapshot."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
+    @contextmanager
+    def lookup(self) -> Iterator[PgTx]:
+        """A read of one statement, without BEGIN and COMMIT (the connections are in autocommit:
+        the statement is its own transaction and snapshot). A second statement is refused: it
+        would not share the first one's snapshot."""
+        with self._pool.connection() as conn:
+            yield _OneStatement(conn)
+
     def lost_race(self, exc: BaseException) -> bool:
         # READ COMMITTED: two transactions that both found no row and both inserted it; the
         # loser's retry sees the winner's row. Serialization failures and deadlocks likewise.
@@ -528,6 +632,31 @@ class PgStore:
 
     def close(self) -> None:
         self._pool.close()
+
+
+# A connection idle for longer than this is checked with a round trip before it is lent again.
+FULL_CHECK_IDLE = 5.0
+
+
+def _returned(conn: psycopg.Connection) -> None:
+    conn._stalela_returned_at = time.monotonic()
+
+
+def _check(conn: psycopg.Connection) -> None:
+    """The pool's check before it lends a connection: raise if the connection is broken.
+
+    psycopg_pool's own check is a round trip (an empty query) on every loan: three per online
+    seal, ≈ 7 % of the service's CPU. A connection used less than FULL_CHECK_IDLE seconds ago
+    is checked locally instead: an idle connection has nothing to read, so a readable socket
+    means the server said goodbye (terminated, restarting, failing over) and the round trip
+    then decides. One idle for longer gets the round trip (a peer gone without a word)."""
+    idle = time.monotonic() - getattr(conn, "_stalela_returned_at", 0.0)
+    if idle < FULL_CHECK_IDLE and not conn.closed and conn.pgconn.status == psycopg.pq.ConnStatus.OK:
+        poll = select.poll()
+        poll.register(conn.fileno(), select.POLLIN)
+        if not poll.poll(0):
+            return
+    ConnectionPool.check_connection(conn)
 
 
 def redact(url: str) -> str:

@@ -180,7 +180,7 @@ class CloudService:
                 "issuer_public_key": self.issuer.public_key, "issuer_key_id": self.issuer.key_id}
 
     def authenticate(self, api_token: str) -> dict | None:
-        with self.store.read() as tx:
+        with self.store.lookup() as tx:  # one statement: every request of an agent runs it
             return registry.authenticate(tx, api_token)
 
     def periodic_audit(self) -> list[int] | None:
@@ -236,7 +236,7 @@ class CloudService:
         if deadline is not None and now > deadline:
             raise DeadlinePassed("deadline_passed", "the agent's deadline passed before this request arrived; "
                                  "nothing was sealed")
-        with self.store.read() as tx:
+        with self.store.lookup() as tx:
             outlet = registry.get_outlet(tx, agent["outlet_id"])
         chosen_isf = signer.resolve_isf(outlet, isf)
         lines, totals = signer.compute_totals(request, outlet, now)  # pure: outside the write lock

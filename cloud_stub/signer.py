@@ -52,7 +52,11 @@ def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: 
          invoice_id: str | None, lines: list, totals: dict, now: datetime) -> tuple[dict, bool]:
     """(sealed invoice JSON, created). Must run in a write transaction: it takes a number."""
     fingerprint = request_fingerprint(request)
-    done = tx.seal_request(outlet["id"], request.request_id)
+    key = chain_key("cloud", outlet_id=outlet["id"])
+    # One read for all the seal needs (one statement on PostgreSQL). The number it takes is
+    # given back by the rollback when the seal does not go on (a credit refused, a deadline).
+    state = tx.seal_state(outlet["id"], request.request_id, key, request.type)
+    done = state.done
     if done is not None:
         if done["fingerprint"] != fingerprint:
             raise Conflict("idempotency_conflict",
@@ -65,15 +69,16 @@ def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: 
             raise CreditRefused(found[0], found[1],
                                 errors=[{"field": "reference.code" if found[0] != "credit_exceeds_original"
                                          else "items", "message": found[1]}])
-    number = tx.take_numbers(outlet["id"], 1)
-    key = chain_key("cloud", outlet_id=outlet["id"])
-    head = tx.chain_head(key)
+    number = state.number
+    if number is None:
+        raise LookupError(f"outlet {outlet['id']} has no counter")
+    head = state.head
     moment = now.astimezone(ZoneInfo(outlet["time_zone"])).replace(microsecond=0)
     if head is not None:
         previous = datetime.fromisoformat(head["sealed_at"])
         moment = max(moment, previous.astimezone(moment.tzinfo))  # never earlier than the last one
     # The counters of the cloud signer's chain, like the device's FC (per type) and TC (total).
-    last_same = tx.last_of_type(key, request.type)
+    last_same = state.last_same
     type_count = (json.loads(last_same["invoice"])["security"]["counters"]["type"] if last_same else 0) + 1
     total_count = (json.loads(head["invoice"])["security"]["counters"]["total"] if head else 0) + 1
     invoice = sealed_invoice(
@@ -84,6 +89,6 @@ def seal(tx: Tx, issuer: Issuer, outlet: dict, request: InvoiceRequest, *, isf: 
         prev_hash=head["invoice_hash"] if head else GENESIS_HASH)
     apply_signature(invoice, issuer.private_key, None)
     SealedInvoice.model_validate(invoice)  # the contract holds for what the cloud itself seals
-    ledger_id, _ = ledger.append(tx, outlet["id"], invoice, now)
-    tx.insert_seal_request(outlet["id"], request.request_id, fingerprint, ledger_id)
+    entry, code, days = ledger.sealed_entry(outlet["id"], invoice, now, state.tail)
+    tx.append_sealed(entry, code, days, request.request_id, fingerprint)
     return invoice, True

@@ -77,3 +77,17 @@ def test_a_sqlite_run_keeps_the_postgresql_section_it_did_not_measure(tmp_path):
     assert kept == "\n\n## The cloud on PostgreSQL\n\n- measured: 2026-12-01, commit abc\n\n| figure | 1 |"
     previous.write_text("# Benchmarks\n\n## Reading these figures\n")
     assert pg_section(Namespace(cloud_db="sqlite"), previous) == ""
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_the_online_seal_step_alone_paced_on_either_backend(backend):
+    """`--only seal`: every seal answered 201 (the run raises otherwise), on its scratch database
+    (dropped afterwards) or on SQLite; paced at a rate, with the CPU per seal reported."""
+    before = _bench_databases("bench_")
+    row = pgcloud.seal_only(admin_url(), outlets=3, per_outlet=2, backend=backend, rate=30.0,
+                            progress=lambda text: None)
+    assert row["seal_count"] == 6 and row["seal_offered"] == 30.0 and row["seal_rate"] > 0
+    assert row["seal_cloud_cpu_us"] >= 0 and row["seal_pg_cpu_us"] >= 0
+    if backend == "sqlite":
+        assert row["seal_pg_cpu_us"] == 0  # no PostgreSQL counted for a cloud that does not use it
+    assert _bench_databases("bench_") == before

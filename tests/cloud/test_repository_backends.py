@@ -88,6 +88,60 @@ def test_the_same_queries_answer_the_same(backend):
         store.close()
 
 
+def test_an_online_seals_reads_and_writes(backend):
+    """Tx.seal_state and Tx.append_sealed (one statement each on PostgreSQL): the same answers
+    as the queries they stand for, and no number taken for a request sealed before."""
+    store = backend()
+    sealed = entry("KIN-01", 1, 1, mode="cloud")
+    try:
+        with store.write() as tx:
+            seed(tx)
+        with store.write() as tx:
+            tx.lock_outlet("KIN-01")
+            first = tx.seal_state("KIN-01", "R-1", "cloud:KIN-01", "FV")
+            assert (first.done, first.number, first.head, first.last_same, first.tail) == (None, 1, None, None, None)
+            ledger_id = tx.append_sealed(sealed, ("KIN-01", "CODE1", "FV", "10.00", None),
+                                         [("KIN-01", "2026-01-01", 1, 10.0, 2.0, 2.0)], "R-1", "fp-1")
+        with store.write() as tx:
+            tx.lock_outlet("KIN-01")
+            again = tx.seal_state("KIN-01", "R-1", "cloud:KIN-01", "FV")
+            assert again.done == {"fingerprint": "fp-1", "ledger_id": ledger_id} and again.number is None
+        with store.write() as tx:
+            tx.lock_outlet("KIN-01")
+            assert tx.next_number("KIN-01") == 2  # the duplicate took no number
+            nxt = tx.seal_state("KIN-01", "R-2", "cloud:KIN-01", "FT")
+            assert nxt.done is None and nxt.number == 2
+            assert nxt.head == {"fiscal_number": 1, "invoice_hash": "h1", "invoice": "{}",
+                                "sealed_at": sealed.sealed_at}
+            assert nxt.last_same is None  # no FT before
+            assert nxt.tail == {"seq": 1, "ledger_hash": "l1"}
+            assert tx.seal_state("KIN-01", "R-3", "cloud:KIN-01", "FV").last_same == {"invoice": "{}"}
+        with store.read() as tx:
+            assert tx.invoice_by_code("KIN-01", "CODE1") == {"inv_type": "FV", "total": "10.00"}
+            assert tx.seal_request("KIN-01", "R-1") == {"fingerprint": "fp-1", "ledger_id": ledger_id}
+            assert tx.ledger_invoice(ledger_id) == "{}"
+            assert [(d["invoices"], d["net_sales"]) for d in tx._all("SELECT * FROM kpi_days")] == [(1, 10.0)]
+            assert tx.next_number("KIN-01") == 4
+    finally:
+        store.close()
+
+
+def test_a_lookup_runs_one_statement(backend):
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+        with store.lookup() as tx:
+            assert tx.outlet("KIN-01")["time_zone"] == "Africa/Kinshasa"
+        if isinstance(store, PgStore):  # a second statement would not share the first one's snapshot
+            with pytest.raises(RuntimeError, match="one statement"):
+                with store.lookup() as tx:
+                    tx.outlet("KIN-01")
+                    tx.outlet("KIN-01")
+    finally:
+        store.close()
+
+
 def test_a_failed_transaction_changes_nothing(backend):
     store = backend()
     try:

@@ -75,11 +75,37 @@ def test_a_connection_the_server_dropped_is_replaced(store):
     with store.read() as tx:
         assert tx.outlet_ids() == ["KIN-01", "KIN-02"]
     with psycopg.connect(store.url, autocommit=True) as admin:
-        dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        # With a timeout, pg_terminate_backend returns once the backend is gone: the server has
+        # dropped the connection (its goodbye is on the socket) before the next loan.
+        dropped = admin.execute("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
                                 "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
     assert dropped >= 1
     with store.read() as tx:  # not an error: the pool checked the connection and opened another
         assert tx.outlet_ids() == ["KIN-01", "KIN-02"]
+
+
+def test_a_connection_used_just_now_is_lent_without_a_round_trip(store, monkeypatch):
+    """The pool's check (repository_pg._check): a round trip only for a connection idle for long
+    or whose socket has something to read (the server's goodbye)."""
+    import cloud_stub.repository_pg as pg
+
+    round_trips = []
+    real = pg.ConnectionPool.check_connection
+    monkeypatch.setattr(pg.ConnectionPool, "check_connection",
+                        staticmethod(lambda conn: (round_trips.append(conn), real(conn))[1]))
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        pg._returned(conn)
+        pg._check(conn)
+        assert round_trips == []
+        conn._stalela_returned_at -= pg.FULL_CHECK_IDLE + 1
+        pg._check(conn)
+        assert round_trips == [conn]
+        pg._returned(conn)
+        with psycopg.connect(store.url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (conn.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            pg._check(conn)
+        assert len(round_trips) == 2
 
 
 def test_instances_starting_together_migrate_once():
