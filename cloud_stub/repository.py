@@ -964,7 +964,10 @@ class Tx:
         """The outlet's queue, its row locked to the end of the transaction: the forwarding
         writes of one outlet (and an operator's release) run one at a time on PostgreSQL, as
         every write does on SQLite, so a lease checked here holds until the commit."""
-        return self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?" + self._FOR_UPDATE, outlet_id)
+        queue = self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?" + self._FOR_UPDATE, outlet_id)
+        if queue is not None:  # the row carries the outlet's merchant: merchant_of needs no query
+            self.__dict__.setdefault("_merchants", {})[outlet_id] = queue["merchant_nif"]
+        return queue
 
     def dgi_queue_after(self, outlet_id: str) -> dict | None:
         """The queue's lease and next entry, and whether an operator released an entry (what
