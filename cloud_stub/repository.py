@@ -1001,7 +1001,10 @@ class Tx:
         """The outlet's queue, its row locked to the end of the transaction: the forwarding
         writes of one outlet (and an operator's release) run one at a time on PostgreSQL, as
         every write does on SQLite, so a lease checked here holds until the commit."""
-        return self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?" + self._FOR_UPDATE, outlet_id)
+        queue = self._one("SELECT * FROM dgi_queues WHERE outlet_id = ?" + self._FOR_UPDATE, outlet_id)
+        if queue is not None:  # the row carries the outlet's merchant: merchant_of needs no query
+            self.__dict__.setdefault("_merchants", {})[outlet_id] = queue["merchant_nif"]
+        return queue
 
     def dgi_queue_after(self, outlet_id: str) -> dict | None:
         """The queue's lease and next entry, and whether an operator released an entry (what
@@ -1337,13 +1340,20 @@ class SqliteTx(Tx):
 # only if the background checkpointer fell this far behind (SQLite's default is 1,000).
 WRITER_CHECKPOINT_PAGES = 20_000
 CHECKPOINT_IDLE_SECONDS = 5.0  # the checkpointer also runs this often with no commit to wake it
+# The least time between two background checkpoints. Woken by every commit, the checkpointer ran
+# one per commit: ≈ 100 µs of the process's CPU each (the forwarder commits twice per invoice),
+# and GIL time taken from the event loop. Spaced, one checkpoint copies every commit of the
+# interval; the WAL holds at most that interval's writes (a writer still checkpoints by itself
+# past WRITER_CHECKPOINT_PAGES), and durability is the commits' own fsync, not the checkpoint's.
+CHECKPOINT_SPACING_SECONDS = 0.25
 
 
 class Store:
     """A SQLite database file with one connection per thread.
 
     Checkpoints (copying the WAL back into the database file, and its fsync) run in a background
-    thread on its own connection, after each write transaction. Left to SQLite, the connection
+    thread on its own connection, after write transactions (at most one checkpoint every
+    `CHECKPOINT_SPACING_SECONDS`, copying all the commits since the last). Left to SQLite, the connection
     whose commit crosses 1,000 WAL pages runs the checkpoint inside that commit: a reconcile
     batch (≈ 5 MB of pages) then waited ≈ 18 ms for its commit instead of ≈ 9, with every
     verifier worker idle. A PASSIVE checkpoint never blocks readers or writers; a writer still
@@ -1358,8 +1368,9 @@ class Store:
         self._all_conns: list[sqlite3.Connection] = []
         self._migrate(upto)
         self._wake = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()  # also ends the spacing wait at once
         self._checkpointer: threading.Thread | None = None
+        self.checkpoints = 0  # background checkpoints run (tests)
         if background_checkpoints:
             self._checkpointer = threading.Thread(target=self._checkpoints, name="cloud-checkpoint", daemon=True)
             self._checkpointer.start()
@@ -1372,7 +1383,7 @@ class Store:
             while True:
                 self._wake.wait(CHECKPOINT_IDLE_SECONDS)
                 self._wake.clear()
-                if self._stopping:
+                if self._stop.is_set():
                     return
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -1382,6 +1393,11 @@ class Store:
                     failing = True
                 else:
                     failing = False
+                self.checkpoints += 1
+                # Commits meanwhile set _wake again: the next checkpoint, after the spacing,
+                # copies all of them.
+                if self._stop.wait(CHECKPOINT_SPACING_SECONDS):
+                    return
         finally:
             conn.close()
 
@@ -1438,7 +1454,7 @@ class Store:
 
     def close(self) -> None:
         if self._checkpointer is not None:
-            self._stopping = True
+            self._stop.set()
             self._wake.set()
             self._checkpointer.join(timeout=30)
             self._checkpointer = None

@@ -32,6 +32,9 @@ def money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+CENT_ZERO = money(ZERO)  # Decimal("0.00"): the VAT of a group with nothing in it
+
+
 def parse_decimal(text: str, places: int = 2) -> Decimal:
     """Strict unsigned decimal with at most ``places`` decimals; ValueError otherwise."""
     match = _DECIMAL.match(text)
@@ -145,7 +148,13 @@ class InvoiceTotals:
         mv_by_group: dict[str, Decimal] = {}
         mt_by_group: dict[str, Decimal] = {}
         for group in GROUPS:
-            base = self.base_by_group.get(group, ZERO)
+            base = self.base_by_group.get(group)
+            if base is None:
+                # A group no item uses: what vat_of(ZERO, …) gives, without its Decimal arithmetic
+                # (most invoices use one or two of the 16 groups).
+                mt_by_group[group] = CENT_ZERO
+                mv_by_group[group] = ZERO + CENT_ZERO if self.ht_mode else ZERO
+                continue
             vat = vat_of(base, self.rates[group], self.ht_mode)
             mt_by_group[group] = vat
             mv_by_group[group] = base + vat if self.ht_mode else base

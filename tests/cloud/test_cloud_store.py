@@ -57,3 +57,30 @@ def test_close_stops_the_checkpointer(tmp_path):
     _write_pages(store, 10)
     store.close()
     assert not set(_checkpointers()) - already
+
+
+def test_checkpoints_are_spaced_not_one_per_commit(tmp_path, monkeypatch):
+    """Commits within the spacing share the next checkpoint: the first commit is copied at once,
+    the ones after it wait (their pages stay in the WAL), and close() does not wait the spacing out."""
+    monkeypatch.setattr(repository, "CHECKPOINT_SPACING_SECONDS", 3600.0)
+    already = set(_checkpointers())
+    store = Store(tmp_path / "cloud.sqlite3")
+    try:
+        with store.write() as tx:
+            tx._c.execute("INSERT INTO merchants (nif, name, created_at) VALUES ('FIRST', 'x', '2026-11-23T00:00:00Z')")
+        deadline = time.monotonic() + 10
+        while store.checkpoints < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.checkpoints == 1
+        before = (tmp_path / "cloud.sqlite3").stat().st_size
+        for i in range(30):
+            with store.write() as tx:
+                tx._c.execute("INSERT INTO merchants (nif, name, created_at) VALUES (?, ?, ?)",
+                              (f"M{i:06d}", "x" * 3000, "2026-11-23T00:00:00Z"))
+        _write_pages(store, 1_500)
+        time.sleep(0.3)
+        assert store.checkpoints == 1
+        assert (tmp_path / "cloud.sqlite3").stat().st_size < before + 4_000_000
+    finally:
+        store.close()
+    assert not set(_checkpointers()) - already
