@@ -15,14 +15,7 @@ import aiohttp
 
 from fiscal.credential import BlockClosure, DelegatedCredential
 
-
-class CloudError(Exception):
-    """The cloud refused or could not be reached; `detail` is safe to show a technician."""
-
-    def __init__(self, detail: str, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
+from .errors import CloudError  # defined beside the other errors: the CLI catches it without loading aiohttp
 
 
 def _refused(status: int, reason: str | None, data: Any) -> CloudError:

@@ -41,3 +41,15 @@ class StorageFailure(AgentError):
     status = 503
     type = "/problems/storage-failure"
     title = "The journal could not be written"
+
+
+class CloudError(Exception):
+    """The cloud refused or could not be reached; `detail` is safe to show a technician.
+
+    Raised by agent/cloud_client.py; defined here so that code which only catches it (the CLI's
+    error boundary) need not import the HTTP client."""
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status

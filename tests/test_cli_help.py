@@ -9,7 +9,8 @@ from agent.cli.main import cli
 
 
 def _commands(group: click.Group, prefix=()):
-    for name, cmd in sorted(group.commands.items()):
+    for name in sorted(group.list_commands(None)):  # the root loads its groups on demand
+        cmd = group.get_command(None, name)
         path = prefix + (name,)
         if isinstance(cmd, click.Group):
             yield path, cmd

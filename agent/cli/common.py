@@ -11,9 +11,8 @@ import click
 
 from fiscal.runtime.cli import clean_errors
 
-from ..cloud_client import CloudError
 from ..config import AgentConfig, ConfigError, load_config
-from ..errors import AgentError
+from ..errors import AgentError, CloudError
 
 # Exit codes, the same for every command (documented in docs/cli.md and in the commands' help).
 EXIT_OK = 0        # done; for a status command: the outlet can seal

@@ -11,8 +11,40 @@ from .common import clean_os_errors
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
+# Each command group: its name, and the module and attribute that define it. A group's module is
+# imported only when that group runs (or help lists it): `stalela cloud outlet add` need not load
+# the agent's HTTP client, the device driver and the simulator first (each process start costs
+# what it imports; technicians' scripts and the tests run hundreds). A group whose module is
+# absent is left out, so one missing optional part never hides the others.
+COMMANDS = {
+    "up": ("agent.cli.up", "up"),
+    "agent": ("agent.cli.agent_cmd", "agent"),
+    "config": ("agent.cli.config_cmd", "config"),
+    "credential": ("agent.cli.credential_cmd", "credential"),
+    "verify": ("agent.cli.verify_cmd", "verify"),
+    "sync": ("agent.cli.sync_cmd", "sync"),
+    "report": ("agent.cli.report_cmd", "report"),
+    "export": ("agent.cli.export_cmd", "export"),
+    "device": ("agent.cli.device", "device"),
+    "sim": ("simulator.cli", "sim"),
+    "cloud": ("cloud_stub.cli", "cloud"),
+}
+
+
+def _load(name: str) -> click.Command | None:
+    modname, attr = COMMANDS[name]
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name and modname.startswith(exc.name):
+            return None
+        raise
+    return getattr(mod, attr)
+
+
 class StalelaGroup(click.Group):
-    """The root group: an OS error no command caught becomes one line, never a traceback.
+    """The root group: each command group loaded from COMMANDS when asked for, and an OS error no
+    command caught becomes one line, never a traceback.
 
     Why here: a data folder owned by another user or an unreadable key can fail in any command,
     and the fix is the same everywhere (run as the service user).
@@ -27,6 +59,19 @@ class StalelaGroup(click.Group):
                 raise
             raise clean from None
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self.get_command(ctx, name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        if name not in self.commands:
+            command = _load(name)
+            if command is None:
+                return None
+            self.commands[name] = command
+        return self.commands[name]
+
 
 @click.group(cls=StalelaGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="stalela-edge")
@@ -37,34 +82,3 @@ def cli() -> None:
     (no enrolled agent in --data, invalid configuration, permission…); 2 usage error; 3 the
     outlet cannot seal. Details and the --json fields: docs/cli.md.
     """
-
-
-# (module, attribute) of each command group; a group whose module is absent is skipped so one
-# missing optional part never hides the others' help.
-COMMANDS = [
-    ("agent.cli.up", "up"),
-    ("agent.cli.agent_cmd", "agent"),
-    ("agent.cli.config_cmd", "config"),
-    ("agent.cli.credential_cmd", "credential"),
-    ("agent.cli.verify_cmd", "verify"),
-    ("agent.cli.sync_cmd", "sync"),
-    ("agent.cli.report_cmd", "report"),
-    ("agent.cli.export_cmd", "export"),
-    ("agent.cli.device", "device"),
-    ("simulator.cli", "sim"),
-    ("cloud_stub.cli", "cloud"),
-]
-
-
-def _register() -> None:
-    for modname, attr in COMMANDS:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name and modname.startswith(exc.name):
-                continue
-            raise
-        cli.add_command(getattr(mod, attr))
-
-
-_register()

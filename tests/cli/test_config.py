@@ -119,7 +119,7 @@ def test_one_source_of_defaults():
         field = next(f for f in dataclasses.fields(AgentConfig) if f.name == attr)
         assert field.default == (tuple(default) if isinstance(default, list) else default), attr
     # The CLI's own defaults come from the same model.
-    init = {p.name: p.default for p in cli.commands["agent"].commands["init"].params}
+    init = {p.name: p.default for p in cli.get_command(None, "agent").commands["init"].params}
     assert init["cloud_url"] == model.cloud.url and init["port"] == model.agent.port
 
 

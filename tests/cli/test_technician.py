@@ -59,5 +59,5 @@ def test_the_udev_link_is_the_name_the_docs_use():
     assert "device provision --data /var/lib/stalela --port /dev/stalela-mcf" in ops
     from agent.cli.main import cli
 
-    provision_help = cli.commands["device"].commands["provision"].help
+    provision_help = cli.get_command(None, "device").commands["provision"].help
     assert "--port /dev/stalela-mcf" in provision_help
