@@ -419,6 +419,7 @@ def test_text_with_u0000(backend):
             seed(tx)
             assert tx.credential("DC-\x00X") is None
             assert tx.count_numbers_of_authority("DC-\x00X", 1, 9) == 0
+            assert tx.by_number_keys(["stalela:KIN-01:\x00", "stalela:KIN-01:\ufffd"]) == {}
             tx.insert_rejection("KIN-01", "delegated", "DC-\x00X", 1, "unknown_credential", "no DC-\x00X",
                                 None, "2026-01-01T00:00:00+00:00")
             flag = tx.insert_flag("KIN-01", "bad_signature", None, [1], "why \x00", "2026-01-01T00:00:00+00:00",
