@@ -116,6 +116,23 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _database_cpu() -> dict[int, float] | None:
+    """{backend pid: CPU seconds} of the PostgreSQL server processes serving the cloud's database
+    (the one `STALELA_CLOUD_DATABASE_URL` names; None on SQLite). The server shares the cores:
+    its CPU per invoice is part of what reconciliation costs. A backend that starts during the
+    run counts from zero; the server's background processes (WAL writer, checkpointer) are
+    shared with whatever else uses the server and are left out."""
+    url = os.environ.get("STALELA_CLOUD_DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        return None
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                           "AND pid <> pg_backend_pid()")]
+    return {pid: _cpu_seconds(pid) for pid in pids}
+
+
 def _children(pid: int) -> list[int]:
     """Every descendant of a process (the cloud's forkserver and verifier workers)."""
     try:
@@ -173,6 +190,7 @@ def reconcile_throughput(workdir: Path, count: int, batch: int = 1000,
         accepted = 0
         helpers = _children(cloud.proc.pid)
         cpu0 = _cpu_seconds(cloud.proc.pid), [_cpu_seconds(p) for p in helpers]
+        db0 = _database_cpu()
         try:
             t0 = time.perf_counter()
             for body in bodies:
@@ -193,8 +211,48 @@ def reconcile_throughput(workdir: Path, count: int, batch: int = 1000,
             raise RuntimeError(f"{accepted} of {count} invoices accepted")
         service_cpu = _cpu_seconds(cloud.proc.pid) - cpu0[0]
         workers_cpu = sum(_cpu_seconds(p) for p in helpers) - sum(cpu0[1])
-        return {"invoices": count, "batch": batch, "seconds": elapsed, "reconcile_rate": count / elapsed,
-                # CPU per invoice, less sensitive than the rate to what else the machine runs.
-                "service_cpu_us": service_cpu / count * 1e6, "workers_cpu_us": workers_cpu / count * 1e6}
+        out = {"invoices": count, "batch": batch, "seconds": elapsed, "reconcile_rate": count / elapsed,
+               # CPU per invoice, less sensitive than the rate to what else the machine runs.
+               "service_cpu_us": service_cpu / count * 1e6, "workers_cpu_us": workers_cpu / count * 1e6}
+        if db0 is not None:
+            db1 = _database_cpu() or {}
+            out["database_cpu_us"] = sum(t - db0.get(pid, 0.0) for pid, t in db1.items()) / count * 1e6
+        return out
     finally:
         cloud.stop()
+
+
+def main() -> None:
+    """`python -m bench.sync [--count N] [--postgresql]`: the cloud-alone reconciliation figure by
+    itself, with the CPU per invoice of each process (what to compare when the machine is busy)."""
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(prog="python -m bench.sync", description="The cloud's reconciliation, the cloud "
+                                 "alone: rate and CPU per invoice of each process.")
+    ap.add_argument("--count", type=int, default=10_000, help="invoices (batches of --batch), default 10,000")
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--postgresql", action="store_true",
+                    help="the cloud on a scratch PostgreSQL database (bench/pgcloud.py's server and rules)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
+        if args.postgresql:
+            from . import pgcloud
+
+            url = pgcloud.admin_url()
+            problem = pgcloud.server_problem(url)
+            if problem:
+                sys.exit(problem)
+            with pgcloud.Databases(url).scratch("reconcile") as db, pgcloud._cloud_database(db):
+                r = reconcile_throughput(Path(folder), args.count, args.batch)
+        else:
+            r = reconcile_throughput(Path(folder), args.count, args.batch)
+    cpu = f"service {r['service_cpu_us']:.0f} µs, verifier workers {r['workers_cpu_us']:.0f} µs"
+    if "database_cpu_us" in r:
+        cpu += f", PostgreSQL backend {r['database_cpu_us']:.0f} µs"
+    print(f"reconciliation, cloud alone, {'PostgreSQL' if args.postgresql else 'SQLite'}, {r['invoices']:,} "
+          f"invoices in batches of {r['batch']:,}: {r['reconcile_rate']:.0f} invoices/s; CPU per invoice: {cpu}")
+
+
+if __name__ == "__main__":
+    main()

@@ -191,8 +191,22 @@ def reconcile_batch(tx: Tx, issuer: Issuer, outlet: dict, chunks: Iterable[list[
     """
     batch = _Batch(tx, outlet["id"], now, keys)
     outcomes: list[Outcome] = []
+    with tx.writes_deferred():
+        _reconcile_chunks(batch, issuer, outlet, chunks, outcomes, now)
+    batch.flag_unregistered()
+    return outcomes, batch.new_flags
+
+
+def _reconcile_chunks(batch: _Batch, issuer: Issuer, outlet: dict, chunks: Iterable[list[Checked]],
+                      outcomes: list[Outcome], now: datetime) -> None:
+    tx = batch.tx
     for records in chunks:
         batch.prefetch_numbers(records)
+        # The previous chunk's rows are written now, after this chunk's read: on PostgreSQL the
+        # server inserts them while this process checks this chunk (Tx.writes_deferred), instead
+        # of the two waiting for each other. Until then they are in the batch's caches, which
+        # every read of the ledger goes through (the prefetch skips the keys they hold).
+        batch.flush()
         for rec in records:
             outcome = Outcome(len(outcomes), "rejected", id=rec.id)
             try:
@@ -206,11 +220,7 @@ def reconcile_batch(tx: Tx, issuer: Issuer, outlet: dict, chunks: Iterable[list[
                 if exc.reason in FLAGGED_REASONS:
                     batch.flag(exc.reason, rec, exc.detail)
             outcomes.append(outcome)
-        # Written chunk by chunk (same transaction): the inserts overlap the workers' checks of
-        # the next chunks instead of all waiting for the last one.
-        batch.flush()
-    batch.flag_unregistered()
-    return outcomes, batch.new_flags
+    batch.flush()
 
 
 def _reconcile_one(batch: _Batch, issuer: Issuer, outlet: dict,

@@ -559,6 +559,15 @@ class Tx:
         """Rows streamed (an outlet's whole ledger)."""
         raise NotImplementedError
 
+    @contextmanager
+    def writes_deferred(self) -> Iterator[None]:
+        """Within the block, a backend may send the multi-row writes (`_many`: ledger rows, codes,
+        KPI days) without waiting for the database to apply them; it waits before its next
+        statement of any other kind and at the block's end, where any error they met is raised,
+        inside the transaction. SQLite applies them at once (this default): the database is in
+        the process. PostgreSQL (repository_pg) overlaps them with the caller's next work."""
+        yield
+
     def lock_outlet(self, outlet_id: str) -> None:
         """Serialize this write transaction with every other one on the outlet (its counter, its
         chains, its ledger tail, its flags) until it ends, whichever process runs them."""

@@ -22,9 +22,11 @@ advisory lock, so two instances starting at once apply it once.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import select
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -391,32 +393,96 @@ class PgTx(Tx):
 
     def __init__(self, conn: psycopg.Connection):
         self._c = conn
+        self._deferring = False  # inside `writes_deferred`
+        # The pipeline the deferred writes were sent in (its context manager), and their cursors:
+        # open until the next other statement or the end of `writes_deferred`.
+        self._pipeline: contextlib.AbstractContextManager | None = None
+        self._sent: list[psycopg.Cursor] = []
 
     def _one(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        if self._pipeline is not None:
+            self._settle()
         return self._c.execute(_pg(sql), _storable(sql, args)).fetchone()
 
     def _all(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        if self._pipeline is not None:
+            self._settle()
         return self._c.execute(_pg(sql), _storable(sql, args)).fetchall()
 
     def _run(self, sql: str, *args: Any) -> int:
+        if self._pipeline is not None:
+            self._settle()
         return self._c.execute(_pg(sql), _storable(sql, args)).rowcount
 
     def _many(self, sql: str, rows: list[tuple]) -> None:
-        if len(rows) == 1:
-            # One row: a plain statement (executemany's pipeline costs more CPU for a single row).
-            self._c.execute(_pg(sql), _storable(sql, rows[0]))
-        elif rows:
-            rows = [_storable(sql, row) for row in rows]
+        if not rows:
+            return
+        rows = [_storable(sql, row) for row in rows]
+        if not self._deferring:
+            if len(rows) == 1:
+                # One row: a plain statement (executemany's pipeline costs more CPU for a single row).
+                self._c.execute(_pg(sql), rows[0])
+                return
             with self._c.cursor() as cur:
                 cur.executemany(_pg(sql), rows)  # pipelined by psycopg: one round trip per batch
+            return
+        # Deferred: sent in a pipeline left open, so executemany returns once the rows are sent,
+        # not once the server has inserted them (≈ 0.2 ms of its CPU per ledger row, indexes and
+        # the ledger_keys trigger included); the caller works on meanwhile.
+        if self._pipeline is None:
+            self._pipeline = self._c.pipeline()
+            self._pipeline.__enter__()
+        cur = self._c.cursor()
+        self._sent.append(cur)
+        cur.executemany(_pg(sql), rows)
+
+    def _settle(self, exc_info: tuple = (None, None, None)) -> None:
+        """Wait for the deferred writes (leave their pipeline): an error they met is raised here,
+        unless `exc_info` is already on its way (then that one goes on)."""
+        pipeline, self._pipeline = self._pipeline, None
+        sent, self._sent = self._sent, []
+        try:
+            if pipeline is not None:
+                pipeline.__exit__(*exc_info)
+        finally:
+            for cur in sent:
+                cur.close()
+
+    @contextmanager
+    def writes_deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        except BaseException:
+            self._deferring = False
+            self._settle(sys.exc_info())
+            raise
+        self._deferring = False
+        self._settle()
 
     def _iter(self, sql: str, *args: Any) -> Iterator[dict[str, Any]]:
+        if self._pipeline is not None:
+            self._settle()
         # A server-side cursor: an outlet's whole ledger streams in pages, as SQLite's cursor does,
         # instead of arriving in memory at once.
         with self._c.cursor(name="stream") as cur:
             cur.itersize = 2000
             cur.execute(_pg(sql), _storable(sql, args))
             yield from cur
+
+    def by_number_keys(self, number_keys: list[str]) -> dict[str, dict]:
+        # One array parameter instead of the shared SQL's IN list: a list of a chunk's ≈ 60 keys
+        # is planned again at each call, over every partition of the ledger, ≈ 20 µs of the
+        # server's CPU per key (measured on a 4-partition ledger); `= ANY` ≈ 1.5 µs, same index.
+        # A key with U+0000 is compared as the diagnostics store it (see _storable): no ledger key
+        # holds U+FFFD, so it is not found, as before.
+        found: dict[str, dict] = {}
+        if number_keys:
+            keys = [k.replace("\x00", "\ufffd") for k in number_keys]
+            for row in self._all("SELECT number_key, outlet_id, invoice_hash FROM ledger WHERE number_key = ANY(?)",
+                                 keys):
+                found[row["number_key"]] = {"outlet_id": row["outlet_id"], "invoice_hash": row["invoice_hash"]}
+        return found
 
     def insert_rejection(self, outlet_id: str, mode: str | None, authority_id: str | None,
                          fiscal_number: int | None, reason: str, detail: str,

@@ -189,6 +189,49 @@ def test_a_number_key_is_used_once(backend):
         store.close()
 
 
+def row(e: LedgerEntry) -> tuple:
+    """An `append_many` row of an entry (LedgerEntry field order)."""
+    return (e.outlet_id, e.seq, e.recorded_at, e.mode, e.inv_type, e.authority_id, e.fiscal_number, e.number_key,
+            e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash, e.ledger_hash, e.invoice, e.state)
+
+
+def test_deferred_writes_are_read_back_and_their_errors_raised_inside_the_transaction(backend):
+    """Tx.writes_deferred (reconciliation's appends): a read after the writes sees them, and a
+    write the database refuses fails the transaction, at the next statement or at the block's end,
+    never after its commit."""
+    store = backend()
+    try:
+        with store.write() as tx:
+            seed(tx)
+        with store.write() as tx:
+            tx.lock_outlet("KIN-01")
+            with tx.writes_deferred():
+                tx.append_many([row(entry("KIN-01", 1, 1)), row(entry("KIN-01", 2, 2))])
+                assert tx.ledger_tail("KIN-01")["seq"] == 2  # the read waits for the writes
+                tx.append_many([row(entry("KIN-01", 3, 3))])
+            assert tx.ledger_tail("KIN-01")["seq"] == 3
+        # The number of entry 1 again: refused at the next read...
+        with pytest.raises(Exception):
+            with store.write() as tx:
+                tx.lock_outlet("KIN-01")
+                with tx.writes_deferred():
+                    tx.append_many([row(entry("KIN-01", 4, 1))])
+                    tx.ledger_tail("KIN-01")
+        # ... or, with no read after it, at the block's end, before the commit.
+        with pytest.raises(Exception):
+            with store.write() as tx:
+                tx.lock_outlet("KIN-01")
+                with tx.writes_deferred():
+                    tx.append_many([row(entry("KIN-01", 4, 4)), row(entry("KIN-01", 5, 1))])
+                    tx.insert_codes([("KIN-01", "C4", "FV", "1.00", None)])
+                tx.insert_rejection("KIN-01", None, None, None, "x", "not reached", None, "2026-01-05T00:00:00+00:00")
+        with store.read() as tx:
+            assert tx.ledger_tail("KIN-01")["seq"] == 3
+            assert tx.invoice_by_code("KIN-01", "C4") is None
+    finally:
+        store.close()
+
+
 def test_upgrading_a_version_1_database_with_data(backend):
     """Version 1 with a device bound by an agent and a ledger entry; opened by this version."""
     old = backend(upto=1)
@@ -430,6 +473,7 @@ def test_text_with_u0000(backend):
             seed(tx)
             assert tx.credential("DC-\x00X") is None
             assert tx.count_numbers_of_authority("DC-\x00X", 1, 9) == 0
+            assert tx.by_number_keys(["stalela:KIN-01:\x00", "stalela:KIN-01:\ufffd"]) == {}
             tx.insert_rejection("KIN-01", "delegated", "DC-\x00X", 1, "unknown_credential", "no DC-\x00X",
                                 None, "2026-01-01T00:00:00+00:00")
             flag = tx.insert_flag("KIN-01", "bad_signature", None, [1], "why \x00", "2026-01-01T00:00:00+00:00",
