@@ -11,6 +11,13 @@ For each entry:
   the confirm is sent; then `PUT .../confirm` and the answer is recorded as a `normalized`
   event beside the ledger entry.
 
+Look-ahead: while an entry (the head) is confirmed, the next entry's phase 1 goes out beside it
+(`_look_ahead`); only a good answer is recorded (`submitted`, under the lease), and that entry,
+once the head, is confirmed at once. Any other answer is left for the entry to meet again as the
+head; a look-ahead uid still unconfirmed when the worker stops is forgotten (`forget_ahead`: the
+request becomes a stray). Only the head is confirmed and only the head advances the queue, so
+order and exactly-once are the head's, and an outlet holds at most two pending requests.
+
 A confirm whose answer never came (a lost answer, a timeout, the cloud killed mid-call) leaves
 the entry `submitted`: the next attempt first asks the DGI about that `uid` (or, without that
 lookup, looks for it in the pending list) and records what it says instead of normalizing the
