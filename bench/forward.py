@@ -2,11 +2,12 @@
 simulator (real processes: `stalela sim emcf run`, `stalela cloud serve --dgi-url`).
 
 The simulator answers every call `latency_ms` late and keeps its limits (10 pending requests
-per point of sale; an optional rate per point of sale). The forwarder takes each outlet's
-invoices one after the other (phase 1, then confirm: two calls) and outlets side by side, so
-the bound its latency and limits allow is
+per point of sale; an optional rate per point of sale). The forwarder confirms each outlet's
+invoices one after the other, the next one's phase 1 going out beside each confirm (its
+look-ahead: one round trip per invoice, still two calls), and outlets side by side, so the
+bound its latency and limits allow is
 
-    per outlet:  invoices × max(2 × latency, 2 / rate)
+    per outlet:  invoices × max(latency, 2 / rate)
     the backlog: that × ceil(outlets / concurrency)
 
 (plus one pending-list look per outlet taken up). Run alone:
@@ -122,7 +123,7 @@ def forward_backlog(workdir: Path, outlets: int = 100, per_outlet: int = 1000, l
         cloud.stop()
         sim.stop()
     per_call = latency_ms / 1000
-    per_invoice = max(2 * per_call, 2 / rate if rate else 0.0)
+    per_invoice = max(per_call, 2 / rate if rate else 0.0)  # one round trip each (the look-ahead)
     bound = per_outlet * per_invoice * math.ceil(outlets / concurrency)
     measured = max(1, done - done0)
     cpu_us = {k: (cpu1[k] - cpu0[k]) / measured * 1e6 for k in cpu1}

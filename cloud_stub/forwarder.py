@@ -11,6 +11,13 @@ For each entry:
   the confirm is sent; then `PUT .../confirm` and the answer is recorded as a `normalized`
   event beside the ledger entry.
 
+Look-ahead: while an entry (the head) is confirmed, the next entry's phase 1 goes out beside it
+(`_look_ahead`); only a good answer is recorded (`submitted`, under the lease), and that entry,
+once the head, is confirmed at once. Any other answer is left for the entry to meet again as the
+head; a look-ahead uid still unconfirmed when the worker stops is forgotten (`forget_ahead`: the
+request becomes a stray). Only the head is confirmed and only the head advances the queue, so
+order and exactly-once are the head's, and an outlet holds at most two pending requests.
+
 A confirm whose answer never came (a lost answer, a timeout, the cloud killed mid-call) leaves
 the entry `submitted`: the next attempt first asks the DGI about that `uid` (or, without that
 lookup, looks for it in the pending list) and records what it says instead of normalizing the
@@ -124,13 +131,29 @@ class DgiClient:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._next_at = 0.0
+        self._hold_until = 0.0  # monotonic: the DGI's Retry-After, for every call of this point of sale
 
     async def call(self, method: str, path: str, body: Any = None) -> dict:
+        # The outlet has two calls in flight at times (the look-ahead): a Retry-After one of them
+        # received holds the other's next call too, and each call takes its own slot of the pace
+        # before it sleeps (two callers never wake for the same slot).
+        hold = self._hold_until - time.monotonic()
+        if hold > 0:
+            raise Transient("the DGI asked to wait (Retry-After)", hold)
         if self.interval:
-            wait = self._next_at - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._next_at = max(time.monotonic(), self._next_at) + self.interval
+            now = time.monotonic()
+            at = max(now, self._next_at)
+            self._next_at = at + self.interval
+            if at > now:
+                await asyncio.sleep(at - now)
+        try:
+            return await self._call(method, path, body)
+        except Transient as exc:
+            if exc.delay is not None and exc.delay > 0:
+                self._hold_until = max(self._hold_until, time.monotonic() + exc.delay)
+            raise
+
+    async def _call(self, method: str, path: str, body: Any) -> dict:
         try:
             # orjson both ways: a few µs per call instead of tens (json), on the loop of every outlet.
             payload, headers = (None, self.headers) if body is None else (orjson.dumps(body), self.json_headers)
@@ -306,13 +329,15 @@ class Forwarder:
         client = DgiClient(self._session, self.config.dgi_url or "", token, self.config.dgi_rate,
                            self.config.dgi_timeout)
         work: Work | None = None
+        held: Work | None = None  # the look-ahead entry whose uid is kept and whose confirm is not sent
         try:
             await self._cancel_strays(outlet_id, client)
             renewed = time.monotonic()
             ahead: list[Work] = []
             # A slice of entries, then the outlet goes back to the queue (behind the outlets that
             # waited longest): with more outlets than `dgi_concurrency`, all of them move on.
-            for _ in range(max(1, self.config.dgi_slice)):
+            turns = max(1, self.config.dgi_slice)
+            for turn in range(turns):
                 if self._stop.is_set():
                     return
                 if not ahead:
@@ -320,14 +345,33 @@ class Forwarder:
                     if not ahead:
                         return
                 work = ahead.pop(0)
+                if held is not None and held.seq == work.seq:
+                    held = None  # the head now: its confirm may leave from here on
                 # Renewed when a third of it is gone, not per entry: one write less per invoice
                 # (each recording is fenced by the lease anyway).
                 if time.monotonic() - renewed > self.config.dgi_lease.total_seconds() / 3:
                     if not await self.db(forwarding.renew, outlet_id, self.owner, self.now(), self.config.dgi_lease):
                         return  # another instance took the outlet over
                     renewed = time.monotonic()
-                if not await self._forward(work, client):
+                # The look-ahead: phase 1 of the next entry goes out while this one is confirmed
+                # (the DGI allows 10 pending requests per point of sale; we hold at most two).
+                # Not on the slice's last turn: its uid would only be forgotten at the drop.
+                nxt = ahead[0] if ahead and turn + 1 < turns and self._may_look_ahead(ahead[0]) else None
+                early = asyncio.create_task(self._look_ahead(nxt, client)) if nxt is not None else None
+                try:
+                    moved_on = await self._forward(work, client)
+                finally:
+                    if early is not None:
+                        # Never abandoned mid-recording: whether the uid was kept must be known.
+                        await asyncio.wait([early])
+                        if not early.cancelled() and early.exception() is None and nxt.submission is not None:
+                            held = nxt
+                if not moved_on:
                     return
+                if early is not None and not early.cancelled() and early.exception() is None:
+                    failed = early.result()
+                    if failed is not None:
+                        raise failed  # the DGI asked the point of sale to slow down: back off now
                 # The entries read ahead hold only if this one moved the queue on to the first of
                 # them, with nothing released meanwhile (an entry left `submitted` for the next
                 # pass, a release: read the queue again).
@@ -344,7 +388,55 @@ class Forwarder:
             await self.db(forwarding.back_off, outlet_id, self.owner, self._backoff(work.failures if work else 0),
                           "internal error (logged)", self.now())
         finally:
+            if held is not None and held.submission is not None:
+                await asyncio.shield(self._forget_ahead(held))
             await asyncio.shield(self.db(forwarding.drop, outlet_id, self.owner, self.now()))
+
+    @staticmethod
+    def _may_look_ahead(work: Work) -> bool:
+        """Only an entry with nothing at the DGI yet: no device entry, nothing already recorded
+        (a `submitted` entry is resolved when it is the head, as before)."""
+        sub = work.submission
+        return work.mode != "device" and (sub is None or (sub["state"] == "submitting" and not sub["uid"]))
+
+    async def _look_ahead(self, work: Work, client: DgiClient) -> Transient | None:
+        """Phase 1 of the entry after the head. Only a good answer is kept (its uid, `submitted`,
+        under the lease), and marked on `work` so the entry, once the head, is confirmed at
+        once. Anything else is not recorded: the entry meets it again when it is the head, in
+        order (a refusal is quarantined there, not here). A request the DGI made without our
+        keeping it is a stray, cancelled at the next take-up or expired. Returns the DGI's
+        Transient, for the outlet to back off once the head is done."""
+        try:
+            answer = await client.call("POST", "/api/invoice", emcf_request(work.invoice))
+            uid = answer.get("uid")
+            total, vtotal = as_amount(answer.get("total")), as_amount(answer.get("vtotal"))
+            if not isinstance(uid, str) or not uid or total is None or vtotal is None:
+                return None
+            if (total, vtotal) != our_totals(work.invoice):
+                await self._cancel(client, uid)
+                return None
+            if await self.record(forwarding.record_ahead_in, work, self.owner, uid, str(total), str(vtotal),
+                                 self.now()):
+                work.submission = {"state": "submitted", "uid": uid, "total": str(total), "vtotal": str(vtotal),
+                                   "ahead": True}
+            else:
+                await self._cancel(client, uid)
+            return None
+        except Transient as exc:
+            return exc
+        except Refused:
+            return None
+        except Exception:
+            log.error("dgi.look_ahead_failed", exc_info=True, extra={"fields": {"outlet_id": work.outlet_id}})
+            return None
+
+    async def _forget_ahead(self, work: Work) -> None:
+        uid = (work.submission or {}).get("uid")
+        try:
+            if uid and await self.db(forwarding.forget_ahead, work, self.owner, uid, self.now()):
+                event("dgi.ahead_forgotten", outlet_id=work.outlet_id, seq=work.seq, uid=uid)
+        except Exception:  # it stays `submitted`: resolved as any other when it is the head
+            log.error("dgi.forget_ahead_failed", exc_info=True, extra={"fields": {"outlet_id": work.outlet_id}})
 
     def _backoff(self, failures: int) -> float:
         """Exponential with jitter: outlets that failed together do not all come back together."""
@@ -377,6 +469,9 @@ class Forwarder:
         sub = work.submission
         if sub is not None and sub["state"] in ("normalized", "device_reported", "quarantined"):
             return await self.record(forwarding.pass_settled_in, work, self.owner, self.now())
+        if sub is not None and sub["state"] == "submitted" and sub["uid"] and sub.get("ahead"):
+            # Kept by this worker's look-ahead, under its lease, and no confirm sent since.
+            return await self._confirm(work, client, sub["uid"], sub["total"], sub["vtotal"])
         if sub is not None and sub["state"] == "submitted" and sub["uid"]:
             known = await self._resolve(work, client, sub["uid"])
             if known == "confirmed":

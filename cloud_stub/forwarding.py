@@ -175,6 +175,42 @@ def record_submitted_in(tx, work: Work, owner: str, uid: str, total: str, vtotal
     return True
 
 
+def record_ahead_in(tx, work: Work, owner: str, uid: str, total: str, vtotal: str, now: datetime) -> bool:
+    """Phase 1 of an entry read ahead (the forwarder's look-ahead) answered while the entry
+    before it is being confirmed: keep `uid` as `submitted`, as `record_submitted` does, but
+    only for an entry the queue has not passed and that has no submission of its own yet (or
+    one left `submitting`): a look-ahead never overwrites what another pass recorded. False:
+    nothing kept (the forwarder then cancels the request)."""
+    queue = tx.dgi_lock_queue(work.outlet_id)
+    if queue is None or queue["lease_owner"] != owner or queue["next_seq"] > work.seq:
+        return False
+    sub = tx.dgi_submission(work.outlet_id, work.seq)
+    if sub is not None and (sub["state"] != "submitting" or sub["uid"]):
+        return False
+    tx.dgi_put_submission(outlet_id=work.outlet_id, seq=work.seq, ledger_id=work.ledger_id,
+                          invoice_id=work.invoice_id, rn=work.rn, state="submitted", uid=uid,
+                          total=total, vtotal=vtotal, now=ts(now))
+    return True
+
+
+def forget_ahead(store: Store, work: Work, owner: str, uid: str, now: datetime) -> bool:
+    """The forwarder stops with a look-ahead's `uid` kept and its confirm never sent: back to
+    `submitting`, so the request becomes a stray (cancelled at the next take-up) instead of a
+    `submitted` entry that may expire before it is resolved (without the DGI's lookup an
+    expired request cannot be told from a normalized one). Fenced by the lease, and only while
+    the entry still holds that very `uid` in `submitted`: an instance that took the outlet over
+    may have confirmed it since. True if forgotten."""
+    with store.write() as tx:
+        queue = tx.dgi_lock_queue(work.outlet_id)
+        if queue is None or queue["lease_owner"] != owner:
+            return False
+        sub = tx.dgi_submission(work.outlet_id, work.seq)
+        if sub is None or sub["state"] != "submitted" or sub["uid"] != uid:
+            return False
+        forget_uid_in(tx, work, now)
+        return True
+
+
 def forget_uid(store: Store, work: Work, now: datetime) -> None:
     """The DGI no longer has the request (expired, cancelled): submit the invoice anew."""
     with store.write() as tx:
