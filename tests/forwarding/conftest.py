@@ -36,3 +36,12 @@ def cloud_database(request, monkeypatch) -> str | None:
     with scratch_schema(request.getfixturevalue("forwarding_pg_database")) as url:
         monkeypatch.setenv(DATABASE_URL_ENV, url)
         yield url
+
+
+@pytest.fixture
+def procs():
+    """The processes a test started (simulator, clouds), stopped in reverse order afterwards."""
+    started: list = []
+    yield started
+    for p in reversed(started):
+        p.stop()

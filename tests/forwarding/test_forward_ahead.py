@@ -12,20 +12,11 @@ import time
 import urllib.request
 
 import aiohttp
-import pytest
 
 from cloud_stub.config import DATABASE_URL_ENV
 from cloud_stub.forwarder import DgiClient, Transient
 from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, cloud_count, fill_ledger,
                                           set_tokens, start_cloud, wait_forwarded)
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for p in reversed(started):
-        p.stop()
 
 
 def _setup(tmp_path, procs, outlets: int, per_outlet: int, *sim_args: str):

@@ -7,18 +7,8 @@ import json
 import time
 import urllib.request
 
-import pytest
-
 from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, cloud_count, dgi_status, fill_ledger,
                                           set_tokens, stalela, start_cloud, wait_forwarded)
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for p in reversed(started):
-        p.stop()
 
 
 def _setup(tmp_path, procs, outlets: int, per_outlet: int, *sim_args: str):

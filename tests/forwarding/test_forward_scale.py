@@ -2,18 +2,8 @@
 DGI's limits; two cloud instances sharing one database share the work without double sending."""
 from __future__ import annotations
 
-import pytest
-
 from tests.forwarding.fwd_support import (EmcfSim, check_exactly_once_in_order, fill_ledger, set_tokens,
                                           start_cloud, wait_forwarded)
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for p in reversed(started):
-        p.stop()
 
 
 def _forward_all(tmp_path, procs, outlets: int, per_outlet: int, timeout: float) -> None:
