@@ -16,7 +16,9 @@ def test_status_bits_and_rate_mismatch_show_in_health(tmp_path):
         sim.faults.set(flag, True)
     try:
         h.start()
-        dev = wait_for(lambda: (d := device_health(h)["device"])["reachable"] is not None and d)
+        # The rates are read after the first status: health says `checked: false` until then.
+        dev = wait_for(lambda: (d := device_health(h)["device"])["reachable"] is not None
+                       and d["tax_rates"]["checked"] and d)
         bits = dev["status_bits"]
         assert bits["memory_nearly_full"] and bits["daily_report_required"] and bits["clock_not_set"], dev
         assert not bits["memory_full"]
