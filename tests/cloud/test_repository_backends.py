@@ -28,6 +28,24 @@ def backend(request, tmp_path):
         yield lambda upto=None: PgStore(url, pool_size=2, upto=upto)
 
 
+@pytest.fixture
+def store(backend):
+    """A store of the parametrized backend, opened for the test and closed after it."""
+    opened = backend()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def database_url(backend) -> str | None:
+    """The parametrized backend's database URL for a service to open: None for SQLite (the
+    service's own file in its data folder), the scratch schema's URL for PostgreSQL."""
+    opened = backend()
+    url = getattr(opened, "url", None)
+    opened.close()
+    return url
+
+
 def entry(outlet: str, seq: int, number: int, *, state: str | None = "verified", mode: str = "delegated") -> LedgerEntry:
     return LedgerEntry(outlet_id=outlet, seq=seq, recorded_at=f"2026-01-0{seq}T10:00:00+00:00", mode=mode,
                        inv_type="FV", authority_id="DC-1", fiscal_number=number,
@@ -54,139 +72,115 @@ def test_both_backends_carry_the_same_migrations():
     assert [(m[0], m[1]) for m in sqlite_migrations()] == [(m.version, m.name) for m in PG_MIGRATIONS]
 
 
-def test_the_same_queries_answer_the_same(backend):
-    store = backend()
-    try:
-        with store.write() as tx:
-            seed(tx)
-            seed_b = tx.take_numbers("KIN-01", 5), tx.take_numbers("KIN-01", 1)
-            first = tx.append(entry("KIN-01", 1, 1))
-            tx.append_many([tuple(vars(entry("KIN-01", 2, 2, state=None)).values()),
-                            tuple(vars(entry("KIN-01", 3, 3, state="unregistered_device")).values())])
-            tx.insert_codes([("KIN-01", "C", "FV", "10.00", None), ("KIN-01", "C", "FT", "99.00", None),
-                             ("KIN-01", "R", "FA", "4.00", "C")])
-            flag = tx.insert_flag("KIN-01", "gap", None, [[4, 5]], "gap", "2026-01-02T00:00:00+00:00")
-        with store.read() as tx:
-            assert seed_b == (1, 6) and tx.next_number("KIN-01") == 7
-            assert isinstance(first, int) and tx.ledger_tail("KIN-01")["seq"] == 3
-            assert tx.chain_head("delegated:KIN-01")["fiscal_number"] == 3
-            assert set(tx.by_number_keys([f"stalela:KIN-01:{n}" for n in range(0, 1200)])) == {
-                "stalela:KIN-01:1", "stalela:KIN-01:2", "stalela:KIN-01:3"}
-            assert tx.invoice_by_code("KIN-01", "C") == {"inv_type": "FV", "total": "10.00"}  # the first one
-            assert tx.credited_totals("KIN-01", "C") == ["4.00"]
-            # An entry of an unregistered device stays out of the totals; one of no state counts.
-            period = tx.ledger_in_period("KIN-01", "2026-01-01", "2026-02-01")
-            assert len(period) == 2
-            assert tx.excluded_in_period("KIN-01", "2026-01-01", "2026-02-01") == {"unregistered_device": 1}
-            assert tx.highest_delegated_number("KIN-01") == 3
-            assert [f["id"] for f in tx.flags("KIN-01", open_only=True)] == [flag]
-            assert [r["seq"] for r in tx.ledger_rows("KIN-01")] == [1, 2, 3]
-            outlets = tx.outlets()
-            assert [(o["id"], o["invoices"], o["open_flags"], o["next_number"]) for o in outlets] == [
-                ("KIN-01", 3, 1, 7)]
-    finally:
-        store.close()
+def test_the_same_queries_answer_the_same(store):
+    with store.write() as tx:
+        seed(tx)
+        seed_b = tx.take_numbers("KIN-01", 5), tx.take_numbers("KIN-01", 1)
+        first = tx.append(entry("KIN-01", 1, 1))
+        tx.append_many([tuple(vars(entry("KIN-01", 2, 2, state=None)).values()),
+                        tuple(vars(entry("KIN-01", 3, 3, state="unregistered_device")).values())])
+        tx.insert_codes([("KIN-01", "C", "FV", "10.00", None), ("KIN-01", "C", "FT", "99.00", None),
+                         ("KIN-01", "R", "FA", "4.00", "C")])
+        flag = tx.insert_flag("KIN-01", "gap", None, [[4, 5]], "gap", "2026-01-02T00:00:00+00:00")
+    with store.read() as tx:
+        assert seed_b == (1, 6) and tx.next_number("KIN-01") == 7
+        assert isinstance(first, int) and tx.ledger_tail("KIN-01")["seq"] == 3
+        assert tx.chain_head("delegated:KIN-01")["fiscal_number"] == 3
+        assert set(tx.by_number_keys([f"stalela:KIN-01:{n}" for n in range(0, 1200)])) == {
+            "stalela:KIN-01:1", "stalela:KIN-01:2", "stalela:KIN-01:3"}
+        assert tx.invoice_by_code("KIN-01", "C") == {"inv_type": "FV", "total": "10.00"}  # the first one
+        assert tx.credited_totals("KIN-01", "C") == ["4.00"]
+        # An entry of an unregistered device stays out of the totals; one of no state counts.
+        period = tx.ledger_in_period("KIN-01", "2026-01-01", "2026-02-01")
+        assert len(period) == 2
+        assert tx.excluded_in_period("KIN-01", "2026-01-01", "2026-02-01") == {"unregistered_device": 1}
+        assert tx.highest_delegated_number("KIN-01") == 3
+        assert [f["id"] for f in tx.flags("KIN-01", open_only=True)] == [flag]
+        assert [r["seq"] for r in tx.ledger_rows("KIN-01")] == [1, 2, 3]
+        outlets = tx.outlets()
+        assert [(o["id"], o["invoices"], o["open_flags"], o["next_number"]) for o in outlets] == [
+            ("KIN-01", 3, 1, 7)]
 
 
-def test_an_online_seals_reads_and_writes(backend):
+def test_an_online_seals_reads_and_writes(store):
     """Tx.seal_state and Tx.append_sealed (one statement each on PostgreSQL): the same answers
     as the queries they stand for, and no number taken for a request sealed before."""
-    store = backend()
     sealed = entry("KIN-01", 1, 1, mode="cloud")
-    try:
-        with store.write() as tx:
-            seed(tx)
+    with store.write() as tx:
+        seed(tx)
+    with store.write() as tx:
+        tx.lock_outlet("KIN-01")
+        first = tx.seal_state("KIN-01", "R-1", "cloud:KIN-01", "FV")
+        assert (first.done, first.number, first.head, first.last_same, first.tail) == (None, 1, None, None, None)
+        ledger_id = tx.append_sealed(sealed, ("KIN-01", "CODE1", "FV", "10.00", None),
+                                     [("KIN-01", "2026-01-01", 1, 10.0, 2.0, 2.0)], "R-1", "fp-1")
+    with store.write() as tx:
+        tx.lock_outlet("KIN-01")
+        again = tx.seal_state("KIN-01", "R-1", "cloud:KIN-01", "FV")
+        assert again.done == {"fingerprint": "fp-1", "ledger_id": ledger_id} and again.number is None
+    with store.write() as tx:
+        tx.lock_outlet("KIN-01")
+        assert tx.next_number("KIN-01") == 2  # the duplicate took no number
+        nxt = tx.seal_state("KIN-01", "R-2", "cloud:KIN-01", "FT")
+        assert nxt.done is None and nxt.number == 2
+        assert nxt.head == {"fiscal_number": 1, "invoice_hash": "h1", "invoice": "{}",
+                            "sealed_at": sealed.sealed_at}
+        assert nxt.last_same is None  # no FT before
+        assert nxt.tail == {"seq": 1, "ledger_hash": "l1"}
+        assert tx.seal_state("KIN-01", "R-3", "cloud:KIN-01", "FV").last_same == {"invoice": "{}"}
+    with store.read() as tx:
+        assert tx.invoice_by_code("KIN-01", "CODE1") == {"inv_type": "FV", "total": "10.00"}
+        assert tx.seal_request("KIN-01", "R-1") == {"fingerprint": "fp-1", "ledger_id": ledger_id}
+        assert tx.ledger_invoice(ledger_id) == "{}"
+        assert [(d["invoices"], d["net_sales"]) for d in tx._all("SELECT * FROM kpi_days")] == [(1, 10.0)]
+        assert tx.next_number("KIN-01") == 4
+
+
+def test_a_lookup_runs_one_statement(store):
+    with store.write() as tx:
+        seed(tx)
+    with store.lookup() as tx:
+        assert tx.outlet("KIN-01")["time_zone"] == "Africa/Kinshasa"
+    if isinstance(store, PgStore):  # a second statement would not share the first one's snapshot
+        with pytest.raises(RuntimeError, match="one statement"):
+            with store.lookup() as tx:
+                tx.outlet("KIN-01")
+                tx.outlet("KIN-01")
+
+
+def test_a_failed_transaction_changes_nothing(store):
+    with store.write() as tx:
+        seed(tx)
+    with pytest.raises(RuntimeError):
         with store.write() as tx:
             tx.lock_outlet("KIN-01")
-            first = tx.seal_state("KIN-01", "R-1", "cloud:KIN-01", "FV")
-            assert (first.done, first.number, first.head, first.last_same, first.tail) == (None, 1, None, None, None)
-            ledger_id = tx.append_sealed(sealed, ("KIN-01", "CODE1", "FV", "10.00", None),
-                                         [("KIN-01", "2026-01-01", 1, 10.0, 2.0, 2.0)], "R-1", "fp-1")
-        with store.write() as tx:
-            tx.lock_outlet("KIN-01")
-            again = tx.seal_state("KIN-01", "R-1", "cloud:KIN-01", "FV")
-            assert again.done == {"fingerprint": "fp-1", "ledger_id": ledger_id} and again.number is None
-        with store.write() as tx:
-            tx.lock_outlet("KIN-01")
-            assert tx.next_number("KIN-01") == 2  # the duplicate took no number
-            nxt = tx.seal_state("KIN-01", "R-2", "cloud:KIN-01", "FT")
-            assert nxt.done is None and nxt.number == 2
-            assert nxt.head == {"fiscal_number": 1, "invoice_hash": "h1", "invoice": "{}",
-                                "sealed_at": sealed.sealed_at}
-            assert nxt.last_same is None  # no FT before
-            assert nxt.tail == {"seq": 1, "ledger_hash": "l1"}
-            assert tx.seal_state("KIN-01", "R-3", "cloud:KIN-01", "FV").last_same == {"invoice": "{}"}
-        with store.read() as tx:
-            assert tx.invoice_by_code("KIN-01", "CODE1") == {"inv_type": "FV", "total": "10.00"}
-            assert tx.seal_request("KIN-01", "R-1") == {"fingerprint": "fp-1", "ledger_id": ledger_id}
-            assert tx.ledger_invoice(ledger_id) == "{}"
-            assert [(d["invoices"], d["net_sales"]) for d in tx._all("SELECT * FROM kpi_days")] == [(1, 10.0)]
-            assert tx.next_number("KIN-01") == 4
-    finally:
-        store.close()
+            tx.take_numbers("KIN-01", 10)
+            raise RuntimeError("refused")
+    with store.read() as tx:
+        assert tx.next_number("KIN-01") == 1
 
 
-def test_a_lookup_runs_one_statement(backend):
-    store = backend()
-    try:
-        with store.write() as tx:
-            seed(tx)
-        with store.lookup() as tx:
-            assert tx.outlet("KIN-01")["time_zone"] == "Africa/Kinshasa"
-        if isinstance(store, PgStore):  # a second statement would not share the first one's snapshot
-            with pytest.raises(RuntimeError, match="one statement"):
-                with store.lookup() as tx:
-                    tx.outlet("KIN-01")
-                    tx.outlet("KIN-01")
-    finally:
-        store.close()
-
-
-def test_a_failed_transaction_changes_nothing(backend):
-    store = backend()
-    try:
-        with store.write() as tx:
-            seed(tx)
-        with pytest.raises(RuntimeError):
+def test_the_ledger_refuses_update_and_delete(store):
+    with store.write() as tx:
+        seed(tx)
+        tx.append(entry("KIN-01", 1, 1))
+    for sql in ("UPDATE ledger SET invoice = '[]' WHERE seq = 1", "DELETE FROM ledger WHERE seq = 1"):
+        with pytest.raises(Exception, match="append-only"):
             with store.write() as tx:
-                tx.lock_outlet("KIN-01")
-                tx.take_numbers("KIN-01", 10)
-                raise RuntimeError("refused")
-        with store.read() as tx:
-            assert tx.next_number("KIN-01") == 1
-    finally:
-        store.close()
+                tx._run(sql)
+    with store.read() as tx:
+        assert [r["invoice"] for r in tx.ledger_rows("KIN-01")] == ["{}"]
 
 
-def test_the_ledger_refuses_update_and_delete(backend):
-    store = backend()
-    try:
+def test_a_number_key_is_used_once(store):
+    with store.write() as tx:
+        seed(tx)
+        tx.append(entry("KIN-01", 1, 1))
+    with pytest.raises(Exception):
         with store.write() as tx:
-            seed(tx)
-            tx.append(entry("KIN-01", 1, 1))
-        for sql in ("UPDATE ledger SET invoice = '[]' WHERE seq = 1", "DELETE FROM ledger WHERE seq = 1"):
-            with pytest.raises(Exception, match="append-only"):
-                with store.write() as tx:
-                    tx._run(sql)
-        with store.read() as tx:
-            assert [r["invoice"] for r in tx.ledger_rows("KIN-01")] == ["{}"]
-    finally:
-        store.close()
-
-
-def test_a_number_key_is_used_once(backend):
-    store = backend()
-    try:
-        with store.write() as tx:
-            seed(tx)
-            tx.append(entry("KIN-01", 1, 1))
-        with pytest.raises(Exception):
-            with store.write() as tx:
-                tx.append(entry("KIN-01", 2, 1))
-        with store.read() as tx:
-            assert tx.ledger_tail("KIN-01")["seq"] == 1
-    finally:
-        store.close()
+            tx.append(entry("KIN-01", 2, 1))
+    with store.read() as tx:
+        assert tx.ledger_tail("KIN-01")["seq"] == 1
 
 
 def row(e: LedgerEntry) -> tuple:
@@ -195,41 +189,37 @@ def row(e: LedgerEntry) -> tuple:
             e.chain_key, e.sealed_at, e.invoice_hash, e.prev_ledger_hash, e.ledger_hash, e.invoice, e.state)
 
 
-def test_deferred_writes_are_read_back_and_their_errors_raised_inside_the_transaction(backend):
+def test_deferred_writes_are_read_back_and_their_errors_raised_inside_the_transaction(store):
     """Tx.writes_deferred (reconciliation's appends): a read after the writes sees them, and a
     write the database refuses fails the transaction, at the next statement or at the block's end,
     never after its commit."""
-    store = backend()
-    try:
-        with store.write() as tx:
-            seed(tx)
+    with store.write() as tx:
+        seed(tx)
+    with store.write() as tx:
+        tx.lock_outlet("KIN-01")
+        with tx.writes_deferred():
+            tx.append_many([row(entry("KIN-01", 1, 1)), row(entry("KIN-01", 2, 2))])
+            assert tx.ledger_tail("KIN-01")["seq"] == 2  # the read waits for the writes
+            tx.append_many([row(entry("KIN-01", 3, 3))])
+        assert tx.ledger_tail("KIN-01")["seq"] == 3
+    # The number of entry 1 again: refused at the next read...
+    with pytest.raises(Exception):
         with store.write() as tx:
             tx.lock_outlet("KIN-01")
             with tx.writes_deferred():
-                tx.append_many([row(entry("KIN-01", 1, 1)), row(entry("KIN-01", 2, 2))])
-                assert tx.ledger_tail("KIN-01")["seq"] == 2  # the read waits for the writes
-                tx.append_many([row(entry("KIN-01", 3, 3))])
-            assert tx.ledger_tail("KIN-01")["seq"] == 3
-        # The number of entry 1 again: refused at the next read...
-        with pytest.raises(Exception):
-            with store.write() as tx:
-                tx.lock_outlet("KIN-01")
-                with tx.writes_deferred():
-                    tx.append_many([row(entry("KIN-01", 4, 1))])
-                    tx.ledger_tail("KIN-01")
-        # ... or, with no read after it, at the block's end, before the commit.
-        with pytest.raises(Exception):
-            with store.write() as tx:
-                tx.lock_outlet("KIN-01")
-                with tx.writes_deferred():
-                    tx.append_many([row(entry("KIN-01", 4, 4)), row(entry("KIN-01", 5, 1))])
-                    tx.insert_codes([("KIN-01", "C4", "FV", "1.00", None)])
-                tx.insert_rejection("KIN-01", None, None, None, "x", "not reached", None, "2026-01-05T00:00:00+00:00")
-        with store.read() as tx:
-            assert tx.ledger_tail("KIN-01")["seq"] == 3
-            assert tx.invoice_by_code("KIN-01", "C4") is None
-    finally:
-        store.close()
+                tx.append_many([row(entry("KIN-01", 4, 1))])
+                tx.ledger_tail("KIN-01")
+    # ... or, with no read after it, at the block's end, before the commit.
+    with pytest.raises(Exception):
+        with store.write() as tx:
+            tx.lock_outlet("KIN-01")
+            with tx.writes_deferred():
+                tx.append_many([row(entry("KIN-01", 4, 4)), row(entry("KIN-01", 5, 1))])
+                tx.insert_codes([("KIN-01", "C4", "FV", "1.00", None)])
+            tx.insert_rejection("KIN-01", None, None, None, "x", "not reached", None, "2026-01-05T00:00:00+00:00")
+    with store.read() as tx:
+        assert tx.ledger_tail("KIN-01")["seq"] == 3
+        assert tx.invoice_by_code("KIN-01", "C4") is None
 
 
 def test_upgrading_a_version_1_database_with_data(backend):
@@ -269,41 +259,37 @@ def test_upgrading_a_version_1_database_with_data(backend):
     again.close()
 
 
-def test_dgi_forwarding_state_on_both_backends(backend):
+def test_dgi_forwarding_state_on_both_backends(store):
     """The forwarder's writes (forwarding.py) on either backend: the final event is recorded once
     and the transaction goes on (a failed statement would spoil it on PostgreSQL), an invoice is
     found by its id before the forwarder reached it (even one whose JSON holds \\u0000, which
     PostgreSQL's JSON refuses), and the DGI events are append-only."""
-    store = backend()
-    try:
+    with store.write() as tx:
+        seed(tx)
+        for seq, name in ((1, "plain"), (2, "NUL \x00 in a string")):
+            tx.append(LedgerEntry(**{**vars(entry("KIN-01", seq, seq)),
+                                     "invoice": json.dumps({"id": f"INV-{seq}", "name": name})}))
+        tx.dgi_add_queues("2026-01-01T00:00:00.000Z")
+        tx.dgi_add_queues("2026-01-01T00:00:01.000Z")  # nothing more: one queue per outlet
+        event = dict(outlet_id="KIN-01", seq=1, ledger_id=1, invoice_id="INV-1", kind="normalized",
+                     now="2026-01-01T00:00:02.000Z")
+        assert tx.dgi_add_event(**event, uid="u1", once=True) is True
+        assert tx.dgi_add_event(**event, uid="u2", once=True) is False
+        tx.dgi_put_submission(outlet_id="KIN-01", seq=1, ledger_id=1, invoice_id="INV-1", rn="INV-1",
+                              state="normalized", uid="u1", now="2026-01-01T00:00:02.000Z")
+        assert tx.dgi_lock_queue("KIN-01")["next_seq"] == 1
+    with store.read() as tx:
+        assert [q["outlet_id"] for q in tx.dgi_queues()] == ["KIN-01"]
+        assert tx.dgi_answer("KIN-01", 1)["uid"] == "u1"
+        assert tx.dgi_state_counts("KIN-01") == {"normalized": 1}
+        assert tx.ledger_seq_of_invoice("KIN-01", "INV-2") == 2
+        assert tx.ledger_seq_of_invoice("KIN-01", "INV-3") is None
+    with pytest.raises(Exception, match="append-only"):
         with store.write() as tx:
-            seed(tx)
-            for seq, name in ((1, "plain"), (2, "NUL \x00 in a string")):
-                tx.append(LedgerEntry(**{**vars(entry("KIN-01", seq, seq)),
-                                         "invoice": json.dumps({"id": f"INV-{seq}", "name": name})}))
-            tx.dgi_add_queues("2026-01-01T00:00:00.000Z")
-            tx.dgi_add_queues("2026-01-01T00:00:01.000Z")  # nothing more: one queue per outlet
-            event = dict(outlet_id="KIN-01", seq=1, ledger_id=1, invoice_id="INV-1", kind="normalized",
-                         now="2026-01-01T00:00:02.000Z")
-            assert tx.dgi_add_event(**event, uid="u1", once=True) is True
-            assert tx.dgi_add_event(**event, uid="u2", once=True) is False
-            tx.dgi_put_submission(outlet_id="KIN-01", seq=1, ledger_id=1, invoice_id="INV-1", rn="INV-1",
-                                  state="normalized", uid="u1", now="2026-01-01T00:00:02.000Z")
-            assert tx.dgi_lock_queue("KIN-01")["next_seq"] == 1
-        with store.read() as tx:
-            assert [q["outlet_id"] for q in tx.dgi_queues()] == ["KIN-01"]
-            assert tx.dgi_answer("KIN-01", 1)["uid"] == "u1"
-            assert tx.dgi_state_counts("KIN-01") == {"normalized": 1}
-            assert tx.ledger_seq_of_invoice("KIN-01", "INV-2") == 2
-            assert tx.ledger_seq_of_invoice("KIN-01", "INV-3") is None
-        with pytest.raises(Exception, match="append-only"):
-            with store.write() as tx:
-                tx._run("UPDATE dgi_events SET uid = ? WHERE seq = ?", "u3", 1)
-        with pytest.raises(Exception, match="append-only"):
-            with store.write() as tx:
-                tx._run("DELETE FROM dgi_events WHERE seq = ?", 1)
-    finally:
-        store.close()
+            tx._run("UPDATE dgi_events SET uid = ? WHERE seq = ?", "u3", 1)
+    with pytest.raises(Exception, match="append-only"):
+        with store.write() as tx:
+            tx._run("DELETE FROM dgi_events WHERE seq = ?", 1)
 
 
 def test_an_outlet_is_leased_to_one_instance_at_a_time(backend):
@@ -379,14 +365,12 @@ def test_serve_refuses_a_bad_database_url(tmp_path):
         assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
-def test_the_periodic_audit_runs_on_one_instance_at_a_time(backend, tmp_path, clock):
+def test_the_periodic_audit_runs_on_one_instance_at_a_time(database_url, tmp_path, clock):
     """Two services on one database: the one that finds the job taken skips its turn."""
     from cloud_stub.config import CloudConfig
     from cloud_stub.service import CloudService
 
-    store = backend()
-    url = getattr(store, "url", None)
-    store.close()
+    url = database_url
     one, two = (CloudService(CloudConfig(data_dir=tmp_path / "cloud", database_url=url, verify_workers=0,
                                          audit_interval=0, clock=clock)) for _ in range(2))
     try:
@@ -398,13 +382,11 @@ def test_the_periodic_audit_runs_on_one_instance_at_a_time(backend, tmp_path, cl
         two.close()
 
 
-def test_the_administration_commands_use_the_database_the_environment_names(backend, tmp_path):
+def test_the_administration_commands_use_the_database_the_environment_names(backend, database_url, tmp_path):
     """`stalela cloud merchant add` / `outlet add` write where `serve` reads (STALELA_CLOUD_DATABASE_URL)."""
     import os
 
-    store = backend()
-    url = getattr(store, "url", None)
-    store.close()
+    url = database_url
     env = dict(os.environ)
     env.pop("STALELA_CLOUD_DATABASE_URL", None)
     if url is not None:
@@ -425,7 +407,7 @@ def test_the_administration_commands_use_the_database_the_environment_names(back
     assert (data / "cloud.sqlite3").exists() is (url is None)
 
 
-def test_an_instance_with_another_issuer_key_is_refused(backend, tmp_path, clock):
+def test_an_instance_with_another_issuer_key_is_refused(database_url, tmp_path, clock):
     """One database, two data folders with two issuer keys: the second refuses to start, in
     words, once the first has issued a credential (its credentials would not verify elsewhere)."""
     from cloud_stub.config import CloudConfig
@@ -434,9 +416,7 @@ def test_an_instance_with_another_issuer_key_is_refused(backend, tmp_path, clock
 
     from cloud_helpers import new_key
 
-    store = backend()
-    url = getattr(store, "url", None)
-    store.close()
+    url = database_url
 
     def config(folder: str) -> CloudConfig:
         data = tmp_path / folder
@@ -460,42 +440,38 @@ def test_an_instance_with_another_issuer_key_is_refused(backend, tmp_path, clock
         first.close()
 
 
-def test_text_with_u0000(backend):
+def test_text_with_u0000(store):
     """An uploaded string may carry U+0000, which PostgreSQL's text cannot hold: lookups find
     nothing and diagnostics are kept (U+FFFD in its place) on both backends; a ledger entry with
     one is refused on PostgreSQL (422, nothing written) rather than stored altered."""
     from cloud_stub.errors import Invalid
 
-    store = backend()
     postgresql = not isinstance(store, Store)
-    try:
-        with store.write() as tx:
-            seed(tx)
-            assert tx.credential("DC-\x00X") is None
-            assert tx.count_numbers_of_authority("DC-\x00X", 1, 9) == 0
-            assert tx.by_number_keys(["stalela:KIN-01:\x00", "stalela:KIN-01:\ufffd"]) == {}
-            tx.insert_rejection("KIN-01", "delegated", "DC-\x00X", 1, "unknown_credential", "no DC-\x00X",
-                                None, "2026-01-01T00:00:00+00:00")
-            flag = tx.insert_flag("KIN-01", "bad_signature", None, [1], "why \x00", "2026-01-01T00:00:00+00:00",
-                                  "DC-\x00X")
-            # The same authority finds its open flag again (an agent resending a batch raises no new one).
-            assert [f["id"] for f in tx.open_flags_of("KIN-01", "bad_signature", "DC-\x00X")] == [flag]
-        with store.read() as tx:
-            kept = "\ufffd" if postgresql else "\x00"
-            assert [(r["authority_id"], r["detail"]) for r in tx.rejections("KIN-01", 10)] == [
-                (f"DC-{kept}X", f"no DC-{kept}X")]
-        device = LedgerEntry(**{**vars(entry("KIN-01", 1, 1, mode="device")), "authority_id": "MID-\x00"})
-        if postgresql:
-            with pytest.raises(Invalid, match="U\\+0000"):
-                with store.write() as tx:
-                    tx.append(device)
-            with store.read() as tx:
-                assert tx.ledger_tail("KIN-01") is None  # nothing written
-        else:
+    with store.write() as tx:
+        seed(tx)
+        assert tx.credential("DC-\x00X") is None
+        assert tx.count_numbers_of_authority("DC-\x00X", 1, 9) == 0
+        assert tx.by_number_keys(["stalela:KIN-01:\x00", "stalela:KIN-01:\ufffd"]) == {}
+        tx.insert_rejection("KIN-01", "delegated", "DC-\x00X", 1, "unknown_credential", "no DC-\x00X",
+                            None, "2026-01-01T00:00:00+00:00")
+        flag = tx.insert_flag("KIN-01", "bad_signature", None, [1], "why \x00", "2026-01-01T00:00:00+00:00",
+                              "DC-\x00X")
+        # The same authority finds its open flag again (an agent resending a batch raises no new one).
+        assert [f["id"] for f in tx.open_flags_of("KIN-01", "bad_signature", "DC-\x00X")] == [flag]
+    with store.read() as tx:
+        kept = "\ufffd" if postgresql else "\x00"
+        assert [(r["authority_id"], r["detail"]) for r in tx.rejections("KIN-01", 10)] == [
+            (f"DC-{kept}X", f"no DC-{kept}X")]
+    device = LedgerEntry(**{**vars(entry("KIN-01", 1, 1, mode="device")), "authority_id": "MID-\x00"})
+    if postgresql:
+        with pytest.raises(Invalid, match="U\\+0000"):
             with store.write() as tx:
                 tx.append(device)
-    finally:
-        store.close()
+        with store.read() as tx:
+            assert tx.ledger_tail("KIN-01") is None  # nothing written
+    else:
+        with store.write() as tx:
+            tx.append(device)
 
 
 # Writes that do not belong to one outlet's counter, chains, ledger or flags: the registry's.
