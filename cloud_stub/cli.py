@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import socket
 import sqlite3
@@ -31,10 +32,30 @@ def _duration(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+_LOADED = "stalela.cloud.loaded"  # the administration command's configuration, in click's context
+
+
 def data_option(fn):
-    return click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
-                        default=DEFAULT_DATA_DIR, show_default=True,
-                        help="The cloud's data folder (database, issuer key, admin token).")(fn)
+    """`--config` and `--data` of an administration command: the same configuration as `serve`
+    (the file, then STALELA_CLOUD_* variables), so that a command run beside a configured service
+    writes to its data folder and database, not to ./cloud-data. The command receives the data
+    folder in effect; `_service` opens the database the same configuration names."""
+    @functools.wraps(fn)
+    def resolved(*args, config_file: Path | None, data_dir: Path | None, **kwargs):
+        given = {("server", "data_dir"): ("--data", str(data_dir))} if data_dir is not None else {}
+        try:
+            loaded = load(config_file, given)
+        except ConfigError as exc:
+            raise click.ClickException("invalid configuration: " + "; ".join(exc.problems)) from None
+        click.get_current_context().meta[_LOADED] = loaded
+        return fn(*args, data_dir=Path(loaded.settings.server.data_dir), **kwargs)
+
+    resolved = click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                            help="The cloud's data folder (database, issuer key, admin token). [default: "
+                                 f"server.data_dir of the configuration, else {DEFAULT_DATA_DIR}]")(resolved)
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help=f"The configuration file (TOML) `serve` reads [default: ${CONFIG_ENV}, else none].")(
+        resolved)
 
 
 def json_option(fn):
@@ -71,12 +92,9 @@ def _opened(data_dir: Path, *, create: bool = False):
 def _service(data_dir: Path, *, create: bool = False):
     from .service import CloudService
 
-    # The same database as `serve`: from the environment, the service credential or the file
-    # named by $STALELA_CLOUD_CONFIG (PostgreSQL when one of them names one).
-    try:
-        database_url = load().database_url
-    except ConfigError as exc:
-        raise click.ClickException("invalid configuration: " + "; ".join(exc.problems)) from None
+    # The same database as `serve`: from the environment, the service credential or the
+    # configuration file (PostgreSQL when one of them names one), as data_option loaded them.
+    database_url = click.get_current_context().meta[_LOADED].database_url
     if not database_url and not create and not CloudConfig(data_dir=data_dir).db_path.exists():
         raise click.ClickException(f"no cloud database in {data_dir} (create it with "
                                    "`stalela cloud merchant add` or `stalela cloud serve`)")

@@ -147,3 +147,27 @@ def test_serve_reads_the_database_url_from_the_service_credential(tmp_path):
     assert res.returncode != 0
     assert "127.0.0.1:1" in res.stderr and "s3cret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
+
+
+def test_administration_commands_read_the_configuration_serve_reads(tmp_path, monkeypatch):
+    """`--config` (or $STALELA_CLOUD_CONFIG) names the data folder the commands work on, as it
+    does for `serve`: a command run beside a configured service does not write to ./cloud-data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STALELA_CLOUD_CONFIG", raising=False)
+    monkeypatch.delenv("STALELA_CLOUD_DATABASE_URL", raising=False)
+    (tmp_path / "cloud.toml").write_text(f'[server]\ndata_dir = "{tmp_path / "configured"}"\n')
+    run("merchant", "add", "--config", "cloud.toml", "--nif", "A1234567B", "--name", "ABC SARL")
+    monkeypatch.setenv("STALELA_CLOUD_CONFIG", "cloud.toml")
+    run("outlet", "add", "--merchant", "A1234567B", "--id", "LUB-01", "--name", "Centre")
+    assert (tmp_path / "configured" / "cloud.sqlite3").exists() and not (tmp_path / "cloud-data").exists()
+    listing = json.loads(run("outlets", "--json").stdout)
+    assert [o["id"] for o in listing] == ["LUB-01"]
+    # --data is stronger than the file's data folder (here an empty one: refused, nothing created).
+    other = run("outlets", "--data", "elsewhere", ok=False)
+    assert other.exit_code == 1 and "no cloud database in elsewhere" in other.output
+    assert not (tmp_path / "elsewhere").exists()
+    # A configuration that does not load is one line, before anything is opened.
+    (tmp_path / "bad.toml").write_text('[server]\nport = "x"\n')
+    bad = run("outlets", "--config", "bad.toml", ok=False)
+    assert bad.exit_code == 1 and "invalid configuration: server.port" in bad.output
+    assert "Traceback" not in bad.output

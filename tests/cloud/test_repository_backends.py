@@ -382,19 +382,28 @@ def test_the_periodic_audit_runs_on_one_instance_at_a_time(database_url, tmp_pat
         two.close()
 
 
-def test_the_administration_commands_use_the_database_the_environment_names(backend, database_url, tmp_path):
-    """`stalela cloud merchant add` / `outlet add` write where `serve` reads (STALELA_CLOUD_DATABASE_URL)."""
+@pytest.mark.parametrize("named_by", ["environment", "file"])
+def test_the_administration_commands_use_the_database_serve_uses(backend, database_url, tmp_path, named_by):
+    """`stalela cloud merchant add` / `outlet add` write where `serve` reads: the database named by
+    STALELA_CLOUD_DATABASE_URL, or by the configuration file (`--config`, with its data folder)."""
     import os
 
     url = database_url
     env = dict(os.environ)
-    env.pop("STALELA_CLOUD_DATABASE_URL", None)
-    if url is not None:
-        env["STALELA_CLOUD_DATABASE_URL"] = url
+    for name in ("STALELA_CLOUD_DATABASE_URL", "STALELA_CLOUD_CONFIG"):
+        env.pop(name, None)
     data = tmp_path / "data"
+    where = ["--data", str(data)]
+    if named_by == "environment":
+        if url is not None:
+            env["STALELA_CLOUD_DATABASE_URL"] = url
+    else:
+        config = tmp_path / "cloud.toml"
+        config.write_text(f'[server]\ndata_dir = "{data}"\n' + (f'[database]\nurl = "{url}"\n' if url else ""))
+        where = ["--config", str(config)]
     for args in (["merchant", "add", "--nif", "A1234567B", "--name", "SHOP"],
                  ["outlet", "add", "--merchant", "A1234567B", "--id", "KIN-09", "--name", "NINE"]):
-        done = subprocess.run([sys.executable, "-m", "cloud_stub", *args, "--data", str(data)],
+        done = subprocess.run([sys.executable, "-m", "cloud_stub", *args, *where],
                               capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr
     store = backend() if url is not None else Store(data / "cloud.sqlite3", background_checkpoints=False)
