@@ -38,6 +38,8 @@ def _problem_for(exc: CloudError) -> web.Response:
     response = problem(exc.status, exc.title, exc.detail, exc.type_uri, errors=exc.errors)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="stalela-cloud"'
+    elif exc.status == 503:
+        response.headers["Retry-After"] = "5"  # the database's outage: a few seconds, then again
     return response
 
 
@@ -152,7 +154,8 @@ async def health(request: web.Request) -> web.Response:
         await service.call(service.ping)
     except Exception as exc:  # whatever the backend raises: the answer says the database is down
         return web.json_response({"status": "degraded", "service": "stalela-cloud", "api": "v1",
-                                  "database": {"up": False, "error": exc.__class__.__name__}}, status=503)
+                                  "database": {"up": False, "error": (exc.__cause__ or exc).__class__.__name__}},
+                                 status=503)
     return _json({"status": "ok", "service": "stalela-cloud", "api": "v1", "database": {"up": True}})
 
 

@@ -55,3 +55,15 @@ class DeadlinePassed(CloudError):
 
     status = 422
     title = "Deadline passed"
+
+
+class DatabaseUnavailable(CloudError):
+    """The ledger database does not answer (down, unreachable, out of connections). Nothing was
+    changed by this request unless it was a seal whose commit was under way: a caller retries
+    the same request (seals are idempotent by request_id)."""
+
+    status = 503
+    title = "Service Unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("database_unavailable", "the ledger database does not answer; retry shortly")

@@ -23,4 +23,12 @@ def event(name: str, level: int = logging.INFO, msg: str | None = None, **fields
 
 
 def configure(stream=None, level: int | str = logging.INFO) -> None:
-    schema.configure("stalela.cloud", level, stream)
+    cloud = schema.configure("stalela.cloud", level, stream)
+    # psycopg's pool warns, in its own words, at every failed attempt to reconnect while the
+    # database is down (several a second at first). The service logs the outage itself, once at
+    # each end (`database.unavailable`, `database.recovered`): only the driver's errors are kept,
+    # through the same handler (the one schema), never Python's bare last-resort lines.
+    driver = logging.getLogger("psycopg")
+    driver.handlers[:] = list(cloud.handlers)
+    driver.setLevel(logging.ERROR)
+    driver.propagate = False

@@ -479,6 +479,10 @@ class Repository(Protocol):
         """Whether `exc` says a concurrent transaction won (a unique key inserted by both, a
         serialization failure): the transaction can be run again from its start."""
 
+    def unavailable(self, exc: BaseException) -> str | None:
+        """Why the database cannot serve (one line, no password) when `exc` says it is down or
+        unreachable rather than refusing this statement; None for any other error."""
+
     def ensure_ledger_partitions(self, now: datetime) -> list[str] | None:
         """The periodic job creating the ledger's time partitions ahead (PostgreSQL); the names
         created, or None when another instance is running it."""
@@ -1454,6 +1458,16 @@ class Store:
 
     def lost_race(self, exc: BaseException) -> bool:
         return False  # `BEGIN IMMEDIATE`: one writer at a time, no race to lose
+
+    # SQLite's primary result codes that say the file cannot be used now, whatever the statement:
+    # busy or locked past busy_timeout, an I/O error, the file cannot be opened, the disk is full.
+    _UNAVAILABLE_CODES = {5: "busy", 6: "locked", 10: "I/O error", 13: "disk full", 14: "cannot open"}
+
+    def unavailable(self, exc: BaseException) -> str | None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in self._UNAVAILABLE_CODES:
+            return f"SQLite: {exc}"
+        return None
 
     def ensure_ledger_partitions(self, now: datetime) -> list[str]:
         return []  # SQLite's ledger is one table

@@ -607,6 +607,9 @@ SELECT id FROM entry
 """
 
 
+POOL_WAIT_SECONDS = 5.0
+
+
 class PgStore:
     """A PostgreSQL database through a pool of synchronous connections (autocommit; each
     transaction is an explicit BEGIN ... COMMIT, as in the SQLite store)."""
@@ -624,6 +627,9 @@ class PgStore:
             # A connection the server dropped (a restart, a failover) is replaced before it is lent
             # (_check: without a round trip for a connection used just now).
             check=_check, reset=_returned,
+            # How long a request waits for a connection: with the database down, a request is
+            # answered 503 after this, not after the pool's default 30 s (a POS's sale is waiting).
+            timeout=POOL_WAIT_SECONDS,
             kwargs={"autocommit": True, "row_factory": dict_row,
                     "connect_timeout": max(1, int(connect_timeout))})
         try:
@@ -674,6 +680,15 @@ class PgStore:
         # loser's retry sees the winner's row. Serialization failures and deadlocks likewise.
         return isinstance(exc, (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure,
                                 psycopg.errors.DeadlockDetected))
+
+    def unavailable(self, exc: BaseException) -> str | None:
+        # OperationalError: the connection failed or broke, the server is shutting down or
+        # refuses connections; PoolTimeout: no connection could be had in time. A statement the
+        # server refuses (a constraint, a syntax error) is another class: not an outage.
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)):
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            return "PostgreSQL: " + redact(lines[0] if lines else type(exc).__name__)
+        return None
 
     @contextmanager
     def run_once(self, job: str) -> Iterator[bool]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
@@ -21,7 +23,7 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
-from .errors import Conflict, DeadlinePassed, NotFound, Unauthorized
+from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, NotFound, Unauthorized
 from .issuer import Issuer, credential_status
 from .logs import event
 from .repository import Tx, open_store
@@ -52,6 +54,7 @@ class CloudService:
         size = default_size() if config.verify_workers is None else config.verify_workers
         self.verifier: VerifierPool | None = VerifierPool(size).start() if size > 0 else None
         self._loaded_keys: dict[str, Any] = {}  # agent keys loaded for checks run in this process
+        self._down_since: float | None = None  # when `call` first met the database down (monotonic)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -59,9 +62,25 @@ class CloudService:
         return self.config.clock()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a database call of an HTTP request in the service's threads. A database that does
+        not answer is a 503 `database_unavailable` (not a 500 with a traceback per request), and
+        its outage is logged once when it starts and once when a call succeeds again."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="cloud-db")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        except Exception as exc:
+            why = self.store.unavailable(exc)
+            if why is None:
+                raise
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                event("database.unavailable", logging.WARNING, error=why)
+            raise DatabaseUnavailable() from exc
+        if self._down_since is not None:
+            event("database.recovered", seconds=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
+        return result
 
     @contextmanager
     def _writing(self, outlet_id: str) -> Iterator[Tx]:

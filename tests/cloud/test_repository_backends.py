@@ -37,7 +37,7 @@ def store(backend):
 
 
 @pytest.fixture
-def database_url(backend) -> str | None:
+def backend_url(backend) -> str | None:
     """The parametrized backend's database URL for a service to open: None for SQLite (the
     service's own file in its data folder), the scratch schema's URL for PostgreSQL."""
     opened = backend()
@@ -365,12 +365,12 @@ def test_serve_refuses_a_bad_database_url(tmp_path):
         assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
-def test_the_periodic_audit_runs_on_one_instance_at_a_time(database_url, tmp_path, clock):
+def test_the_periodic_audit_runs_on_one_instance_at_a_time(backend_url, tmp_path, clock):
     """Two services on one database: the one that finds the job taken skips its turn."""
     from cloud_stub.config import CloudConfig
     from cloud_stub.service import CloudService
 
-    url = database_url
+    url = backend_url
     one, two = (CloudService(CloudConfig(data_dir=tmp_path / "cloud", database_url=url, verify_workers=0,
                                          audit_interval=0, clock=clock)) for _ in range(2))
     try:
@@ -383,12 +383,12 @@ def test_the_periodic_audit_runs_on_one_instance_at_a_time(database_url, tmp_pat
 
 
 @pytest.mark.parametrize("named_by", ["environment", "file"])
-def test_the_administration_commands_use_the_database_serve_uses(backend, database_url, tmp_path, named_by):
+def test_the_administration_commands_use_the_database_serve_uses(backend, backend_url, tmp_path, named_by):
     """`stalela cloud merchant add` / `outlet add` write where `serve` reads: the database named by
     STALELA_CLOUD_DATABASE_URL, or by the configuration file (`--config`, with its data folder)."""
     import os
 
-    url = database_url
+    url = backend_url
     env = dict(os.environ)
     for name in ("STALELA_CLOUD_DATABASE_URL", "STALELA_CLOUD_CONFIG"):
         env.pop(name, None)
@@ -416,7 +416,7 @@ def test_the_administration_commands_use_the_database_serve_uses(backend, databa
     assert (data / "cloud.sqlite3").exists() is (url is None)
 
 
-def test_an_instance_with_another_issuer_key_is_refused(database_url, tmp_path, clock):
+def test_an_instance_with_another_issuer_key_is_refused(backend_url, tmp_path, clock):
     """One database, two data folders with two issuer keys: the second refuses to start, in
     words, once the first has issued a credential (its credentials would not verify elsewhere)."""
     from cloud_stub.config import CloudConfig
@@ -425,7 +425,7 @@ def test_an_instance_with_another_issuer_key_is_refused(database_url, tmp_path, 
 
     from cloud_helpers import new_key
 
-    url = database_url
+    url = backend_url
 
     def config(folder: str) -> CloudConfig:
         data = tmp_path / folder
