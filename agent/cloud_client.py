@@ -86,6 +86,10 @@ class CloudClient:
         """Where the cloud's forwarding of one invoice to the DGI stands (agent/dgi.py)."""
         return await self._call("GET", f"/v1/outlets/{outlet_id}/invoices/{invoice_id}/dgi")
 
+    async def heartbeat(self) -> dict[str, Any]:
+        """Tell the cloud this agent is running (its outlet's "last seen"), sales or not."""
+        return await self._call("POST", "/v1/agents/me/heartbeat")
+
     async def enroll(self, token: str, agent_public_key: str, label: str) -> dict[str, Any]:
         return await self._call("POST", "/v1/enroll", {"token": token, "agent_public_key": agent_public_key,
                                                       "label": label})

@@ -153,6 +153,7 @@ class SyncSection(_Section):
     # A zero or negative interval made the sync loop spin: the floor is a twentieth of a second.
     interval: float = Field(5.0, ge=0.05, le=3600, description="Seconds between outbox checks when it is empty (with +-20 % jitter).")
     retention_days: int = Field(30, ge=1, le=3650, description="Days a local copy is kept after the cloud acknowledged it.")
+    heartbeat_interval: float = Field(600.0, ge=10, le=86400, description="Seconds between the agent's heartbeats to the cloud (its outlet's \"last seen\" when there are no sales).")
 
 
 class Settings(SourcesInOrder):
@@ -197,7 +198,7 @@ ATTRIBUTES: dict[tuple[str, str], str] = {
     ("device", "url"): "device_url",
     ("reports", "z_time"): "reports_z_time",
     ("sync", "batch_size"): "sync_batch_size", ("sync", "interval"): "sync_interval",
-    ("sync", "retention_days"): "retention_days",
+    ("sync", "retention_days"): "retention_days", ("sync", "heartbeat_interval"): "heartbeat_interval",
 }
 
 
@@ -239,6 +240,7 @@ class AgentConfig:
     sync_batch_size: int = _default("sync", "batch_size")
     sync_interval: float = _default("sync", "interval")
     retention_days: int = _default("sync", "retention_days")
+    heartbeat_interval: float = _default("sync", "heartbeat_interval")
 
     @property
     def sealing_process_enabled(self) -> bool:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
 import aiohttp
@@ -22,6 +22,7 @@ from fiscal.examples import SAMPLE
 from . import systemd_notify
 from .api.app import attach, init_app
 from .cloud_client import CloudClient
+from .errors import CloudError
 from .config import AgentConfig
 from .journal import Journal
 from .signers.credentials import credential_status
@@ -163,7 +164,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     """Renewal, the outbox, the automatic Z, drafts, retention and the cloud probe."""
-    config, service, scheduler = app[CONFIG], app[DAEMON_SERVICE], app[SCHEDULER]
+    config, service, scheduler, client = app[CONFIG], app[DAEMON_SERVICE], app[SCHEDULER], app[CLIENT]
     keeper = service.keeper
     scheduler.add_job(keeper.check, "interval", seconds=config.check_interval, id="credential-renewal",
                       max_instances=1, coalesce=True)
@@ -190,9 +191,23 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
                     log.debug("nothing settled yet", extra={"event": "signer.settle_later", "signer": entry.name,
                                                             "error": exc.__class__.__name__})
 
+    async def heartbeat() -> None:
+        # The outlet's "last seen" in the cloud when there are no sales: without it, a shop with
+        # its box on and no customers looks like a box that is off. Failures are the sync's to
+        # report (the same link); a heartbeat is not retried, the next one comes anyway.
+        if client.token is None:
+            return  # not enrolled with a cloud
+        try:
+            await client.heartbeat()
+        except CloudError as exc:
+            log.debug("heartbeat not delivered", extra={"event": "cloud.heartbeat_failed", "error": exc.detail})
+
     watch = HealthWatch(service)
     scheduler.add_job(watch.check, "interval", seconds=1, id="health-watch", max_instances=1, coalesce=True)
     scheduler.add_job(retention, "interval", hours=1, id="retention", max_instances=1, coalesce=True)
+    # The first one a few seconds after start (a restarted box is seen at once), then every interval.
+    scheduler.add_job(heartbeat, "interval", seconds=config.heartbeat_interval, id="heartbeat", max_instances=1,
+                      coalesce=True, next_run_time=datetime.now(timezone.utc) + timedelta(seconds=2))
     scheduler.add_job(probe_signers, "interval", seconds=max(1.0, min(5.0, config.breaker_seconds / 3)),
                       id="signer-probe", max_instances=1, coalesce=True)
     scheduler.start()

@@ -175,6 +175,12 @@ async def enroll(request: web.Request) -> web.Response:
     return _json(await service.call(service.enroll, body.token, body.agent_public_key, body.label), 201)
 
 
+async def heartbeat(request: web.Request) -> web.Response:
+    agent = await _agent(request)
+    service = request.app[SERVICE]
+    return _json(await service.call(service.heartbeat, agent))
+
+
 async def issue_credential(request: web.Request) -> web.Response:
     agent = await _agent(request)
     body = await _body(request, CredentialBody)
@@ -494,6 +500,7 @@ def init_app(config: CloudConfig, service: CloudService | None = None) -> web.Ap
     r.add_get("/metrics", metrics)
     r.add_get("/v1/issuer", issuer)
     r.add_post("/v1/enroll", enroll)
+    r.add_post("/v1/agents/me/heartbeat", heartbeat)
     r.add_post("/v1/credentials", issue_credential)
     r.add_get("/v1/credentials/{credential_id}", get_credential)
     r.add_post("/v1/credentials/{credential_id}/closure", close_credential)

@@ -99,7 +99,7 @@ class CloudMetrics:
         self._backlog(backlog, now)
         self.outlet_last_seen.clear()
         for row in contacts:
-            seen = _latest(row["last_recorded_at"], row["issued_at"], row["device_last_seen"])
+            seen = _latest(row["last_recorded_at"], row["issued_at"], row["device_last_seen"], row["heartbeat_at"])
             if seen is not None:
                 self.outlet_last_seen.labels(self.instance, row["id"], row["merchant_nif"]).set(seen)
         return generate_latest(self.registry)

@@ -113,6 +113,12 @@ def _sqlite_merchant_keys() -> str:
     return "\n".join(script)
 
 
+# Version 7, the same SQL on both backends.
+AGENT_HEARTBEATS = """
+ALTER TABLE agents ADD COLUMN last_heartbeat_at TEXT;
+CREATE INDEX agents_outlet_heartbeat ON agents(outlet_id, last_heartbeat_at);
+"""
+
 MIGRATIONS: list[str | tuple[str, str]] = [
     """
     CREATE TABLE merchants (
@@ -418,6 +424,9 @@ MIGRATIONS: list[str | tuple[str, str]] = [
     # 6: the ledger partitioned by month (repository_pg.PG_MIGRATIONS[5]); SQLite's ledger stays
     # one table. Recorded under the same version and name, so both backends list the same history.
     ("0006_ledger_partitions_postgresql_only", "SELECT 1;"),
+    # 7: an agent's last heartbeat (POST /v1/agents/me/heartbeat): a box left on without sales
+    # is still heard from, so a silent outlet means a box that is off, offline or stopped.
+    ("0007_agent_heartbeats", AGENT_HEARTBEATS),
 ]
 
 
@@ -520,7 +529,7 @@ class Tx:
     def outlets_last_contact(self) -> list[dict[str, Any]]:
         """Every outlet with the moments it was last heard from, as the dashboard's "last seen"
         reads them: its ledger's newest entry, its newest credential's issue, its bound MCFs' last
-        contact (None where there is none). One indexed lookup per outlet and column (the same
+        contact, its agents' last heartbeat (None where there is none). One indexed lookup per outlet and column (the same
         as a page of /dashboard/outlets), so the metrics scrape stays cheap at 10,000 outlets."""
         return self._all(
             "SELECT o.id, o.merchant_nif, "
@@ -529,7 +538,8 @@ class Tx:
             "(SELECT c.issued_at FROM credentials c WHERE c.outlet_id = o.id ORDER BY c.block_start DESC LIMIT 1) "
             "AS issued_at, "
             "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
-            "AS device_last_seen "
+            "AS device_last_seen, "
+            "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at "
             "FROM outlets o")
 
     def dgi_backlog(self) -> list[dict[str, Any]]:
@@ -627,6 +637,9 @@ class Tx:
             "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags "
             "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
             "JOIN counters c ON c.outlet_id = o.id ORDER BY o.id")
+
+    def record_heartbeat(self, agent_id: str, now: str) -> None:
+        self._run("UPDATE agents SET last_heartbeat_at = ? WHERE id = ?", now, agent_id)
 
     def outlet_ids(self) -> list[str]:
         return [r["id"] for r in self._all("SELECT id FROM outlets ORDER BY id")]
@@ -1158,7 +1171,8 @@ class Tx:
             "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags, "
             "(SELECT COUNT(*) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) AS devices, "
             "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
-            "AS device_last_seen "
+            "AS device_last_seen, "
+            "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at "
             "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
             "LEFT JOIN ledger l ON l.outlet_id = o.id AND l.seq = "
             "(SELECT MAX(l2.seq) FROM ledger l2 WHERE l2.outlet_id = o.id) "

@@ -41,7 +41,7 @@ from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
 from .errors import Invalid
 from . import ledger_partitions
-from .repository import APPEND_ONLY, OUTLET_TABLES, LedgerEntry, SealState, StoreError, Tx, kpi_days_from_ledger
+from .repository import AGENT_HEARTBEATS, APPEND_ONLY, OUTLET_TABLES, LedgerEntry, SealState, StoreError, Tx, kpi_days_from_ledger
 
 # repository.SQLITE_TOTAL and SQLITE_LAG in PostgreSQL (the invoice's U+0000 as in ledger_invoice_id).
 PG_TOTAL = "((replace(invoice, '\\u0000', '\\ufffd')::json #>> '{totals,total}')::float8)"
@@ -343,6 +343,8 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
     # 6: the ledger partitioned by month (ledger_partitions.py says how and why); SQLite records
     # the same version as a no-op.
     (6, "0006_ledger_partitions_postgresql_only", ledger_partitions.partition_ledger),
+    # 7: as SQLite's version 7: an agent's last heartbeat.
+    (7, "0007_agent_heartbeats", _c_text(AGENT_HEARTBEATS)),
 ])
 
 def _visible(*values: Any) -> tuple:

@@ -24,7 +24,7 @@ from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, regis
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
 from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, NotFound, Unauthorized
-from .issuer import Issuer, credential_status
+from .issuer import Issuer, credential_status, iso
 from .logs import event
 from .repository import Tx, open_store
 from .verifier import UnreadableChunk, VerifierPool, default_size
@@ -201,6 +201,14 @@ class CloudService:
     def authenticate(self, api_token: str) -> dict | None:
         with self.store.lookup() as tx:  # one statement: every request of an agent runs it
             return registry.authenticate(tx, api_token)
+
+    def heartbeat(self, agent: dict) -> dict:
+        """An agent says it is running (it does every few minutes, sales or not): the outlet's
+        "last seen" then tells a box that is off or offline from one that has no sales."""
+        now = self.now()
+        with self.store.write() as tx:  # the agent's own row: no counter, chain or ledger
+            tx.record_heartbeat(agent["id"], iso(now))
+        return {"agent_id": agent["id"], "received_at": iso(now)}
 
     def periodic_audit(self) -> list[int] | None:
         """The server's periodic gap detection: on one instance at a time among those sharing

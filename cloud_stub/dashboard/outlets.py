@@ -41,8 +41,8 @@ def _outlet_row(r: dict, now) -> dict:
                                          "closed_at": r["closed_at"], "last_used": r["credential_last_used"]}, now)
     return {
         "id": r["id"], "name": r["name"], "merchant_nif": r["merchant_nif"], "merchant_name": r["merchant_name"],
-        # The agent's last upload or credential, or an MCF's last contact.
-        "last_seen": latest(r["last_recorded_at"], r["issued_at"], r["device_last_seen"]),
+        # The agent's last upload, credential or heartbeat, or an MCF's last contact.
+        "last_seen": latest(r["last_recorded_at"], r["issued_at"], r["device_last_seen"], r["heartbeat_at"]),
         "entries": r["entries"] or 0,
         # How late the newest entry reached the cloud after it was sealed.
         "sync_lag_seconds": seconds_between(r["last_recorded_at"], r["last_sealed_at"]),

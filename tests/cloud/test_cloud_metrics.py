@@ -72,6 +72,14 @@ async def test_each_outlet_reports_when_it_was_last_heard_from(cloud):
     cloud.clock.advance(hours=2)
     await cloud.reconcile(agent, [agent.seal(cred, cred.block_start, when=issued)])
     assert _last_seen(await _metrics(cloud)) == {"KIN-01": ("A1234567B", cloud.clock.now.timestamp())}
+    # No sales for a day, the box on: its heartbeats keep the outlet heard from.
+    cloud.clock.advance(hours=26)
+    answer = await cloud.post("/v1/agents/me/heartbeat", None, agent.headers, 200)
+    assert answer["agent_id"] == agent.id and answer["received_at"].startswith(cloud.clock.now.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert _last_seen(await _metrics(cloud)) == {"KIN-01": ("A1234567B", cloud.clock.now.timestamp())}
+    # Only an enrolled agent beats for its outlet: the admin token is refused, and so is no token.
+    await cloud.post("/v1/agents/me/heartbeat", None, cloud.admin, 403)
+    await cloud.post("/v1/agents/me/heartbeat", None, {}, 401)
 
 
 async def test_the_dgi_backlog_counts_what_has_not_reached_the_dgi(cloud):
