@@ -14,7 +14,7 @@ import pytest
 import time_machine
 from hypothesis import HealthCheck, settings
 
-from tests.support import AgentHarness
+from tests.support import AgentHarness, CloudProcess
 
 # Property tests check what is true, never how fast: a per-example deadline only measures how busy
 # this shared 2-core machine is (a deframer example took 270 ms under load, 0.3 ms after).
@@ -78,3 +78,13 @@ def harness(tmp_path):
     h = AgentHarness(tmp_path / "agent")
     yield h
     h.stop()
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    """The bundled cloud as a real `stalela cloud serve` process on a SQLite file, stopped after
+    the test. (tests/cloud/ has its own `cloud`: an in-process service on either backend.)"""
+    c = CloudProcess(tmp_path / "cloud")
+    c.start()
+    yield c
+    c.stop()

@@ -7,7 +7,7 @@ import pytest
 from fiscal.seal import verify_qr
 from tests.device.device_support import MID, SimDevice, device_agent, wait_for
 from tests.emcf.emcf_client import EmcfClient, invoice
-from tests.support import NIF, CloudProcess, EnrolledAgent
+from tests.support import NIF, EnrolledAgent
 
 
 @pytest.fixture
@@ -39,14 +39,6 @@ def test_device_mode_answers_the_mcf_elements(tmp_path, sim):
         assert agent.verify().returncode == 0
     finally:
         agent.stop()
-
-
-@pytest.fixture
-def cloud(tmp_path):
-    c = CloudProcess(tmp_path / "cloud")
-    c.start()
-    yield c
-    c.stop()
 
 
 def test_cloud_mode_then_offline(tmp_path, cloud):

@@ -14,15 +14,7 @@ from agent.reports import a_report_for, x_report
 from agent.store.db import connect
 from agent.sync import SyncWorker
 from tests.reports.helpers import open_service, seal_in_process, varied_request
-from tests.support import CloudProcess, EnrolledAgent
-
-
-@pytest.fixture
-def cloud(tmp_path):
-    c = CloudProcess(tmp_path / "cloud")
-    c.start()
-    yield c
-    c.stop()
+from tests.support import EnrolledAgent
 
 
 def _reconciled_agent_and_cloud_agree(tmp_path, cloud, n: int) -> None:

@@ -14,15 +14,7 @@ import pytest
 
 from fiscal.seal import verify_qr
 from tests.faultproxy import FaultProxy
-from tests.support import CloudProcess, EnrolledAgent, invoice
-
-
-@pytest.fixture
-def cloud(tmp_path):
-    c = CloudProcess(tmp_path / "cloud")
-    c.start()
-    yield c
-    c.stop()
+from tests.support import EnrolledAgent, invoice
 
 
 @pytest.fixture

@@ -4,17 +4,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-from tests.support import CloudProcess, EnrolledAgent, invoice
-
-
-@pytest.fixture
-def cloud(tmp_path):
-    c = CloudProcess(tmp_path / "cloud")
-    c.start()
-    yield c
-    c.stop()
+from tests.support import EnrolledAgent, invoice
 
 
 def test_three_blocks_back_to_back_without_a_refused_invoice(tmp_path, cloud):

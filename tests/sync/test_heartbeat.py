@@ -13,14 +13,6 @@ import pytest
 from tests.support import CloudProcess, EnrolledAgent
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = CloudProcess(tmp_path / "cloud")
-    c.start()
-    yield c
-    c.stop()
-
-
 def _heartbeats(cloud: CloudProcess) -> list[str | None]:
     conn = sqlite3.connect(f"file:{cloud.data_dir / 'cloud.sqlite3'}?mode=ro", uri=True)
     try:

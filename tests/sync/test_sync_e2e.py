@@ -4,22 +4,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
 
-from tests.support import ROOT, CloudProcess, EnrolledAgent, invoice
-
-
-@pytest.fixture
-def cloud(tmp_path):
-    c = CloudProcess(tmp_path / "cloud")
-    c.start()
-    yield c
-    c.stop()
+from tests.support import ROOT, EnrolledAgent, invoice
 
 
 @pytest.fixture
