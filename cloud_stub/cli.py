@@ -412,7 +412,7 @@ def outlet_add(data_dir: Path, merchant_nif: str, outlet_id: str, name: str, tim
 @json_option
 @domain_errors
 def outlets(data_dir: Path, as_json: bool) -> None:
-    """List outlets with their counter, agents, ledger size and open flags.
+    """List outlets with their counter, agents, ledger size, open flags and last contact.
 
     \b
     Example:
@@ -428,7 +428,7 @@ def outlets(data_dir: Path, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['id']}  {r['name']}  merchant={r['merchant_nif']}  tz={r['time_zone']}  "
                    f"next_number={r['next_number']}  agents={r['agents']}  invoices={r['invoices']}  "
-                   f"open_flags={r['open_flags']}")
+                   f"open_flags={r['open_flags']}  last_seen={r['last_seen'] or 'never'}")
 
 
 @cloud.group()

@@ -43,6 +43,12 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def latest(*moments: str | None) -> str | None:
+    """The latest of ISO moments (written in different forms: compared as instants)."""
+    known = [m for m in moments if m]
+    return iso(max(parse_iso(m.replace("Z", "+00:00")) for m in known)) if known else None
+
+
 def _whole_seconds(moment: datetime) -> datetime:
     # The credential's signed message has a one-second resolution; keep the document equal to it.
     return moment.astimezone(timezone.utc).replace(microsecond=0)

@@ -634,7 +634,12 @@ class Tx:
             "(SELECT COUNT(*) FROM agents a WHERE a.outlet_id = o.id AND a.retired_at IS NULL) AS agents, "
             "(SELECT COUNT(*) FROM ledger l WHERE l.outlet_id = o.id) AS invoices, "
             "(SELECT MAX(recorded_at) FROM ledger l WHERE l.outlet_id = o.id) AS last_recorded_at, "
-            "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags "
+            "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags, "
+            # What makes its "last seen" (outlets_last_contact): credentials, MCFs, heartbeats.
+            "(SELECT MAX(c.issued_at) FROM credentials c WHERE c.outlet_id = o.id) AS issued_at, "
+            "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
+            "AS device_last_seen, "
+            "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at "
             "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
             "JOIN counters c ON c.outlet_id = o.id ORDER BY o.id")
 

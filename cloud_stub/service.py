@@ -24,7 +24,7 @@ from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, regis
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
 from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, NotFound, Unauthorized
-from .issuer import Issuer, credential_status, iso
+from .issuer import Issuer, credential_status, iso, latest
 from .logs import event
 from .repository import Tx, open_store
 from .verifier import UnreadableChunk, VerifierPool, default_size
@@ -154,8 +154,14 @@ class CloudService:
         return {"merchant_nif": merchant_nif, "revoked": revoked}
 
     def outlets(self) -> list[dict]:
+        """Every outlet with its counter, agents, ledger size, open flags and when it was last
+        heard from (`last_seen`: its newest upload, credential, heartbeat or MCF contact)."""
         with self.store.read() as tx:
-            return tx.outlets()
+            rows = tx.outlets()
+        for r in rows:
+            r["last_seen"] = latest(r["last_recorded_at"], r.pop("issued_at"), r.pop("device_last_seen"),
+                                    r.pop("heartbeat_at"))
+        return rows
 
     def revoke_credential(self, credential_id: str, reason: str,
                           effective_at: datetime | None = None) -> dict:

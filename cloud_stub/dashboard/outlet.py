@@ -13,13 +13,13 @@ from fiscal.report_print import report_pdf
 
 from .. import audit, reports
 from ..errors import NotFound
-from ..issuer import iso
+from ..issuer import iso, latest
 from ..ledger import entry_state, period_bounds
 from ..reconcile import rejection_view
 from ..registry import device_view
 from .access import Viewer
 from .render import download, outlet_in_scope, page, service
-from .views_common import (choice_param, credential_figures, int_param, latest, seconds_between,
+from .views_common import (choice_param, credential_figures, int_param, seconds_between,
                            text_param)
 
 INVOICE_TYPES = ("FV", "FT", "FA", "EV", "ET", "EA")

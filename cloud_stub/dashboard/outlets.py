@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..issuer import iso
+from ..issuer import iso, latest
 from ..registry import OUTLET_ID
 from ..errors import Invalid
 from .access import Viewer
 from .render import page, service
-from .views_common import credential_figures, latest, seconds_between, text_param
+from .views_common import credential_figures, seconds_between, text_param
 
 PAGE = 50
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from aiohttp import web
 
 from ..errors import Invalid
-from ..issuer import iso, parse_iso
+from ..issuer import parse_iso
 
 
 def int_param(request: web.Request, name: str, lo: int, hi: int) -> int | None:
@@ -40,12 +40,6 @@ def seconds_between(later: str | None, earlier: str | None) -> float | None:
     if not later or not earlier:
         return None
     return round((parse_iso(later) - parse_iso(earlier)).total_seconds(), 3)
-
-
-def latest(*moments: str | None) -> str | None:
-    """The latest of ISO moments (written in different forms: compared as instants)."""
-    known = [m for m in moments if m]
-    return iso(max(parse_iso(m.replace("Z", "+00:00")) for m in known)) if known else None
 
 
 def credential_figures(row: dict, now: datetime) -> dict:

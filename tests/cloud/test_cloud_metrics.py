@@ -77,6 +77,9 @@ async def test_each_outlet_reports_when_it_was_last_heard_from(cloud):
     answer = await cloud.post("/v1/agents/me/heartbeat", None, agent.headers, 200)
     assert answer["agent_id"] == agent.id and answer["received_at"].startswith(cloud.clock.now.strftime("%Y-%m-%dT%H:%M:%S"))
     assert _last_seen(await _metrics(cloud)) == {"KIN-01": ("A1234567B", cloud.clock.now.timestamp())}
+    # The operator's list says the same (the CLI's `stalela cloud outlets`, GET /v1/admin/outlets).
+    listed = {o["id"]: o["last_seen"] for o in (await cloud.get("/v1/admin/outlets", cloud.admin))["outlets"]}
+    assert listed == {"KIN-01": answer["received_at"], "KIN-02": None}
     # Only an enrolled agent beats for its outlet: the admin token is refused, and so is no token.
     await cloud.post("/v1/agents/me/heartbeat", None, cloud.admin, 403)
     await cloud.post("/v1/agents/me/heartbeat", None, {}, 401)
