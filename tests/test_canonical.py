@@ -1,6 +1,7 @@
 """Canonicalization: our fast path must be byte-identical to the rfc8785 reference."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from fiscal.canonical import canonical_bytes, reference_canonical_bytes
@@ -86,3 +87,17 @@ def test_loads_plain_refuses_what_the_fast_path_cannot_write():
     assert loads_plain('{"a": 9007199254740993}') == ({"a": 9007199254740993}, False)
     assert loads_plain('{"é": "x"}') == ({"é": "x"}, False)
     assert loads_plain('{"a": "é", "b": [1, null, true]}') == ({"a": "é", "b": [1, None, True]}, True)
+
+
+def test_what_orjson_refuses_is_written_or_refused_as_json_did():
+    """The fast path is orjson, with json for what orjson refuses: the text, or the error, is the
+    one the json encoder gave before orjson was used."""
+    from datetime import datetime
+    from fiscal.canonical import _dumps, _json_dumps
+
+    for value in ({"k": 2**70, "l": [2**64]}, {1: "a"}):  # past 64 bits; a non-string key
+        assert _dumps(value) == _json_dumps(value)
+    with pytest.raises(TypeError):  # never written in a form of orjson's own
+        _dumps({"when": datetime(2026, 1, 1)})
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8 bytes to hash
+        canonical_bytes({"s": "\ud800"})
