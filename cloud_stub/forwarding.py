@@ -24,8 +24,24 @@ FINAL = ("normalized", "device_reported")
 
 
 def ts(moment: datetime) -> str:
-    """UTC, fixed width: these strings are compared as text in SQL."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """UTC, fixed width: these strings are compared as text in SQL.
+
+    The forwarder stamps every recording (several per invoice, thousands a second): the text up
+    to the second is kept for the last second seen, and only the milliseconds are formatted
+    anew (strftime each time was ≈ 3 µs of the event loop's time per stamp)."""
+    second = moment.replace(microsecond=0)
+    last = _ts_last
+    if second != last[0]:
+        utc = second.astimezone(timezone.utc)
+        if utc.microsecond:  # an offset with microseconds (never met): no shortcut
+            return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        last = (second, utc.strftime("%Y-%m-%dT%H:%M:%S."))
+        _ts_last[:] = last
+    return f"{last[1]}{moment.microsecond // 1000:03d}Z"
+
+
+# The last second `ts` formatted, and its text (a list: replaced in place).
+_ts_last: list[Any] = [None, ""]
 
 
 @dataclass

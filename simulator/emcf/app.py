@@ -159,6 +159,17 @@ def _now() -> datetime:
     return datetime.now(KINSHASA).replace(microsecond=0)
 
 
+_stamps: list[Any] = [None, ("", "")]  # the last second confirm stamped, and its two texts
+
+
+def _confirm_stamps() -> tuple[str, str]:
+    """The confirm's dateTime and the QR code's stamp, formatted once per second (not per confirm)."""
+    moment = _now()
+    if moment != _stamps[0]:
+        _stamps[:] = [moment, (moment.strftime("%Y-%m-%d %H:%M:%S"), moment.strftime("%Y%m%d%H%M%S"))]
+    return _stamps[1]
+
+
 def _pos(request: web.Request):
     return request[POS]
 
@@ -210,7 +221,7 @@ async def submit(request: web.Request) -> web.Response:
     checked = validate(body, pos.nif, pos.isf)
     if request.app[FAULTS].take("refuse"):
         raise Refusal("INVOICE_REFUSED", "the DGI refuses this invoice (simulated refusal)")
-    if len(store.pending(pos.nif, pos.isf)) >= limits.max_pending:
+    if store.pending_count(pos.nif, pos.isf) >= limits.max_pending:
         counts = request.app[COUNTS]
         counts["pending_limit"] = counts.get("pending_limit", 0) + 1
         raise Refusal("PENDING_LIMIT", f"{limits.max_pending} requests are pending confirmation for this "
@@ -263,9 +274,7 @@ async def confirm(request: web.Request) -> web.Response:
         raise _not_pending(row)
     if total != Decimal(row["total"]) or vtotal != Decimal(row["vtotal"]):
         raise Refusal("TOTALS_MISMATCH", f"the totals differ from phase 1's ({row['total']}, {row['vtotal']})")
-    moment = _now()
-    elements = request.app[STORE].confirm(row, moment.strftime("%Y-%m-%d %H:%M:%S"),
-                                          moment.strftime("%Y%m%d%H%M%S"))
+    elements = request.app[STORE].confirm(row, *_confirm_stamps())
     held = request.app[FAULTS].levels["confirm_delay_ms"]
     if held:
         await asyncio.sleep(held / 1000)  # normalized already: only the answer is late

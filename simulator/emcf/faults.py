@@ -89,6 +89,10 @@ class Switchboard:
 
     def take(self, name: str) -> bool:
         """Use up one shot of `name`, if any is left."""
+        if not self.shots[name]:
+            # None armed (nearly every call): no lock. A shot set at this very moment hits the
+            # next request instead, as it would had it been set a moment later.
+            return False
         with self._lock:
             if self.shots[name] > 0:
                 self.shots[name] -= 1
@@ -97,6 +101,8 @@ class Switchboard:
 
     def request_seen(self) -> tuple[str, int]:
         """(down mode, slow_ms) for this request; counts the request against `NAME=VALUE:N` levels."""
+        if not self._left:  # nothing counted down (nearly every call): no lock, nothing to count
+            return self.down, self.levels["slow_ms"]
         with self._lock:
             down, slow = self.down, self.levels["slow_ms"]
             for name in list(self._left):

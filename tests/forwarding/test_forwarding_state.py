@@ -59,3 +59,19 @@ def test_entries_read_ahead_come_in_ledger_order_and_a_release_is_seen_by_the_ne
     assert ahead[1].released_waiting is True
     again = forwarding.next_works(store, "OUT-001", 20)
     assert [(w.seq, w.submission["state"]) for w in again] == [(1, "released")]
+
+
+def test_ts_is_utc_to_the_millisecond_whichever_second_and_offset_came_before():
+    # ts keeps the text of the last second it formatted: a moment of the same second in another
+    # zone, the next second, or a second seen before must still read as its own UTC time.
+    from datetime import datetime, timezone
+
+    kinshasa, new_york = timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))
+    at = datetime(2026, 12, 4, 23, 59, 59, 999_999, tzinfo=timezone.utc)
+    assert forwarding.ts(at) == "2026-12-04T23:59:59.999Z"
+    assert forwarding.ts(at.replace(microsecond=1_000)) == "2026-12-04T23:59:59.001Z"
+    assert forwarding.ts(at.astimezone(kinshasa)) == "2026-12-04T23:59:59.999Z"
+    assert forwarding.ts(datetime(2026, 12, 4, 23, 59, 59, 500, tzinfo=kinshasa)) == "2026-12-04T22:59:59.000Z"
+    assert forwarding.ts(at + timedelta(microseconds=1)) == "2026-12-05T00:00:00.000Z"
+    assert forwarding.ts(datetime(2026, 12, 4, 19, 0, 0, 42_000, tzinfo=new_york)) == "2026-12-05T00:00:00.042Z"
+    assert forwarding.ts(at) == "2026-12-04T23:59:59.999Z"
