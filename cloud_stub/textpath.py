@@ -5,7 +5,7 @@ canonical text; journals written before: the model's order), and every member's 
 For such a text, the three forms reconciliation needs (`fastpath.forms`: the chain view, the
 unsigned view, the stored text) are the member texts put in sorted key order; the parse, the
 structural walk and the encoding (≈ 140 µs of the ≈ 300 µs an invoice costs before its
-signature check) are then one regular expression match (≈ 15 µs).
+signature check) are then one regular expression match (≈ 20 µs).
 
 `check(match, ...)` is exact or it declines. `INVOICE` matches only texts that are (1) one JSON
 object whose value `json.loads` gives, (2) accepted by `fastpath.well_formed` (every rule below
@@ -32,11 +32,19 @@ from . import arithmetic, fastpath
 from .issuer import iso
 
 
+# Every repetition below is possessive (`{m,n}+`, `*+`): once it has matched, the engine keeps
+# no point to come back to. That changes no match: each repetition is followed by a character it
+# can never match itself (a string's characters by its closing `"`, digits by `.` `"` `,` `}`,
+# a list's `,element` by `]`), so giving back any part of it could never let the rest match. It
+# saves the backtracking bookkeeping per character and per element: the match of a ten-item
+# invoice costs ≈ 20 µs instead of ≈ 30 µs. (Not the lookaheads: `[0-9.]*[1-9]` needs to backtrack.)
+
+
 def _str(lo: int = 0, hi: int | None = None, ctrl_del: bool = False) -> str:
     """A JSON string with no escape: its text is its canonical text. `ctrl_del` also refuses
     DEL, as fastpath's `_text` does for the bounded text fields."""
     chars = r'[^"\\\x00-\x1f\x7f]' if ctrl_del else r'[^"\\\x00-\x1f]'
-    return f'"{chars}{{{lo},{"" if hi is None else hi}}}"'
+    return f'"{chars}{{{lo},{"" if hi is None else hi}}}+"'
 
 
 def _text(hi: int) -> str:  # fastpath._text: 1..hi characters, no control character
@@ -48,11 +56,11 @@ def _opt_text(hi: int) -> str:  # fastpath._opt_text
 
 
 _ANY = _str()
-_MONEY = r'"-?[0-9]{1,15}(?:\.[0-9]{1,2})?"'  # fastpath._MONEY
-_POS_MONEY = r'"(?=[0-9.]*[1-9])[0-9]{1,15}(?:\.[0-9]{1,2})?"'  # fastpath._POS_MONEY
-_POS_QTY = r'"(?=[0-9.]*[1-9])[0-9]{1,9}(?:\.[0-9]{1,3})?"'  # fastpath._POS_QTY
-_SAFE_INT = r"(?:0|-?[1-9][0-9]{0,14})"  # canonical, |n| < 10**15 < 2**53
-_POS_INT = r"[1-9][0-9]{0,14}"
+_MONEY = r'"-?[0-9]{1,15}+(?:\.[0-9]{1,2}+)?"'  # fastpath._MONEY
+_POS_MONEY = r'"(?=[0-9.]*[1-9])[0-9]{1,15}+(?:\.[0-9]{1,2}+)?"'  # fastpath._POS_MONEY
+_POS_QTY = r'"(?=[0-9.]*[1-9])[0-9]{1,9}+(?:\.[0-9]{1,3}+)?"'  # fastpath._POS_QTY
+_SAFE_INT = r"(?:0|-?[1-9][0-9]{0,14}+)"  # canonical, |n| < 10**15 < 2**53
+_POS_INT = r"[1-9][0-9]{0,14}+"
 
 # Items with no specific tax and no price change, which is what tills send nearly always.
 _ITEM = (r'\{"code":' + _opt_text(24) + r',"name":' + _text(64) + r',"original_price":null,"price_change":null,'
@@ -68,7 +76,7 @@ _REFERENCE = r'(?:null|\{"code":"[A-Z0-9]{24}","nature":"(?:COR|RAN|RAM|RRR)"\})
 
 
 def _list(element: str) -> str:
-    return rf"\[(?:{element}(?:,{element})*)?\]"
+    return rf"\[(?:{element}(?:,{element})*+)?\]"
 
 
 def _member(key: str, value: str) -> str:
@@ -85,7 +93,7 @@ _MEMBERS = [
     ("operator", r'\{"id":' + _text(16) + r',"name":' + _text(32) + r'\}'),
     ("client", _CLIENT), ("items", _list(_ITEM)), ("lines", _list(_LINE)),
     ("comments", r"\{\}"), ("reference", _REFERENCE), ("usd_rate", "null"),
-    ("totals", r'\{"by_group":(?P<by_group>\{(?:"[A-P]":' + _GROUP + r'(?:,"[A-P]":' + _GROUP + r')*)?\}),'
+    ("totals", r'\{"by_group":(?P<by_group>\{(?:"[A-P]":' + _GROUP + r'(?:,"[A-P]":' + _GROUP + r')*+)?\}),'
             r'"change":' + _MONEY + r',"paid":' + _MONEY + r',"payments":' + _list(_PAYMENT)
             + r',"specific_tax":' + _MONEY + r',"total":(?P<total>' + _MONEY + r'),"usd_equivalent":(?:null|'
             + _MONEY + r'),"vat":(?P<vat>' + _MONEY + r')\}'),
