@@ -16,18 +16,18 @@ and `canonical_bytes(invoice)` give (the latter being RFC 8785 for plain JSON).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from fiscal.canonical import canonical_text
 from fiscal.seal import qr_time
 from fiscal.protocol import STALELA_QR_TAG
 from fiscal.signing import auth_code, b32, unb64url, verify
 
 # The encoder of `fiscal.canonical.canonical_trusted`, returning text (joined, then encoded once).
-_enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+_enc = canonical_text
 _SAFE = 2**53 - 1
 _CTRL = re.compile("[\x00-\x1f\x7f]").search
 _MONEY = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,2})?").fullmatch

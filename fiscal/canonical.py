@@ -126,6 +126,11 @@ def canonical_trusted(value: dict[str, Any] | list[Any]) -> bytes:
 _enc_text = _dumps
 
 
+def canonical_text(value: Any) -> str:
+    """`canonical_trusted` as text: for data that is plain by construction (see above)."""
+    return _dumps(value)
+
+
 class Fragments:
     """Canonical texts of some top-level values of an invoice, encoded once and reused.
 
