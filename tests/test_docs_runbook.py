@@ -103,7 +103,7 @@ def _resolve(words: list[str]) -> str | None:
     for word in words:
         if not isinstance(node, click.Group):
             return None  # a leaf: the rest are its arguments
-        sub = node.commands.get(word)
+        sub = node.get_command(None, word)  # loads a lazily imported group (agent/cli/main.py)
         if sub is None:
             return f"`{' '.join(path)}` has no command `{word}`"
         node, path = sub, path + [word]
