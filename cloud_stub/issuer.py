@@ -49,6 +49,13 @@ def latest(*moments: str | None) -> str | None:
     return iso(max(parse_iso(m.replace("Z", "+00:00")) for m in known)) if known else None
 
 
+def last_seen(row: dict) -> str | None:
+    """When an outlet was last heard from: the latest of its newest upload, its newest
+    credential's issue, its MCFs' last contact and its agents' last heartbeat (the columns
+    `Tx.outlets_last_contact` reads; the dashboard, the metrics and the outlet list say the same)."""
+    return latest(row["last_recorded_at"], row["issued_at"], row["device_last_seen"], row["heartbeat_at"])
+
+
 def _whole_seconds(moment: datetime) -> datetime:
     # The credential's signed message has a one-second resolution; keep the document equal to it.
     return moment.astimezone(timezone.utc).replace(microsecond=0)

@@ -16,6 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from .issuer import last_seen, parse_iso
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -99,9 +101,10 @@ class CloudMetrics:
         self._backlog(backlog, now)
         self.outlet_last_seen.clear()
         for row in contacts:
-            seen = _latest(row["last_recorded_at"], row["issued_at"], row["device_last_seen"], row["heartbeat_at"])
+            seen = last_seen(row)
             if seen is not None:
-                self.outlet_last_seen.labels(self.instance, row["id"], row["merchant_nif"]).set(seen)
+                self.outlet_last_seen.labels(self.instance, row["id"], row["merchant_nif"]).set(
+                    parse_iso(seen).timestamp())
         return generate_latest(self.registry)
 
 
@@ -118,10 +121,3 @@ class CloudMetrics:
         self.dgi_backlog.labels(self.instance).set(waiting)
         self.dgi_backlog_oldest.labels(self.instance).set(oldest)
         self.dgi_failing.labels(self.instance).set(failing)
-
-
-def _latest(*moments: str | None) -> float | None:
-    """The latest of ISO moments as a unix time (compared as instants: the columns are written
-    with different offsets and spellings)."""
-    known = [datetime.fromisoformat(m.replace("Z", "+00:00")) for m in moments if m]
-    return max(known).timestamp() if known else None

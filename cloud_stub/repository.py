@@ -526,21 +526,26 @@ class Tx:
         """DGI forwarding entries of every outlet by state, with the oldest `updated_at` of each."""
         return self._all("SELECT state, count(*) AS n, min(updated_at) AS oldest FROM dgi_submissions GROUP BY state")
 
+    # An outlet's (alias `o`) bound MCFs' last contact and its agents' last heartbeat; with its newest
+    # credential's issue, what its "last seen" takes beside its newest upload (issuer.last_seen).
+    _SEEN_BY_DEVICES_AND_AGENTS = (
+        "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
+        "AS device_last_seen, "
+        "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at ")
+    _CONTACTS = ("(SELECT c.issued_at FROM credentials c WHERE c.outlet_id = o.id ORDER BY c.block_start DESC "
+                 "LIMIT 1) AS issued_at, " + _SEEN_BY_DEVICES_AND_AGENTS)
+
     def outlets_last_contact(self) -> list[dict[str, Any]]:
         """Every outlet with the moments it was last heard from, as the dashboard's "last seen"
         reads them: its ledger's newest entry, its newest credential's issue, its bound MCFs' last
-        contact, its agents' last heartbeat (None where there is none). One indexed lookup per outlet and column (the same
-        as a page of /dashboard/outlets), so the metrics scrape stays cheap at 10,000 outlets."""
+        contact, its agents' last heartbeat (None where there is none). One indexed lookup per
+        outlet and column (the same as a page of /dashboard/outlets), so the metrics scrape stays
+        cheap at 10,000 outlets."""
         return self._all(
             "SELECT o.id, o.merchant_nif, "
             "(SELECT l.recorded_at FROM ledger l WHERE l.outlet_id = o.id ORDER BY l.seq DESC LIMIT 1) "
             "AS last_recorded_at, "
-            "(SELECT c.issued_at FROM credentials c WHERE c.outlet_id = o.id ORDER BY c.block_start DESC LIMIT 1) "
-            "AS issued_at, "
-            "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
-            "AS device_last_seen, "
-            "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at "
-            "FROM outlets o")
+            + self._CONTACTS + "FROM outlets o")
 
     def dgi_backlog(self) -> list[dict[str, Any]]:
         """Each forwarding queue (one per outlet once forwarding is on) with its position, its
@@ -635,11 +640,7 @@ class Tx:
             "(SELECT COUNT(*) FROM ledger l WHERE l.outlet_id = o.id) AS invoices, "
             "(SELECT MAX(recorded_at) FROM ledger l WHERE l.outlet_id = o.id) AS last_recorded_at, "
             "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags, "
-            # What makes its "last seen" (outlets_last_contact): credentials, MCFs, heartbeats.
-            "(SELECT MAX(c.issued_at) FROM credentials c WHERE c.outlet_id = o.id) AS issued_at, "
-            "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
-            "AS device_last_seen, "
-            "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at "
+            + self._CONTACTS +  # what makes its "last seen", as in outlets_last_contact
             "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
             "JOIN counters c ON c.outlet_id = o.id ORDER BY o.id")
 
@@ -1175,9 +1176,7 @@ class Tx:
             "(SELECT MAX(lx.fiscal_number) FROM ledger lx WHERE lx.authority_id = c.id) AS credential_last_used, "
             "(SELECT COUNT(*) FROM flags f WHERE f.outlet_id = o.id AND f.resolved_at IS NULL) AS open_flags, "
             "(SELECT COUNT(*) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) AS devices, "
-            "(SELECT MAX(d.last_seen) FROM devices d WHERE d.outlet_id = o.id AND d.unbound_at IS NULL) "
-            "AS device_last_seen, "
-            "(SELECT MAX(a.last_heartbeat_at) FROM agents a WHERE a.outlet_id = o.id) AS heartbeat_at "
+            + self._SEEN_BY_DEVICES_AND_AGENTS +
             "FROM outlets o JOIN merchants m ON m.nif = o.merchant_nif "
             "LEFT JOIN ledger l ON l.outlet_id = o.id AND l.seq = "
             "(SELECT MAX(l2.seq) FROM ledger l2 WHERE l2.outlet_id = o.id) "

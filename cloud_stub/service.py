@@ -24,7 +24,7 @@ from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, regis
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
 from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, NotFound, Unauthorized
-from .issuer import Issuer, credential_status, iso, latest
+from .issuer import Issuer, credential_status, iso, last_seen
 from .logs import event
 from .repository import Tx, open_store
 from .verifier import UnreadableChunk, VerifierPool, default_size
@@ -159,8 +159,9 @@ class CloudService:
         with self.store.read() as tx:
             rows = tx.outlets()
         for r in rows:
-            r["last_seen"] = latest(r["last_recorded_at"], r.pop("issued_at"), r.pop("device_last_seen"),
-                                    r.pop("heartbeat_at"))
+            r["last_seen"] = last_seen(r)
+            for column in ("issued_at", "device_last_seen", "heartbeat_at"):
+                del r[column]
         return rows
 
     def revoke_credential(self, credential_id: str, reason: str,

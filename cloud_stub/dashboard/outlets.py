@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..issuer import iso, latest
+from ..issuer import iso, last_seen
 from ..registry import OUTLET_ID
 from ..errors import Invalid
 from .access import Viewer
@@ -42,7 +42,7 @@ def _outlet_row(r: dict, now) -> dict:
     return {
         "id": r["id"], "name": r["name"], "merchant_nif": r["merchant_nif"], "merchant_name": r["merchant_name"],
         # The agent's last upload, credential or heartbeat, or an MCF's last contact.
-        "last_seen": latest(r["last_recorded_at"], r["issued_at"], r["device_last_seen"], r["heartbeat_at"]),
+        "last_seen": last_seen(r),
         "entries": r["entries"] or 0,
         # How late the newest entry reached the cloud after it was sealed.
         "sync_lag_seconds": seconds_between(r["last_recorded_at"], r["last_sealed_at"]),
