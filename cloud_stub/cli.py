@@ -46,7 +46,7 @@ def data_option(fn):
         try:
             loaded = load(config_file, given)
         except ConfigError as exc:
-            raise click.ClickException("invalid configuration: " + "; ".join(exc.problems)) from None
+            _refuse(exc.problems)  # the same lines and exit code as `serve`
         click.get_current_context().meta[_LOADED] = loaded
         return fn(*args, data_dir=Path(loaded.settings.server.data_dir), **kwargs)
 

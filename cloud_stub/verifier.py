@@ -1,9 +1,11 @@
 """The verifier: worker processes that run reconciliation's pure checks (checks.py) in parallel.
 
-Why processes: per invoice, the checks that need no database cost ≈ 300 µs of CPU-bound Python
-(Ed25519 verification ≈ 120 µs, the three encoded forms ≈ 80 µs, the shape ≈ 57 µs, parsing
-≈ 50 µs; ≈ 180 µs when textpath.py recognises an agent's text) against ≈ 60 µs for the checks
-against the ledger, and threads would share one GIL.
+Why processes: per invoice, the checks that need no database cost ≈ 180–220 µs of CPU-bound
+Python when textpath.py recognises an agent's text (Ed25519 verification ≈ 50 µs, the tax
+engine's recomputation ≈ 60, the text path's expression ≈ 20, the three forms and two SHA-256
+≈ 25, the seal message and codes ≈ 12: bench/NOTES.md, PostgreSQL section), more for a text it does
+not recognise (parsed and validated in full), against ≈ 60 µs for the checks against the
+ledger; threads would share one GIL.
 So a batch is cut into chunks that workers check while the service's own process runs the
 sequential checks (reconcile.py) on the chunks already answered, in batch order, inside the
 batch's transaction: the two stages overlap.

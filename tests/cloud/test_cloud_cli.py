@@ -166,8 +166,11 @@ def test_administration_commands_read_the_configuration_serve_reads(tmp_path, mo
     other = run("outlets", "--data", "elsewhere", ok=False)
     assert other.exit_code == 1 and "no cloud database in elsewhere" in other.output
     assert not (tmp_path / "elsewhere").exists()
-    # A configuration that does not load is one line, before anything is opened.
+    # A configuration that does not load is refused as `serve` refuses it (exit 2, one line per
+    # problem), before anything is opened.
     (tmp_path / "bad.toml").write_text('[server]\nport = "x"\n')
     bad = run("outlets", "--config", "bad.toml", ok=False)
-    assert bad.exit_code == 1 and "invalid configuration: server.port" in bad.output
+    lines = bad.output.splitlines()
+    assert bad.exit_code == 2 and lines[0] == "Error: invalid configuration (1 problem):"
+    assert lines[1].lstrip().startswith("server.port")
     assert "Traceback" not in bad.output
