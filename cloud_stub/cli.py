@@ -644,7 +644,66 @@ def verify_cmd(data_dir: Path, outlet_id: str) -> None:
         for problem in result["problems"]:
             click.echo(problem, err=True)
         raise click.ClickException(f"ledger of {outlet_id} is NOT valid ({len(result['problems'])} problem(s))")
-    click.echo(f"ledger of {outlet_id} valid: {result['entries']} entries")
+    archived = f" after {result['archived']} archived" if result["archived"] else ""
+    click.echo(f"ledger of {outlet_id} valid: {result['entries']} entries{archived}")
+
+
+@cloud.group("ledger")
+def ledger_group() -> None:
+    """Archive old months of the ledger (PostgreSQL) and list the archives.
+
+    \b
+    Example:
+      stalela cloud ledger archive --config cloud.toml --month 2026-01
+      stalela cloud ledger archives --config cloud.toml
+    """
+
+
+@ledger_group.command("archive")
+@data_option
+@click.option("--month", required=True, help="The month to archive, YYYY-MM: a past month, the oldest still in the ledger.")
+@domain_errors
+def ledger_archive(data_dir: Path, month: str) -> None:
+    """Detach a past month's ledger partition and record what it held (PostgreSQL).
+
+    The month's entries leave the ledger but not the database: the command prints how to dump
+    the table and drop it. Their numbers stay used, and `verify` goes on checking each outlet's
+    chain from its last archived entry (docs/cloud-scaling.md, "Archiving a month").
+
+    \b
+    Example:
+      stalela cloud ledger archive --config cloud.toml --month 2026-01
+    """
+    with _opened(data_dir) as service:
+        done = service.archive_ledger_month(month)
+    name = done["partition"]
+    click.echo(f"{name}: {done['entries']} entries of {done['outlets']} outlet(s) detached and recorded as archived")
+    click.echo("Next, keep a dump with the backups, then drop the table:", err=True)
+    click.echo(f"  pg_dump --format=custom --table={name} --file {name}.dump \"$DATABASE_URL\"", err=True)
+    click.echo(f"  psql \"$DATABASE_URL\" -c 'DROP TABLE {name}'", err=True)
+
+
+@ledger_group.command("archives")
+@data_option
+@json_option
+@domain_errors
+def ledger_archives(data_dir: Path, as_json: bool) -> None:
+    """List the archived months, and whether each one's table still waits to be dumped and dropped.
+
+    \b
+    Example:
+      stalela cloud ledger archives --config cloud.toml
+    """
+    with _opened(data_dir) as service:
+        rows = service.ledger_archives()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no archived month")
+    for a in rows:
+        table = "table still in the database (dump it, then drop it)" if a["table_present"] else "table dropped"
+        click.echo(f"{a['month']}  {a['partition']}  {a['entries']} entries  archived {a['archived_at']}  {table}")
 
 
 # -- DGI forwarding (docs/dgi-forwarding.md) --------------------------------------------------

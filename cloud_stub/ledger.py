@@ -139,11 +139,13 @@ def stored_text(invoice: dict) -> str:
     return json.dumps(invoice, ensure_ascii=False, separators=(",", ":"))
 
 
-def verify(tx: Tx, outlet_id: str) -> tuple[int, list[str]]:
-    """(entries checked, problems) for an outlet's ledger; no problems = the chain holds."""
+def verify(tx: Tx, outlet_id: str) -> tuple[int, list[str], int]:
+    """(entries checked, problems, entries archived before them) for an outlet's ledger; no
+    problems = the chain holds."""
     problems: list[str] = []
-    # Entries archived with their time partition (PostgreSQL) leave their keys and hashes
-    # behind: the chain of the rest is verified from the last archived one.
+    # Entries archived with their time partition (PostgreSQL, `stalela cloud ledger archive`)
+    # leave their keys and hashes behind: the chain of the rest is verified from the last
+    # archived one. Entries gone without an archive's record are reported missing.
     anchor = tx.archived_anchor(outlet_id)
     prev, before = (anchor["ledger_hash"], anchor["seq"]) if anchor else (GENESIS_HASH, 0)
     count = 0
@@ -162,7 +164,7 @@ def verify(tx: Tx, outlet_id: str) -> tuple[int, list[str]]:
         if row["ledger_hash"] != expected:
             problems.append(f"seq {seq}: ledger_hash does not match the entry")
         prev = row["ledger_hash"]
-    return count, problems
+    return count, problems, before
 
 
 def page(tx: Tx, outlet_id: str, after: int, limit: int) -> dict:

@@ -19,6 +19,10 @@ its first seven characters are the month — and `ledger_default` for anything e
 month whose partition is missing is never refused). The migration creates the months of the
 existing entries and the next ones (`AHEAD`); the periodic job (`ensure_partitions`, once
 across instances under an advisory lock) keeps creating them ahead.
+
+Archiving (schema version 8, `archive_month`, `stalela cloud ledger archive`): a past month's
+partition is detached and what it held recorded in the same transaction, so that `ledger.verify`
+tells an archived month from entries gone any other way.
 """
 from __future__ import annotations
 
@@ -202,3 +206,106 @@ def ensure_partitions(conn: psycopg.Connection, today: date, ahead: int = AHEAD)
     if created:
         event("ledger.partitions_created", partitions=created)
     return created
+
+
+# -- archiving a month (schema version 8) ------------------------------------------------------
+#
+# Why a record: once a month's partition leaves the database, the entries before an outlet's
+# first remaining one are gone, whether an operator archived them or someone deleted them. The
+# archive command writes what it took (per outlet: the first and last sequence numbers and the
+# count) in the same transaction that detaches the partition, so `ledger.verify` continues a chain
+# from an archived entry only, and reports entries missing without such a record.
+# Text columns take COLLATE "C" from the migration (repository_pg._c_text), as every table does.
+ARCHIVES = """
+CREATE TABLE ledger_archives (
+    partition TEXT PRIMARY KEY,
+    month TEXT NOT NULL,
+    archived_at TEXT NOT NULL,
+    entries BIGINT NOT NULL
+);
+CREATE TABLE ledger_archived_ranges (
+    partition TEXT NOT NULL REFERENCES ledger_archives(partition),
+    outlet_id TEXT NOT NULL,
+    merchant_nif TEXT NOT NULL,
+    first_seq BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    entries BIGINT NOT NULL,
+    PRIMARY KEY (outlet_id, first_seq)
+);
+CREATE TRIGGER ledger_archives_no_update BEFORE UPDATE OR DELETE ON ledger_archives
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+CREATE TRIGGER ledger_archived_ranges_no_update BEFORE UPDATE OR DELETE ON ledger_archived_ranges
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+"""
+
+
+class ArchiveRefused(Exception):
+    """The month cannot be archived (the reason, in one line)."""
+
+
+def attached_months(conn: psycopg.Connection) -> list[str]:
+    """The ledger's month partitions still attached, oldest first."""
+    rows = conn.execute("SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                        "WHERE i.inhparent = to_regclass('ledger')").fetchall()
+    return sorted(r["name"] for r in rows if r["name"] != DEFAULT)
+
+
+def archive_month(conn: psycopg.Connection, month: date, now: str) -> dict:
+    """Detach `month`'s partition and record what it holds, in one transaction; the partition's
+    table stays in the database until the operator has dumped and dropped it. Refused (nothing
+    changed) for the current month or a later one, a month that is not the oldest attached, a
+    month older than entries left in the default partition, and a month whose entries do not
+    continue each outlet's chain where the archives before it stopped."""
+    if not is_partitioned(conn):
+        raise ArchiveRefused("the ledger is not partitioned (schema version 6 not applied)")
+    name = partition_name(month)
+    with conn.transaction():
+        done = conn.execute("SELECT archived_at FROM ledger_archives WHERE partition = %s", (name,)).fetchone()
+        if done is not None:
+            raise ArchiveRefused(f"{name} was archived at {done['archived_at']}")
+        if month >= _current_month(conn):
+            raise ArchiveRefused(f"{name} is this month's or a later one: only a past month can be archived")
+        attached = attached_months(conn)
+        if name not in attached:
+            raise ArchiveRefused(f"there is no partition {name} in the ledger")
+        if attached[0] != name:
+            raise ArchiveRefused(f"archive the oldest month first: {attached[0]}")
+        hi = next_month(month).strftime("%Y-%m")
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE recorded_at < %s) AS x")
+                        .format(sql.Identifier(DEFAULT)), (hi,)).fetchone()["x"]:
+            raise ArchiveRefused(f"the default partition holds entries recorded before {hi}: "
+                                 "archiving this month would leave a hole in their chains")
+        # No entry may be added to the month while it is counted and detached (only a cloud whose
+        # clock is in that past month would add one: its insert waits, or fails as a deadlock
+        # and is sent again by its agent).
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(name)))
+        ranges = conn.execute(sql.SQL(
+            "SELECT p.outlet_id, min(p.merchant_nif) AS merchant_nif, min(p.seq) AS first_seq, "
+            "max(p.seq) AS last_seq, count(*) AS entries, "
+            "COALESCE((SELECT max(r.last_seq) FROM ledger_archived_ranges r WHERE r.outlet_id = p.outlet_id), 0) "
+            "AS archived FROM {} p GROUP BY p.outlet_id ORDER BY p.outlet_id").format(sql.Identifier(name))).fetchall()
+        for r in ranges:
+            if r["first_seq"] != r["archived"] + 1 or r["last_seq"] - r["first_seq"] + 1 != r["entries"]:
+                raise ArchiveRefused(
+                    f"outlet {r['outlet_id']}'s entries in {name} (seq {r['first_seq']}..{r['last_seq']}, "
+                    f"{r['entries']} entries) do not continue its chain from seq {r['archived']}: "
+                    f"run `stalela cloud verify --outlet {r['outlet_id']}`")
+        total = sum(r["entries"] for r in ranges)
+        conn.execute("INSERT INTO ledger_archives (partition, month, archived_at, entries) VALUES (%s, %s, %s, %s)",
+                     (name, month.strftime("%Y-%m"), now, total))
+        for r in ranges:
+            conn.execute("INSERT INTO ledger_archived_ranges (partition, outlet_id, merchant_nif, first_seq, "
+                         "last_seq, entries) VALUES (%s, %s, %s, %s, %s, %s)",
+                         (name, r["outlet_id"], r["merchant_nif"], r["first_seq"], r["last_seq"], r["entries"]))
+        conn.execute(sql.SQL("ALTER TABLE ledger DETACH PARTITION {}").format(sql.Identifier(name)))
+    event("ledger.month_archived", partition=name, entries=total, outlets=len(ranges))
+    return {"partition": name, "month": month.strftime("%Y-%m"), "archived_at": now, "entries": total,
+            "outlets": len(ranges)}
+
+
+def archives(conn: psycopg.Connection) -> list[dict]:
+    """The recorded archives, oldest first, each with whether its table is still in the
+    database (detached, waiting to be dumped and dropped)."""
+    rows = conn.execute("SELECT partition, month, archived_at, entries, to_regclass(partition) IS NOT NULL "
+                        "AS table_present FROM ledger_archives ORDER BY month").fetchall()
+    return [dict(r) for r in rows]

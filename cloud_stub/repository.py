@@ -22,13 +22,14 @@ import sqlite3
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
 from fiscal.protocol import chain_key
 from fiscal.runtime import migrations
 
+from .errors import Conflict
 from .logs import event
 
 # An entry's total as a number (for the KPI charts; reports compute exact amounts from the
@@ -427,6 +428,9 @@ MIGRATIONS: list[str | tuple[str, str]] = [
     # 7: an agent's last heartbeat (POST /v1/agents/me/heartbeat): a box left on without sales
     # is still heard from, so a silent outlet means a box that is off, offline or stopped.
     ("0007_agent_heartbeats", AGENT_HEARTBEATS),
+    # 8: the record of archived months (repository_pg.PG_MIGRATIONS[7]); SQLite's ledger is never
+    # archived in part.
+    ("0008_ledger_archives_postgresql_only", "SELECT 1;"),
 ]
 
 
@@ -495,6 +499,13 @@ class Repository(Protocol):
     def ensure_ledger_partitions(self, now: datetime) -> list[str] | None:
         """The periodic job creating the ledger's time partitions ahead (PostgreSQL); the names
         created, or None when another instance is running it."""
+
+    def archive_ledger_month(self, month: date, now: str) -> dict:
+        """Detach a past month's partition and record what it held (PostgreSQL:
+        ledger_partitions.archive_month); a clear refusal where that cannot be done."""
+
+    def ledger_archives(self) -> list[dict]:
+        """The months archived so far (PostgreSQL), oldest first."""
 
     def close(self) -> None: ...
 
@@ -1489,6 +1500,13 @@ class Store:
 
     def ensure_ledger_partitions(self, now: datetime) -> list[str]:
         return []  # SQLite's ledger is one table
+
+    def archive_ledger_month(self, month: date, now: str) -> dict:
+        raise Conflict("not_partitioned", "the SQLite ledger is one table and is never archived in part: "
+                                          "archiving a month needs the PostgreSQL store (docs/cloud-scaling.md)")
+
+    def ledger_archives(self) -> list[dict]:
+        return []
 
     def _migrate(self, upto: int | None) -> None:
         migrations.migrate(self._conn(), [m for m in sqlite_migrations() if upto is None or m[0] <= upto])

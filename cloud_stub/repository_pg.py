@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Iterator
 
 import psycopg
@@ -39,7 +39,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fiscal.runtime.migrations import Migration, SchemaTooNew, as_migrations
 
-from .errors import Invalid
+from .errors import Conflict, Invalid
 from . import ledger_partitions
 from .repository import AGENT_HEARTBEATS, APPEND_ONLY, OUTLET_TABLES, LedgerEntry, SealState, StoreError, Tx, kpi_days_from_ledger
 
@@ -345,6 +345,9 @@ PG_MIGRATIONS: list[Migration] = as_migrations([
     (6, "0006_ledger_partitions_postgresql_only", ledger_partitions.partition_ledger),
     # 7: as SQLite's version 7: an agent's last heartbeat.
     (7, "0007_agent_heartbeats", _c_text(AGENT_HEARTBEATS)),
+    # 8: the record of archived months (ledger_partitions.archive_month); SQLite records the same
+    # version as a no-op (its ledger is one table, never archived in part).
+    (8, "0008_ledger_archives_postgresql_only", _c_text(ledger_partitions.ARCHIVES)),
 ])
 
 def _visible(*values: Any) -> tuple:
@@ -530,10 +533,16 @@ class PgTx(Tx):
             self.__dict__.setdefault("_merchants", {})[outlet_id] = row["merchant_nif"]
 
     def archived_anchor(self, outlet_id: str) -> dict | None:
-        # The key row (kept when its partition is archived) of the entry just before the
-        # outlet's first entry still in the ledger.
-        return self._one("SELECT seq, ledger_hash FROM ledger_keys WHERE outlet_id = ? AND seq = "
-                         "(SELECT MIN(seq) FROM ledger WHERE outlet_id = ?) - 1", outlet_id, outlet_id)
+        # The key row (kept when its partition is archived) of the last archived entry before the
+        # outlet's first one still in the ledger: only what `archive_month` recorded counts as
+        # archived (ledger_archived_ranges run from seq 1 without a hole; it checks so), so
+        # entries deleted otherwise are reported missing. A month restored and attached again
+        # is in the ledger: its entries are verified, not skipped.
+        return self._one(
+            "SELECT k.seq, k.ledger_hash FROM ledger_keys k WHERE k.outlet_id = ? AND k.seq = LEAST("
+            "(SELECT COALESCE(MAX(last_seq), 0) FROM ledger_archived_ranges WHERE outlet_id = ?), "
+            "COALESCE((SELECT MIN(seq) FROM ledger WHERE outlet_id = ?) - 1, 9223372036854775807))",
+            outlet_id, outlet_id, outlet_id)
 
     def lock_merchant(self, nif: str) -> None:
         # NO KEY UPDATE: binds of one merchant wait for each other, an outlet being added for it
@@ -712,6 +721,17 @@ class PgStore:
                 return None
             with self._pool.connection() as conn:
                 return ledger_partitions.ensure_partitions(conn, now.astimezone(timezone.utc).date())
+
+    def archive_ledger_month(self, month: date, now: str) -> dict:
+        with self._pool.connection() as conn:
+            try:
+                return ledger_partitions.archive_month(conn, month, now)
+            except ledger_partitions.ArchiveRefused as exc:
+                raise Conflict("archive_refused", str(exc)) from None
+
+    def ledger_archives(self) -> list[dict]:
+        with self._pool.connection() as conn:
+            return ledger_partitions.archives(conn)
 
     def close(self) -> None:
         self._pool.close()

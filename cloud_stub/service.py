@@ -13,7 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
@@ -23,7 +23,7 @@ from fiscal.models import InvoiceRequest
 from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
-from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, NotFound, Unauthorized
+from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, Invalid, NotFound, Unauthorized
 from .issuer import Issuer, credential_status, iso, last_seen
 from .logs import event
 from .repository import Tx, open_store
@@ -192,8 +192,17 @@ class CloudService:
     def verify_ledger(self, outlet_id: str) -> dict:
         with self.store.read() as tx:
             registry.get_outlet(tx, outlet_id)
-            count, problems = ledger.verify(tx, outlet_id)
-        return {"outlet_id": outlet_id, "entries": count, "valid": not problems, "problems": problems}
+            count, problems, archived = ledger.verify(tx, outlet_id)
+        return {"outlet_id": outlet_id, "entries": count, "archived": archived, "valid": not problems,
+                "problems": problems}
+
+    def archive_ledger_month(self, month: str) -> dict:
+        """Detach a past month's ledger partition and record what it held (PostgreSQL;
+        ledger_partitions.archive_month). `month` is YYYY-MM."""
+        return self.store.archive_ledger_month(_month(month), iso(self.now()))
+
+    def ledger_archives(self) -> list[dict]:
+        return self.store.ledger_archives()
 
     # -- agents -----------------------------------------------------------------------------
 
@@ -501,3 +510,13 @@ def _at_most(chunks: Iterable[list[Checked]], max_batch: int) -> Iterator[list[C
         if count > max_batch:
             raise bodies.batch_too_large(max_batch)
         yield records
+
+
+def _month(text: str) -> date:
+    """YYYY-MM as the first day of that month, or a clear refusal."""
+    try:
+        if len(text) == 7 and text[4] == "-":
+            return date(int(text[:4]), int(text[5:]), 1)
+    except ValueError:
+        pass
+    raise Invalid("bad_month", f"a month is written YYYY-MM (e.g. 2026-01), not {text!r}")

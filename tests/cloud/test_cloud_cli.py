@@ -79,12 +79,16 @@ def test_clean_errors(tmp_path):
         (("token", "create", "--data", data, "--outlet", "NOPE", "--ttl", "soon"), "duration"),
         (("credential", "revoke", "--data", data, "DC-NONE"), "no credential"),
         (("verify", "--data", data, "--outlet", "NOPE"), "no outlet"),
+        (("ledger", "archive", "--data", data, "--month", "2026-1"), "a month is written YYYY-MM"),
+        # SQLite's ledger is one table: nothing to archive, and nothing recorded.
+        (("ledger", "archive", "--data", data, "--month", "2026-01"), "never archived in part"),
     ]:
         result = run(*args, ok=False)
         assert result.exit_code != 0, args
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "no archived month" in run("ledger", "archives", "--data", data).stdout
 
 
 def test_serve_as_a_process(tmp_path):

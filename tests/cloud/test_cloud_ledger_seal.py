@@ -46,7 +46,7 @@ async def test_ledger_hash_chain_verifies(cloud):
                                               e["authority_id"], e["fiscal_number"], e["invoice_hash"])
         prev = e["ledger_hash"]
     verdict = await cloud.get("/v1/outlets/KIN-01/ledger/verify", cloud.admin)
-    assert verdict == {"outlet_id": "KIN-01", "entries": 4, "valid": True, "problems": []}
+    assert verdict == {"outlet_id": "KIN-01", "entries": 4, "archived": 0, "valid": True, "problems": []}
 
 
 async def test_ledger_pagination(cloud):

@@ -343,7 +343,7 @@ async def test_worker_killed_mid_batch_loses_and_doubles_nothing(cloud, tmp_path
         answer = service.reconcile_upload(agent_row, compact(rest))
         assert answer["accepted"] == len(rest) and pool.chunks_here == here_before
         check = service.verify_ledger("KIN-01")
-        assert check == {"outlet_id": "KIN-01", "entries": 1200, "valid": True, "problems": []}
+        assert check == {"outlet_id": "KIN-01", "entries": 1200, "archived": 0, "valid": True, "problems": []}
         numbers = [row[7] for row in tables(service)["ledger"]]  # fiscal_number
         assert numbers == list(range(1, 1201))  # each once, in order
     finally:

@@ -15,6 +15,7 @@ import pytest
 
 from cloud_stub import repository_pg
 from cloud_stub.config import CloudConfig
+from cloud_stub.errors import CloudError
 from cloud_stub.ledger_partitions import partition_name
 from cloud_stub.repository import LedgerEntry
 from cloud_stub.repository_pg import PgStore
@@ -93,7 +94,8 @@ def test_a_populated_ledger_of_version_5_is_partitioned_in_place(database, tmp_p
         assert where(database) == [("KIN-01", 1, old_month), ("KIN-01", 2, next_month), ("KIN-01", 3, next_month),
                                    ("KIN-02", 1, old_month)]
         for outlet, count in (("KIN-01", 3), ("KIN-02", 1)):
-            assert new.verify_ledger(outlet) == {"outlet_id": outlet, "entries": count, "valid": True, "problems": []}
+            assert new.verify_ledger(outlet) == {"outlet_id": outlet, "entries": count, "archived": 0, "valid": True,
+                                                 "problems": []}
         # The ledger goes on: a retried request is answered as before, a new one lands this month.
         clock.now = NOW
         again, created = new.seal(agents["KIN-01"], retried)
@@ -187,25 +189,44 @@ def test_the_partition_job_creates_ahead_once_and_idempotently(database, tmp_pat
         cloud.close()
 
 
-def test_an_archived_month_leaves_the_rest_verifiable(database, tmp_path):
+def _two_months(database, tmp_path) -> tuple[CloudService, dict, list[dict]]:
+    """A cloud with outlet KIN-01: 3 invoices sealed last month, 2 this month (the invoices of
+    last month returned). KIN-02 has 1 invoice last month only."""
     clock = Clock(months_back(1))
     cloud = service(database, tmp_path, clock)
+    cloud.add_merchant("A1234567B", "SHOP")
+    for outlet in ("KIN-01", "KIN-02"):
+        cloud.add_outlet(outlet, "A1234567B", outlet, isf="ISF-1")
+    agent, other = enrolled(cloud, "KIN-01"), enrolled(cloud, "KIN-02")
+    cloud.periodic_audit()  # last month's partition (the migration started at this one)
+    archived = [cloud.seal(agent, invoice_request())[0] for _ in range(3)]
+    cloud.seal(other, invoice_request())
+    clock.now = NOW
+    for _ in range(2):
+        cloud.seal(agent, invoice_request())
+    return cloud, agent, archived
+
+
+def test_an_archived_month_leaves_the_rest_verifiable(database, tmp_path):
+    cloud, _, archived = _two_months(database, tmp_path)
     try:
-        cloud.add_merchant("A1234567B", "SHOP")
-        cloud.add_outlet("KIN-01", "A1234567B", "ONE", isf="ISF-1")
-        agent = enrolled(cloud, "KIN-01")
-        cloud.periodic_audit()  # last month's partition (the migration started at this one)
-        archived = [cloud.seal(agent, invoice_request())[0] for _ in range(3)]
-        clock.now = NOW
-        for _ in range(2):
-            cloud.seal(agent, invoice_request())
         old = partition_name(months_back(1).date())
-        # The operator's archive: detach the month, dump it (docs/cloud-scaling.md), drop it.
+        done = cloud.archive_ledger_month(old[7:].replace("_", "-"))
+        assert (done["partition"], done["entries"], done["outlets"]) == (old, 4, 2)
+        assert [(a["partition"], a["entries"], a["table_present"]) for a in cloud.ledger_archives()] == [(old, 4, True)]
+        with psycopg.connect(database) as conn:  # per outlet, with its merchant (ready to shard)
+            assert conn.execute("SELECT outlet_id, merchant_nif, first_seq, last_seq, entries FROM "
+                                "ledger_archived_ranges ORDER BY outlet_id").fetchall() == [
+                ("KIN-01", "A1234567B", 1, 3, 3), ("KIN-02", "A1234567B", 1, 1, 1)]
+        # The operator's dump, then the drop (docs/cloud-scaling.md).
         with psycopg.connect(database, autocommit=True) as conn:
-            conn.execute(f"ALTER TABLE ledger DETACH PARTITION {old}")
-            assert conn.execute(f"SELECT count(*) FROM {old}").fetchone()[0] == 3
+            assert conn.execute(f"SELECT count(*) FROM {old}").fetchone()[0] == 4  # detached, whole
             conn.execute(f"DROP TABLE {old}")
-        assert cloud.verify_ledger("KIN-01") == {"outlet_id": "KIN-01", "entries": 2, "valid": True, "problems": []}
+        assert cloud.ledger_archives()[0]["table_present"] is False
+        assert cloud.verify_ledger("KIN-01") == {"outlet_id": "KIN-01", "entries": 2, "archived": 3, "valid": True,
+                                                 "problems": []}
+        assert cloud.verify_ledger("KIN-02") == {"outlet_id": "KIN-02", "entries": 0, "archived": 1, "valid": True,
+                                                 "problems": []}
         # An archived entry's number stays used.
         number = archived[0]["security"]["fiscal_number"]
         with pytest.raises(psycopg.errors.UniqueViolation):
@@ -220,6 +241,103 @@ def test_an_archived_month_leaves_the_rest_verifiable(database, tmp_path):
         assert not result["valid"] and result["problems"]
     finally:
         cloud.close()
+
+
+def test_a_month_removed_without_the_archive_command_is_reported_missing(database, tmp_path):
+    # What a superuser (or a mistaken script) can do: the month's table leaves the ledger with no
+    # record of an archive. Its keys stay behind, but verify no longer takes them as an anchor.
+    cloud, _, _ = _two_months(database, tmp_path)
+    try:
+        old = partition_name(months_back(1).date())
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE ledger DETACH PARTITION {old}")
+            conn.execute(f"DROP TABLE {old}")
+        result = cloud.verify_ledger("KIN-01")
+        assert not result["valid"] and result["archived"] == 0
+        assert result["problems"][0].startswith("seq 4: expected 1")
+    finally:
+        cloud.close()
+
+
+def test_archiving_refuses_what_would_break_a_chain_and_changes_nothing(database, tmp_path):
+    cloud, _, _ = _two_months(database, tmp_path)
+    try:
+        last = months_back(1).strftime("%Y-%m")
+        refusals = {
+            NOW.strftime("%Y-%m"): "only a past month",
+            months_back(2).strftime("%Y-%m"): "there is no partition",
+            "2026-13": "YYYY-MM",
+            "26-01": "YYYY-MM",
+        }
+        for month, reason in refusals.items():
+            with pytest.raises(CloudError) as refused:
+                cloud.archive_ledger_month(month)
+            assert reason in refused.value.detail, (month, refused.value.detail)
+        assert cloud.ledger_archives() == []
+        assert [r[2] for r in where(database)].count(partition_name(months_back(1).date())) == 4
+
+        cloud.archive_ledger_month(last)
+        with pytest.raises(CloudError) as again:
+            cloud.archive_ledger_month(last)
+        assert "was archived at" in again.value.detail
+
+        # Older months' partitions (the job run with a clock three months back): the oldest first.
+        cloud.config.clock.now = months_back(3)
+        cloud.periodic_audit()
+        with pytest.raises(CloudError) as not_oldest:
+            cloud.archive_ledger_month(months_back(2).strftime("%Y-%m"))
+        assert f"archive the oldest month first: {partition_name(months_back(3).date())}" in not_oldest.value.detail
+
+        # An entry of a month long before, kept in the default partition: archiving a later
+        # month would leave a hole before it in its outlet's chain.
+        with cloud.store.write() as tx:
+            tx.lock_outlet("KIN-02")
+            tx.append(LedgerEntry(**{**vars(entry("KIN-02", 2, 99)), "recorded_at": "2001-01-05T10:00:00+00:00"}))
+        with pytest.raises(CloudError) as hole:
+            cloud.archive_ledger_month(months_back(3).strftime("%Y-%m"))
+        assert "the default partition holds entries recorded before" in hole.value.detail
+        assert [a["partition"] for a in cloud.ledger_archives()] == [partition_name(months_back(1).date())]
+    finally:
+        cloud.close()
+
+
+def test_a_month_restored_and_attached_again_is_verified_whole(database, tmp_path):
+    cloud, _, _ = _two_months(database, tmp_path)
+    try:
+        last = months_back(1).date()
+        old = partition_name(last)
+        cloud.archive_ledger_month(last.strftime("%Y-%m"))
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE ledger ATTACH PARTITION {old} FOR VALUES FROM ('{last:%Y-%m}') "
+                         f"TO ('{NOW:%Y-%m}')")
+        assert cloud.verify_ledger("KIN-01") == {"outlet_id": "KIN-01", "entries": 5, "archived": 0, "valid": True,
+                                                 "problems": []}
+    finally:
+        cloud.close()
+
+
+def test_the_archive_commands_as_an_operator_runs_them(database, tmp_path):
+    cloud, _, _ = _two_months(database, tmp_path)
+    cloud.close()
+    last = months_back(1).strftime("%Y-%m")
+    env = {**os.environ, "STALELA_CLOUD_DATABASE_URL": database}
+    data = str(tmp_path / "cloud")
+
+    def stalela(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent", "cloud", *args, "--data", data], env=env,
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    done = stalela("ledger", "archive", "--month", last)
+    old = partition_name(months_back(1).date())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{old}: 4 entries of 2 outlet(s) detached")
+    assert f"pg_dump --format=custom --table={old}" in done.stderr and f"DROP TABLE {old}" in done.stderr
+    listed = stalela("ledger", "archives")
+    assert listed.returncode == 0 and "table still in the database" in listed.stdout
+    verified = stalela("verify", "--outlet", "KIN-01")
+    assert verified.returncode == 0 and "valid: 2 entries after 3 archived" in verified.stdout
+    refused = stalela("ledger", "archive", "--month", last)
+    assert refused.returncode == 1 and "was archived at" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def _number_key(url: str, seq: int) -> str:
