@@ -9,6 +9,7 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -60,6 +61,17 @@ def data_option(fn):
 
 def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def print_rows(rows: list[dict], as_json: bool, none: str, line: Callable[[dict], str]) -> None:
+    """A listing: the rows as JSON with --json, else one line each (`none` when there is none)."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo(none)
+    for row in rows:
+        click.echo(line(row))
 
 
 def _explain(exc: BaseException) -> str | None:
@@ -420,15 +432,10 @@ def outlets(data_dir: Path, as_json: bool) -> None:
     """
     with _opened(data_dir) as service:
         rows = service.outlets()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    if not rows:
-        click.echo("no outlets")
-    for r in rows:
-        click.echo(f"{r['id']}  {r['name']}  merchant={r['merchant_nif']}  tz={r['time_zone']}  "
-                   f"next_number={r['next_number']}  agents={r['agents']}  invoices={r['invoices']}  "
-                   f"open_flags={r['open_flags']}  last_seen={r['last_seen'] or 'never'}")
+    print_rows(rows, as_json, "no outlets", lambda r: (
+        f"{r['id']}  {r['name']}  merchant={r['merchant_nif']}  tz={r['time_zone']}  "
+        f"next_number={r['next_number']}  agents={r['agents']}  invoices={r['invoices']}  "
+        f"open_flags={r['open_flags']}  last_seen={r['last_seen'] or 'never'}"))
 
 
 @cloud.group()
@@ -555,15 +562,9 @@ def devices_list(data_dir: Path, outlet_id: str, as_json: bool) -> None:
     """
     with _opened(data_dir) as service:
         rows = service.devices(outlet_id)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    if not rows:
-        click.echo("no devices")
-    for d in rows:
-        state = "bound" if d["bound"] else f"unbound {d['unbound_at']}"
-        click.echo(f"{d['mid']}  nif={d['nif']}  {state}  by={d['bound_by']}  status={d['status']}  "
-                   f"last_seen={d['last_seen'] or '-'}")
+    print_rows(rows, as_json, "no devices", lambda d: (
+        f"{d['mid']}  nif={d['nif']}  {'bound' if d['bound'] else 'unbound ' + str(d['unbound_at'])}  "
+        f"by={d['bound_by']}  status={d['status']}  last_seen={d['last_seen'] or '-'}"))
 
 
 @devices.command("token")
@@ -600,15 +601,13 @@ def flags(data_dir: Path, outlet_id: str | None, open_only: bool, as_json: bool)
     """
     with _opened(data_dir) as service:
         rows = service.flags(outlet_id, open_only)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    if not rows:
-        click.echo("no flags")
-    for f in rows:
-        numbers = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in f["numbers"])
-        state = f"resolved {f['resolved_at']}" if f["resolved_at"] else "open"
-        click.echo(f"#{f['id']} {f['outlet_id']} {f['reason']} numbers={numbers} {state}: {f['detail']}")
+    print_rows(rows, as_json, "no flags", _flag_line)
+
+
+def _flag_line(f: dict) -> str:
+    numbers = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in f["numbers"])
+    state = f"resolved {f['resolved_at']}" if f["resolved_at"] else "open"
+    return f"#{f['id']} {f['outlet_id']} {f['reason']} numbers={numbers} {state}: {f['detail']}"
 
 
 @cloud.command("audit")
@@ -696,14 +695,9 @@ def ledger_archives(data_dir: Path, as_json: bool) -> None:
     """
     with _opened(data_dir) as service:
         rows = service.ledger_archives()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    if not rows:
-        click.echo("no archived month")
-    for a in rows:
-        table = "table still in the database (dump it, then drop it)" if a["table_present"] else "table dropped"
-        click.echo(f"{a['month']}  {a['partition']}  {a['entries']} entries  archived {a['archived_at']}  {table}")
+    print_rows(rows, as_json, "no archived month", lambda a: (
+        f"{a['month']}  {a['partition']}  {a['entries']} entries  archived {a['archived_at']}  "
+        + ("table still in the database (dump it, then drop it)" if a["table_present"] else "table dropped")))
 
 
 # -- DGI forwarding (docs/dgi-forwarding.md) --------------------------------------------------
