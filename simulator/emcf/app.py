@@ -107,6 +107,7 @@ class EmcfApi:
 
     def __init__(self, store: Store, faults: Switchboard | None = None, limits: Limits | None = None):
         self.store = store
+        store.group_commits()
         self.faults = faults or Switchboard()
         self.limits = limits or Limits()
         self.windows: dict = {}
@@ -212,16 +213,19 @@ class EmcfApi:
         handler, uid = self._route(request.method, request.rel_url.path_safe)
         try:
             if handler is None:
-                return await _not_found(request)
-            if uid:
-                return await handler(request, pos, uid)
-            return await handler(request, pos)
+                response = await _not_found(request)
+            elif uid:
+                response = await handler(request, pos, uid)
+            else:
+                response = await handler(request, pos)
         except Refusal as exc:
-            return error(exc.code, exc.desc, exc.status)
+            response = error(exc.code, exc.desc, exc.status)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error("HTTP_ERROR", exc.reason, exc.status)
+            response = error("HTTP_ERROR", exc.reason, exc.status)
+        await self.store.durable()  # answered once what the call wrote is committed
+        return response
 
     def _slow_down(self, key: tuple[str, str], desc: str) -> web.Response:
         seconds = self.faults.levels["retry_after"]
@@ -275,6 +279,7 @@ class EmcfApi:
                      total=str(checked["total"]), vtotal=str(checked["vtotal"]), now=time.time(),
                      ttl=limits.pending_ttl)
         if self.faults.take("lost_submit"):
+            await store.durable()
             return _drop(request)  # pending at the DGI: only the answer is lost
         return _json({"uid": uid, "total": float(checked["total"]), "vtotal": float(checked["vtotal"]),
                       **checked["figures"]})
@@ -309,6 +314,7 @@ class EmcfApi:
         if held:
             await asyncio.sleep(held / 1000)  # normalized already: only the answer is late
         if self.faults.take("lost_confirm"):
+            await self.store.durable()
             return _drop(request)  # normalized: only the answer is lost
         return _json(elements)
 
