@@ -126,8 +126,7 @@ def _work(outlet_id: str, entry: dict, submission: dict | None, queue: dict) -> 
 
 def _done(tx, work: Work, owner: str, now: str) -> bool:
     """Past this entry: advance the queue if it was the queue's next one. False if the lease is lost."""
-    tx.dgi_advance(work.outlet_id, owner, work.seq, now)
-    queue = tx.dgi_queue_after(work.outlet_id)
+    queue = tx.dgi_advance(work.outlet_id, owner, work.seq, now)
     if queue is None:
         return False
     work.next_seq, work.released_waiting = queue["next_seq"], bool(queue["released"])

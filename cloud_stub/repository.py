@@ -1049,12 +1049,13 @@ class Tx:
             self.__dict__.setdefault("_merchants", {})[outlet_id] = queue["merchant_nif"]
         return queue
 
+    _QUEUE_AFTER = ("lease_owner, next_seq, EXISTS (SELECT 1 FROM dgi_submissions s "
+                    "WHERE s.outlet_id = dgi_queues.outlet_id AND s.state = 'released') AS released")
+
     def dgi_queue_after(self, outlet_id: str) -> dict | None:
         """The queue's lease and next entry, and whether an operator released an entry (what
         the forwarder needs after each recording to go on with the entries it read ahead)."""
-        return self._one("SELECT q.lease_owner, q.next_seq, EXISTS (SELECT 1 FROM dgi_submissions s "
-                         "WHERE s.outlet_id = q.outlet_id AND s.state = 'released') AS released "
-                         "FROM dgi_queues q WHERE q.outlet_id = ?", outlet_id)
+        return self._one(f"SELECT {self._QUEUE_AFTER} FROM dgi_queues WHERE outlet_id = ?", outlet_id)
 
     def dgi_queues(self) -> list[dict]:
         return self._all("SELECT * FROM dgi_queues ORDER BY outlet_id")
@@ -1063,11 +1064,14 @@ class Tx:
         self._run("UPDATE dgi_queues SET not_before = ?, failures = failures + 1, last_error = ?, "
                   "updated_at = ? WHERE outlet_id = ? AND lease_owner = ?", not_before, error, now, outlet_id, owner)
 
-    def dgi_advance(self, outlet_id: str, owner: str, seq: int, now: str) -> bool:
-        """Move the queue past `seq` (fenced by the lease); clears the back-off."""
-        return self._run("UPDATE dgi_queues SET next_seq = ?, failures = 0, last_error = NULL, not_before = NULL, "
-                         "updated_at = ? WHERE outlet_id = ? AND lease_owner = ? AND next_seq <= ?",
-                         seq + 1, now, outlet_id, owner, seq) == 1
+    def dgi_advance(self, outlet_id: str, owner: str, seq: int, now: str) -> dict | None:
+        """Move the queue past `seq` (fenced by the lease; clears the back-off), then what
+        `dgi_queue_after` tells: returned by the UPDATE itself when the queue moved (one
+        statement per recording instead of two), read after it otherwise."""
+        moved = self._one(f"UPDATE dgi_queues SET next_seq = ?, failures = 0, last_error = NULL, not_before = NULL, "
+                          f"updated_at = ? WHERE outlet_id = ? AND lease_owner = ? AND next_seq <= ? "
+                          f"RETURNING {self._QUEUE_AFTER}", seq + 1, now, outlet_id, owner, seq)
+        return moved if moved is not None else self.dgi_queue_after(outlet_id)
 
     def dgi_clear_failures(self, outlet_id: str, now: str) -> None:
         self._run("UPDATE dgi_queues SET failures = 0, last_error = NULL, not_before = NULL, updated_at = ? "

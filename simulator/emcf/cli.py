@@ -80,7 +80,7 @@ def run(state_path: Path, host: str, port: int, max_pending: int, pending_ttl: f
     """
     from aiohttp import web
 
-    from .app import Limits, make_app
+    from .app import Limits, make_server
     from .faults import Switchboard
 
     _check_faults(faults)
@@ -88,7 +88,7 @@ def run(state_path: Path, host: str, port: int, max_pending: int, pending_ttl: f
     for each in faults:
         switchboard.apply(each)
     store = _open_store(state_path)
-    app = make_app(store, switchboard, Limits(max_pending, pending_ttl, rate, latency_ms))
+    limits = Limits(max_pending, pending_ttl, rate, latency_ms)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -96,7 +96,8 @@ def run(state_path: Path, host: str, port: int, max_pending: int, pending_ttl: f
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         # Held answers (confirm_delay_ms, slow_ms) must not hold the stop up.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        server = make_server(store, switchboard, limits, access_log=None)  # made inside the running loop
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)

@@ -4,9 +4,16 @@ Requests (pending, confirmed, cancelled, expired), each point of sale's NIM and 
 token secret. WAL with `synchronous=NORMAL`: the state survives the simulator's own crash or
 SIGKILL (what the tests do to it), not a power cut of the machine, which a simulator need not.
 One connection, used from the event loop's thread only.
+
+Served (`group_commits`), the writes of one turn of the event loop share one transaction,
+committed at the start of the next turn, and each call is answered once its writes are committed
+(`durable`): a hundred points of sale calling at once paid a commit each, and the commit with the
+pages it writes to the WAL (the counters, the indexes' pages) was about half of a write's cost.
+Otherwise (the CLI) each write is its own transaction, as before.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -75,8 +82,54 @@ class Store:
         # need not touch the table for it (0.0: not known yet, look at the next call).
         self._next_expiry = 0.0
         self._nims: dict[tuple[str, str], str] = {}  # a point of sale's NIM never changes
+        self._grouping = False
+        self._group: asyncio.Future | None = None  # the open group transaction's commit
+        # What the open group changed, kept (or forgotten) when it commits (or rolls back).
+        self._unsaved_nims: dict[tuple[str, str], str] = {}
+        self._unsaved_normalized = 0
+
+    def group_commits(self) -> None:
+        """From now on, in a running event loop: the writes of a turn of the loop in one transaction."""
+        self._grouping = True
+
+    def _write(self) -> None:
+        """Before a write when grouping: join the open group transaction, or open one and have it
+        committed at the start of the loop's next turn (after every handler of this turn ran)."""
+        if self._grouping and self._group is None:
+            loop = asyncio.get_running_loop()
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._group = loop.create_future()
+            loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        group, self._group = self._group, None
+        assert group is not None
+        try:
+            self.conn.execute("COMMIT")
+        except Exception as exc:  # the disk: every call of the group fails, none is answered as done
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self._unsaved_nims.clear()
+            self._unsaved_normalized = 0
+            if not group.done():
+                group.set_exception(exc)
+                group.exception()  # retrieved here too: a group no call waits for is not an error of its own
+            return
+        self._nims.update(self._unsaved_nims)
+        self._unsaved_nims.clear()
+        self.normalized += self._unsaved_normalized
+        self._unsaved_normalized = 0
+        if not group.done():
+            group.set_result(None)
+
+    async def durable(self) -> None:
+        """Wait until what this turn wrote is committed (at once if nothing is waiting)."""
+        if self._group is not None:
+            await asyncio.shield(self._group)  # one call cancelled does not cancel the others' commit
 
     def close(self) -> None:
+        if self._group is not None and self.conn.in_transaction:  # the loop ended before its commit
+            self.conn.execute("COMMIT")
         self.conn.close()
 
     # -- points of sale ---------------------------------------------------------------------
@@ -92,9 +145,12 @@ class Store:
         else:
             digest = hashlib.sha256(f"{nif}/{isf}".encode()).hexdigest().upper()
             nim = f"EM{digest[:8]}"
+            self._write()
             self.conn.execute("INSERT OR IGNORE INTO pos (nif, isf, nim) VALUES (?, ?, ?)", (nif, isf, nim))
         if not self.conn.in_transaction:  # kept once it is committed (confirm may still roll back)
             self._nims[(nif, isf)] = nim
+        elif self._grouping:
+            self._unsaved_nims[(nif, isf)] = nim
         return nim
 
     # -- requests ---------------------------------------------------------------------------
@@ -102,6 +158,7 @@ class Store:
     def expire(self, now: float) -> None:
         if now < self._next_expiry:
             return  # no pending request is due yet
+        self._write()
         self.conn.execute("UPDATE requests SET status = 'expired' WHERE status = 'pending' AND expires_at <= ?",
                           (now,))
         due = self.conn.execute("SELECT MIN(expires_at) FROM requests WHERE status = 'pending'").fetchone()[0]
@@ -119,6 +176,7 @@ class Store:
     def create(self, *, uid: str, nif: str, isf: str, rn: str, type_: str, body: str, total: str,
                vtotal: str, now: float, ttl: float) -> None:
         """A pending request; `body` is the phase-1 request as received (JSON text)."""
+        self._write()
         self.conn.execute(
             "INSERT INTO requests (uid, nif, isf, rn, type, status, body, total, vtotal, created_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
@@ -134,7 +192,12 @@ class Store:
     def confirm(self, row: sqlite3.Row, date_time: str, qr_stamp: str) -> dict[str, Any]:
         """Normalize a pending request: counters, code, QR, in one transaction."""
         nif, isf = row["nif"], row["isf"]
-        self.conn.execute("BEGIN IMMEDIATE")
+        if self._grouping:  # a savepoint in the group: this confirm alone rolls back on an error
+            self._write()
+            begin, end, undo = "SAVEPOINT confirm", "RELEASE confirm", ("ROLLBACK TO confirm", "RELEASE confirm")
+        else:
+            begin, end, undo = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
+        self.conn.execute(begin)
         try:
             nim = self.nim(nif, isf)
             total = self.conn.execute("UPDATE pos SET total = total + 1 WHERE nif = ? AND isf = ? RETURNING total",
@@ -150,13 +213,19 @@ class Store:
                               "counters = ?, nim = ?, qr_code = ? WHERE uid = ?",
                               (seq, date_time, code, elements["counters"], nim, elements["qrCode"], row["uid"]))
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            for statement in undo:
+                self.conn.execute(statement)
+            self._unsaved_nims.clear()  # a NIM inserted here is gone again
             raise
-        self.conn.execute("COMMIT")
-        self.normalized += 1
+        self.conn.execute(end)
+        if self._grouping:
+            self._unsaved_normalized += 1
+        else:
+            self.normalized += 1
         return elements
 
     def set_status(self, uid: str, status: str) -> None:
+        self._write()
         self.conn.execute("UPDATE requests SET status = ? WHERE uid = ?", (status, uid))
 
     def _code(self, uid: str) -> str:

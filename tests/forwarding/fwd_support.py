@@ -11,7 +11,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import BaseTestServer
+from aiohttp.web import ServerRunner
+
 from tests.support import ROOT, CloudProcess, _Process
+
+
+class EmcfTestServer(BaseTestServer):
+    """The e-MCF simulator's service in the test's loop (aiohttp's TestServer for an Application)."""
+
+    def __init__(self, store, faults=None, limits=None, **kwargs: Any):
+        self._emcf = (store, faults, limits)
+        super().__init__(**kwargs)
+
+    async def _make_runner(self, **kwargs: Any) -> ServerRunner:
+        from simulator.emcf.app import make_server
+        return ServerRunner(make_server(*self._emcf), **kwargs)
+
 
 def _env() -> dict[str, str]:
     # At each call: the test's cloud database (conftest.py) is in the environment by then.

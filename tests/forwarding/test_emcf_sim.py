@@ -8,12 +8,13 @@ import subprocess
 import sys
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from simulator.emcf.app import Limits, make_app
+from simulator.emcf.app import Limits
 from simulator.emcf.faults import Switchboard
 from simulator.emcf.store import Store
 from simulator.emcf.tokens import issue
+from tests.forwarding.fwd_support import EmcfTestServer
 from tests.support import ROOT
 
 NIF, ISF = "A1234567B", "ISF-1"
@@ -34,7 +35,7 @@ async def emcf(tmp_path):
 
     async def start(limits: Limits | None = None, faults: Switchboard | None = None):
         store = Store(tmp_path / "emcf.sqlite3")
-        client = TestClient(TestServer(make_app(store, faults, limits or Limits()), host="127.0.0.1"))
+        client = TestClient(EmcfTestServer(store, faults, limits or Limits(), host="127.0.0.1"))
         await client.start_server()
         started.append((client, store))
         token = issue(store.secret, NIF, ISF, 3600)

@@ -6,22 +6,20 @@ from datetime import timedelta
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from cloud_stub import forwarding
 from cloud_stub.forwarder import DgiClient, Forwarder
 from cloud_stub.service import CloudService
-from simulator.emcf.app import make_app
 from simulator.emcf.store import Store
 from simulator.emcf.tokens import issue
-from tests.forwarding.fwd_support import cloud_config, fill_ledger
+from tests.forwarding.fwd_support import EmcfTestServer, cloud_config, fill_ledger
 
 
 @pytest.fixture
 async def world(tmp_path):
     fill_ledger(tmp_path / "cloud", 1, 1)
     store = Store(tmp_path / "emcf.sqlite3")
-    server = TestServer(make_app(store), host="127.0.0.1")
+    server = EmcfTestServer(store, host="127.0.0.1")
     await server.start_server()
     services = []
 
