@@ -237,6 +237,15 @@ def render_scale(rows: list[dict[str, float]], lims: list[dict[str, float]], bui
         out.append(f"| delegated seal, 8 clients, cloud on loopback + sync running | {m['cloud_rate8']:.0f} invoices/s, "
                    f"p50 / p99 {m['cloud_p50_8_ms']:.1f} / {m['cloud_p99_8_ms']:.1f} ms | ≥ 2,000/s, p99 ≤ 25 ms | "
                    f"{beside}{m['cloud_synced_during']:.0f} accepted by the cloud during the load |")
+    if "cloud_cpu_daemon_us" in m:
+        parts = ("daemon", "sealer", "cloud", "workers", "loadgen")
+        total = sum(m[f"cloud_cpu_{k}_us"] for k in parts)
+        cores = os.cpu_count() or 1
+        out.append(f"|   its CPU per invoice: agent daemon / sealing process / cloud service / cloud workers / "
+                   f"load generator, and the rate that makes on {cores} free cores | "
+                   + " / ".join(f"{m[f'cloud_cpu_{k}_us']:.0f}" for k in parts)
+                   + f" µs = {total:.0f} µs → {cores * 1e6 / total:.0f} invoices/s | — | "
+                   f"2,000/s on {cores} cores leaves {cores * 1e6 / 2000:.0f} µs per invoice in all |")
     if n:
         out.append("")
         out.append(f"The {n:,.0f}-invoice journal was built in-process by the agent's own journal writer "

@@ -38,3 +38,18 @@ def test_the_large_journal_table_is_measured_and_rendered(tmp_path):
     assert "stalela verify, 50-invoice journal" in table and "1 invoice per commit" in table
     assert "its CPU per invoice" in table
     assert "storage per sealed 10-item invoice, 50 stored" in table  # 30 + the writer's 20
+
+
+def test_the_figure_with_a_cloud_gives_the_cpu_of_each_part(tmp_path):
+    # bench.scale.with_cloud on a tiny load: real agent, real cloud, the sync running. The CPU
+    # per invoice of each part is read from /proc and rendered beside the rate it allows.
+    from bench.__main__ import render_scale
+
+    row = scale.with_cloud(tmp_path, 20)
+    assert row["cloud_rate8"] > 0 and row["cloud_p99_8_ms"] > 0
+    for part in ("daemon", "cloud", "loadgen"):  # each of these worked during the load
+        assert row[f"cloud_cpu_{part}_us"] > 0, (part, row)
+    for part in ("sealer", "workers"):  # these only when the sealing process / the workers took part
+        assert row[f"cloud_cpu_{part}_us"] >= 0, (part, row)
+    table = render_scale([row], [{"verify_checked_rate": 1.0}], {"count": 0}, None)
+    assert "its CPU per invoice: agent daemon / sealing process" in table and "invoices/s" in table
