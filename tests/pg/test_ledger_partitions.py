@@ -301,6 +301,24 @@ def test_archiving_refuses_what_would_break_a_chain_and_changes_nothing(database
         cloud.close()
 
 
+def test_a_month_with_an_entry_missing_is_not_archived(database, tmp_path):
+    # An entry of the month deleted behind the ledger's back (triggers off): archiving the month
+    # would record a range with a hole as archived. Refused, naming the outlet; nothing recorded.
+    cloud, _, _ = _two_months(database, tmp_path)
+    try:
+        old = partition_name(months_back(1).date())
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {old} DISABLE TRIGGER USER")
+            conn.execute(f"DELETE FROM {old} WHERE outlet_id = 'KIN-01' AND seq = 2")
+        with pytest.raises(CloudError) as refused:
+            cloud.archive_ledger_month(months_back(1).strftime("%Y-%m"))
+        assert "outlet KIN-01's entries" in refused.value.detail and "stalela cloud verify" in refused.value.detail
+        assert cloud.ledger_archives() == []
+        assert old in [r[2] for r in where(database)]  # still attached
+    finally:
+        cloud.close()
+
+
 def test_a_month_restored_and_attached_again_is_verified_whole(database, tmp_path):
     cloud, _, _ = _two_months(database, tmp_path)
     try:
