@@ -7,6 +7,7 @@ process; the end-to-end tests start the real cloud.
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,18 +46,14 @@ def _libfaketime() -> str:
                 "apt-get install faketime (./dev test and .ci/run install it when they can)")
 
 
-@pytest.fixture(autouse=True)
-def pinned_utc(request):
-    """For a test marked `clock_edges`: today at the given UTC hour, ticking from there, for this
-    process (time-machine) and every process it starts (libfaketime preloaded through the
-    environment they inherit: a seam the tests own, nothing in our code knows of it). Autouse,
-    so it is set up before the test's other fixtures (a cloud's clock, an agent's credentials
-    are made at that hour)."""
-    if not hasattr(request, "param"):
-        yield None
-        return
-    hour, minute = map(int, request.param.split(":"))
-    real = datetime.now(timezone.utc)
+def _pin(hour: int, minute: int):
+    """Today at hour:minute UTC, ticking from there: this process by time-machine, every process
+    it starts by libfaketime (preloaded through the environment they inherit). Never preloaded
+    into this process itself: under libfaketime Python's time.sleep fails with EINVAL."""
+    # The real time even inside another pin (a clock_edges test in a whole run `--at`): the
+    # subprocesses' offset is counted from it.
+    hatch = time_machine.escape_hatch
+    real = datetime.fromtimestamp(hatch.time.time() if hatch.is_travelling() else time.time(), timezone.utc)
     target = real.replace(hour=hour, minute=minute, second=0, microsecond=0)
     saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")}
     os.environ.update(LD_PRELOAD=_libfaketime(), FAKETIME=f"{(target - real).total_seconds():+.0f}s",
@@ -71,6 +68,37 @@ def pinned_utc(request):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def whole_run_at():
+    """`./dev test --at HH:MM` (STALELA_TEST_AT): the whole run at today's HH:MM UTC, as the
+    clock_edges tests are (each xdist worker pins its own session)."""
+    at = os.environ.get("STALELA_TEST_AT")
+    if not at:
+        yield None
+        return
+    try:
+        hour, minute = map(int, at.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"STALELA_TEST_AT={at!r}: give the UTC time as HH:MM") from None
+    yield from _pin(hour, minute)
+
+
+@pytest.fixture(autouse=True)
+def pinned_utc(request):
+    """For a test marked `clock_edges`: today at the given UTC hour, ticking from there, for this
+    process (time-machine) and every process it starts (libfaketime preloaded through the
+    environment they inherit: a seam the tests own, nothing in our code knows of it). Autouse,
+    so it is set up before the test's other fixtures (a cloud's clock, an agent's credentials
+    are made at that hour)."""
+    if not hasattr(request, "param"):
+        yield None
+        return
+    hour, minute = map(int, request.param.split(":"))
+    yield from _pin(hour, minute)
 
 
 @pytest.fixture
