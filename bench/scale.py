@@ -128,8 +128,7 @@ def with_cloud(workdir: Path, n8: int) -> dict[str, float]:
     seals (every 0.5 s): rate and latency, how many invoices the cloud accepted meanwhile, and
     the CPU per invoice of every part on the machine's cores, from the load's start until the
     cloud has accepted them all (the budget at 2,000/s on two cores is 1,000 µs in all)."""
-    from .forward import _cpu
-    from .sync import BLOCK, _cpu_seconds, _start_cloud
+    from .sync import BLOCK, _start_cloud
 
     workdir.mkdir(parents=True, exist_ok=True)
     cloud = _start_cloud(workdir, None)
@@ -140,11 +139,11 @@ def with_cloud(workdir: Path, n8: int) -> dict[str, float]:
             load(h.url, h.api_key, 2, 50, "cloud-warm")
             sealing_process_ready(h)
             before = h.wait_synced(60).get("accepted", 0)
-            parts = _parts(h.proc.pid, cloud.proc.pid, _cpu, _cpu_seconds)
+            parts = _parts(h.proc.pid, cloud.proc.pid)
             rate, lat = load(h.url, h.api_key, 8, n8, "cloud-c8")
             during = h.sync_state_counts().get("accepted", 0) - before
             h.wait_synced(120)
-            parts = {k: v - parts[k] for k, v in _parts(h.proc.pid, cloud.proc.pid, _cpu, _cpu_seconds).items()}
+            parts = {k: v - parts[k] for k, v in _parts(h.proc.pid, cloud.proc.pid).items()}
         finally:
             h.stop()
     finally:
@@ -155,9 +154,12 @@ def with_cloud(workdir: Path, n8: int) -> dict[str, float]:
     return out
 
 
-def _parts(agent_pid: int, cloud_pid: int, tree_cpu, process_cpu) -> dict[str, float]:
+def _parts(agent_pid: int, cloud_pid: int) -> dict[str, float]:
     """CPU seconds so far of the agent's daemon, its sealing process, the cloud's service, its
     verification workers and this process (the load generator)."""
+    from .forward import _cpu as tree_cpu  # a process and its descendants
+    from .sync import _cpu_seconds as process_cpu  # the process alone
+
     daemon, service = process_cpu(agent_pid), process_cpu(cloud_pid)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"daemon": daemon, "sealer": tree_cpu(agent_pid) - daemon, "cloud": service,

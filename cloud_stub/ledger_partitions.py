@@ -126,7 +126,8 @@ def months(first: date, last: date) -> list[date]:
     return out
 
 
-def _month(text: str | None) -> date | None:
+def month_of(text: str | None) -> date | None:
+    """The month a `YYYY-MM…` text starts with (its first day), None if it does not."""
     try:
         return date(int(text[:4]), int(text[5:7]), 1) if text and text[4] == "-" else None
     except (ValueError, IndexError):
@@ -146,7 +147,7 @@ def _create_partition(conn: psycopg.Connection, parent: str, month: date) -> str
 
 def _current_month(conn: psycopg.Connection) -> date:
     # The database's clock: every instance creating partitions agrees on the month.
-    return _month(conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') AS m").fetchone()["m"])
+    return month_of(conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') AS m").fetchone()["m"])
 
 
 def partition_ledger(conn: psycopg.Connection) -> None:
@@ -155,8 +156,8 @@ def partition_ledger(conn: psycopg.Connection) -> None:
     conn.execute(_CREATE)
     span = conn.execute("SELECT min(recorded_at) AS lo, max(recorded_at) AS hi FROM ledger").fetchone()
     current = _current_month(conn)
-    first = min(filter(None, (_month(span["lo"]), current)))
-    last = max(filter(None, (_month(span["hi"]), current)))
+    first = min(filter(None, (month_of(span["lo"]), current)))
+    last = max(filter(None, (month_of(span["hi"]), current)))
     for month in months(first, max(last, _add_months(current, AHEAD))):
         _create_partition(conn, "ledger_v6", month)
     conn.execute(f"INSERT INTO ledger_v6 ({_COLUMNS}) SELECT {_COLUMNS} FROM ledger ORDER BY id")

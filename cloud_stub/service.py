@@ -20,7 +20,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 from fiscal.credential import BlockClosure
 from fiscal.models import InvoiceRequest
 
-from . import audit, bodies, checks, issuer as issuing, ledger, reconcile, registry, signer
+from . import audit, bodies, checks, issuer as issuing, ledger, ledger_partitions, reconcile, registry, signer
 from .checks import Checked
 from .config import CloudConfig, ensure_data_dir, load_or_create_admin_token, load_or_create_issuer_key
 from .errors import Conflict, DatabaseUnavailable, DeadlinePassed, Invalid, NotFound, Unauthorized
@@ -514,9 +514,7 @@ def _at_most(chunks: Iterable[list[Checked]], max_batch: int) -> Iterator[list[C
 
 def _month(text: str) -> date:
     """YYYY-MM as the first day of that month, or a clear refusal."""
-    try:
-        if len(text) == 7 and text[4] == "-":
-            return date(int(text[:4]), int(text[5:]), 1)
-    except ValueError:
-        pass
-    raise Invalid("bad_month", f"a month is written YYYY-MM (e.g. 2026-01), not {text!r}")
+    month = ledger_partitions.month_of(text) if len(text) == 7 else None
+    if month is None:
+        raise Invalid("bad_month", f"a month is written YYYY-MM (e.g. 2026-01), not {text!r}")
+    return month
