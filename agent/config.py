@@ -151,7 +151,7 @@ class ReportsSection(_Section):
 class SyncSection(_Section):
     batch_size: int = Field(500, ge=1, le=1000, description="Sealed invoices uploaded to the cloud per request (the cloud takes 1000 at most).")
     # A zero or negative interval made the sync loop spin: the floor is a twentieth of a second.
-    interval: float = Field(5.0, ge=0.05, le=3600, description="Seconds between outbox checks when it is empty (with +-20 % jitter).")
+    interval: float = Field(5.0, ge=0.05, le=3600, description="Seconds between outbox uploads once it is caught up (with +-20 % jitter).")
     retention_days: int = Field(30, ge=1, le=3650, description="Days a local copy is kept after the cloud acknowledged it.")
     heartbeat_interval: float = Field(600.0, ge=10, le=86400, description="Seconds between the agent's heartbeats to the cloud (its outlet's \"last seen\" when there are no sales).")
 
