@@ -251,6 +251,11 @@ def attached_months(conn: psycopg.Connection) -> list[str]:
     return sorted(r["name"] for r in rows if r["name"] != DEFAULT)
 
 
+# The advisory lock's key for archiving, beside repository_pg's (migrations 0x5374_616C_0001,
+# periodic jobs from 0x5374_616C_1000).
+ARCHIVE_LOCK = 0x5374_616C_0002
+
+
 def archive_month(conn: psycopg.Connection, month: date, now: str) -> dict:
     """Detach `month`'s partition and record what it holds, in one transaction; the partition's
     table stays in the database until the operator has dumped and dropped it. Refused (nothing
@@ -261,6 +266,10 @@ def archive_month(conn: psycopg.Connection, month: date, now: str) -> dict:
         raise ArchiveRefused("the ledger is not partitioned (schema version 6 not applied)")
     name = partition_name(month)
     with conn.transaction():
+        # One archive at a time, cloud-wide: a second operator (or instance) archiving the same
+        # month waits here, then finds it archived and is refused with that, instead of failing
+        # on the archives' unique key halfway through.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ARCHIVE_LOCK,))
         done = conn.execute("SELECT archived_at FROM ledger_archives WHERE partition = %s", (name,)).fetchone()
         if done is not None:
             raise ArchiveRefused(f"{name} was archived at {done['archived_at']}")

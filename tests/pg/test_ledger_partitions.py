@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import psycopg
 import pytest
 
-from cloud_stub import repository_pg
+from cloud_stub import ledger_partitions, repository_pg
 from cloud_stub.config import CloudConfig
 from cloud_stub.errors import CloudError
 from cloud_stub.ledger_partitions import partition_name
@@ -362,3 +362,35 @@ def _number_key(url: str, seq: int) -> str:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT number_key FROM ledger_keys WHERE outlet_id = 'KIN-01' AND seq = %s",
                             (seq,)).fetchone()[0]
+
+
+def test_two_archives_of_one_month_at_once_archive_it_once_and_refuse_the_other_cleanly(database, tmp_path):
+    cloud, _, _ = _two_months(database, tmp_path)
+    try:
+        month = months_back(1).strftime("%Y-%m")
+        # The first archive's transaction is held open (its work done, not committed yet) while a
+        # second operator archives the same month.
+        first = psycopg.connect(database, row_factory=psycopg.rows.dict_row)
+        outer = first.transaction()
+        outer.__enter__()
+        done = ledger_partitions.archive_month(first, months_back(1).date(), NOW.isoformat())
+        second: dict = {}
+
+        def archive_again():
+            try:
+                second["ok"] = cloud.archive_ledger_month(month)
+            except CloudError as exc:
+                second["error"] = exc
+
+        t = threading.Thread(target=archive_again)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive()  # it waits for the first
+        outer.__exit__(None, None, None)  # commit
+        first.close()
+        t.join(30)
+        assert "ok" not in second
+        assert second["error"].status == 409 and "was archived at" in second["error"].detail
+        assert [(a["partition"], a["entries"]) for a in cloud.ledger_archives()] == [(done["partition"], 4)]
+    finally:
+        cloud.close()
