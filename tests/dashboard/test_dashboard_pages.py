@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -133,10 +134,17 @@ async def test_the_outlet_page_shows_its_flag_rejection_credential_and_device(cl
     await b.page("/dashboard/outlets/KIN-01/flags/999", expect=404)
 
 
+def outlet_day(cloud) -> str:
+    """Today in KIN-01's zone (UTC+1), as the reports read their period: at 23:30 UTC it is
+    already tomorrow there."""
+    return cloud.clock.now.astimezone(ZoneInfo("Africa/Kinshasa")).date().isoformat()
+
+
+@pytest.mark.clock_edges
 async def test_reports_are_the_apis_figures(cloud, browsers):
     await gap_outlet(cloud)
     b = await _operator(cloud, browsers)
-    day = cloud.clock.now.date().isoformat()
+    day = outlet_day(cloud)
     data = await b.json(f"/dashboard/outlets/KIN-01/reports.json?from={day}&to={day}")
     api = await cloud.get(f"/v1/outlets/KIN-01/reports/x?from={day}&to={day}", cloud.admin)
     assert data["x"] == api and data["x"]["totals"]["count"] == 2
@@ -147,10 +155,11 @@ async def test_reports_are_the_apis_figures(cloud, browsers):
 
 @pytest.mark.skipif(shutil.which("pdftotext") is None,
                     reason="pdftotext (Debian poppler-utils) is not installed here; .ci/run installs it")
+@pytest.mark.clock_edges
 async def test_reports_print_as_pdf_with_the_same_figures(cloud, browsers, tmp_path):
     await gap_outlet(cloud)
     b = await _operator(cloud, browsers)
-    day = cloud.clock.now.date().isoformat()
+    day = outlet_day(cloud)
     html = await b.page(f"/dashboard/outlets/KIN-01/reports?from={day}&to={day}")
     href = re.search(r'id="x-pdf" href="([^"]+)"', html).group(1).replace("&amp;", "&")
     assert href == f"/dashboard/outlets/KIN-01/reports/x.pdf?from={day}&to={day}"
