@@ -29,7 +29,7 @@ CLOCK_EDGES = ("23:30", "00:30")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "clock_edges: run the test with the clock pinned at 23:30 and at 00:30 "
-                                       "UTC (this process by time-machine, its subprocesses by libfaketime)")
+                                       "UTC (this process and those it starts, by time-machine)")
 
 
 def pytest_generate_tests(metafunc):
@@ -37,28 +37,23 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("pinned_utc", CLOCK_EDGES, indirect=True)
 
 
-def _libfaketime() -> str:
-    for candidate in sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + \
-            [Path("/usr/local/lib/faketime/libfaketime.so.1")]:
-        if candidate.exists():
-            return str(candidate)
-    pytest.fail("tests marked clock_edges run their subprocesses under libfaketime: "
-                "apt-get install faketime (./dev test and .ci/run install it when they can)")
+# tests/clockpin/sitecustomize.py pins the processes the tests start (see there why not libfaketime).
+CLOCKPIN = Path(__file__).resolve().parent / "clockpin"
 
 
 def _pin(hour: int, minute: int):
-    """Today at hour:minute UTC, ticking from there: this process by time-machine, every process
-    it starts by libfaketime (preloaded through the environment they inherit). Never preloaded
-    into this process itself: under libfaketime Python's time.sleep fails with EINVAL."""
+    """Today at hour:minute UTC, ticking from there: this process by time-machine, every Python
+    process it starts by tests/clockpin/sitecustomize.py (first on the PYTHONPATH they inherit;
+    tests.support.python_path keeps it there), also with time-machine."""
     # The real time even inside another pin (a clock_edges test in a whole run `--at`): the
     # subprocesses' offset is counted from it.
     hatch = time_machine.escape_hatch
     real = datetime.fromtimestamp(hatch.time.time() if hatch.is_travelling() else time.time(), timezone.utc)
     target = real.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")}
-    os.environ.update(LD_PRELOAD=_libfaketime(), FAKETIME=f"{(target - real).total_seconds():+.0f}s",
-                      # Timeouts and intervals keep real time; only the calendar moves.
-                      FAKETIME_DONT_FAKE_MONOTONIC="1")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "STALELA_TEST_CLOCK_OFFSET")}
+    inherited = [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p and p != str(CLOCKPIN)]
+    os.environ.update(PYTHONPATH=os.pathsep.join([str(CLOCKPIN), *inherited]),
+                      STALELA_TEST_CLOCK_OFFSET=f"{(target - real).total_seconds():.3f}")
     try:
         with time_machine.travel(target, tick=True):
             yield target
@@ -90,8 +85,8 @@ def whole_run_at():
 @pytest.fixture(autouse=True)
 def pinned_utc(request):
     """For a test marked `clock_edges`: today at the given UTC hour, ticking from there, for this
-    process (time-machine) and every process it starts (libfaketime preloaded through the
-    environment they inherit: a seam the tests own, nothing in our code knows of it). Autouse,
+    process and every Python process it starts (time-machine; tests/clockpin: a seam the tests
+    own, nothing in our code knows of it). Autouse,
     so it is set up before the test's other fixtures (a cloud's clock, an agent's credentials
     are made at that hour)."""
     if not hasattr(request, "param"):

@@ -22,6 +22,14 @@ from agent.identity import OutletIdentity
 from agent.store.db import connect, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_path() -> str:
+    """PYTHONPATH for a process a test starts: this checkout, then what is set now (a pinned
+    clock's folder: tests/conftest.py `_pin`)."""
+    return os.pathsep.join([str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)])
+
+
 OUTLET = "KIN-001"
 NIF = "A1234567B"
 
@@ -116,7 +124,7 @@ class AgentHarness(_Process):
 
     # -------------------------------------------------------------- process
     def start(self, timeout: float = 20) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=python_path())
         self.log = open(self.data_dir / "agent.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "agent", "run", "--data", str(self.data_dir)],
                                      stdout=self.log, stderr=self.log, env=env, cwd=ROOT)
@@ -173,7 +181,7 @@ class AgentHarness(_Process):
 
     def verify(self) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "agent", "verify", "--data", str(self.data_dir)],
-                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=python_path()))
 
 
 def _decode(payload: bytes, headers) -> Any:
@@ -194,7 +202,7 @@ class CloudProcess(_Process):
 
     def cli(self, *args: str) -> str:
         res = subprocess.run([sys.executable, "-m", "agent", "cloud", *args, "--data", str(self.data_dir)],
-                             capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                             capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=python_path()))
         if res.returncode != 0:
             raise RuntimeError(f"stalela cloud {' '.join(args)}: {res.stderr or res.stdout}")
         return res.stdout
@@ -204,7 +212,7 @@ class CloudProcess(_Process):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "cloud", "serve", "--data", str(self.data_dir), "--port", str(self.port),
              *extra],
-            stdout=self.log, stderr=self.log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            stdout=self.log, stderr=self.log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=python_path()))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -254,7 +262,7 @@ class EnrolledAgent(AgentHarness):
                              signer__policy=list(policy), signer__breaker_seconds=breaker_seconds)
         res = subprocess.run([sys.executable, "-m", "agent", "agent", "enroll", "--data", str(data_dir),
                               "--token", token], capture_output=True, text=True, cwd=ROOT,
-                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                             env=dict(os.environ, PYTHONPATH=python_path()))
         if res.returncode != 0:
             raise RuntimeError(res.stderr or res.stdout)
         conn = connect(data_dir / "agent.db")

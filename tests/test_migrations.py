@@ -174,10 +174,10 @@ def _stalela(*args):
     import subprocess
     import sys
 
-    from tests.support import ROOT
+    from tests.support import ROOT, python_path
 
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                          env=dict(os.environ, PYTHONPATH=python_path()), timeout=60)
 
 
 def _refused_in_one_line(res, *words):

@@ -8,9 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, python_path
 
 
 def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
@@ -21,7 +20,7 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
 
 def test_up_prints_a_curl_that_seals(tmp_path):
     cloud_port, port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=python_path())
     proc = subprocess.Popen([sys.executable, "-m", "agent", "up", "--data", str(tmp_path / "demo"),
                              "--cloud-port", str(cloud_port), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)

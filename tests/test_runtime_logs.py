@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-import cloud_stub
 from agent import logs as agent_logs
 from cloud_stub import logs as cloud_logs
 from fiscal.runtime.logs import JsonFormatter, TextFormatter, formatter_for
+from tests.support import python_path
 
 SCHEMA = ["ts", "level", "logger", "event", "msg"]
 
@@ -104,7 +103,7 @@ def _free_port() -> int:
 
 def test_cloud_serve_log_level_hides_info_lines(tmp_path):
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(Path(cloud_stub.__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=python_path())
     proc = subprocess.Popen([sys.executable, "-m", "cloud_stub", "serve", "--data", str(tmp_path / "cloud"),
                              "--port", str(port), "--workers", "0", "--log-level", "WARNING"],
                             stderr=subprocess.PIPE, text=True, env=env)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.support import ROOT
+from tests.support import python_path
 
 
 def test_daemon_notifies_ready_and_pings_watchdog(harness, tmp_path):
@@ -16,7 +16,7 @@ def test_daemon_notifies_ready_and_pings_watchdog(harness, tmp_path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(20)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
+    env = dict(os.environ, PYTHONPATH=python_path(), NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
     proc = subprocess.Popen([sys.executable, "-m", "agent", "agent", "run", "--data", str(harness.data_dir)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from agent.cli.main import cli
 from agent.config import (ATTRIBUTES, AgentConfig, ConfigError, Settings, default_toml, load_config,
                           write_default_config)
-from tests.support import ROOT
+from tests.support import ROOT, python_path
 
 
 def stalela(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})), timeout=60)
+                          env=dict(os.environ, PYTHONPATH=python_path(), **(env or {})), timeout=60)
 
 
 def edit(folder, old, new):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli.main import cli
-from tests.support import ROOT, invoice
+from tests.support import ROOT, invoice, python_path
 
 # Every command that reads (or needs) an enrolled agent's folder.
 NEEDS_ENROLLED = [
@@ -30,7 +30,7 @@ def snapshot(folder):
 
 def stalela(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, **kw)
+                          env=dict(os.environ, PYTHONPATH=python_path()), timeout=60, **kw)
 
 
 @pytest.mark.parametrize("args", NEEDS_ENROLLED, ids=" ".join)
@@ -59,7 +59,7 @@ def test_sync_status_in_a_subprocess_from_the_default_folder(tmp_path):
     # No --data at all: the default ./stalela-data of a new user's shell, which does not exist.
     env = {k: v for k, v in os.environ.items() if k != "STALELA_DATA"}
     res = subprocess.run([sys.executable, "-m", "agent", "sync", "status"], capture_output=True, text=True,
-                         cwd=tmp_path, env=dict(env, PYTHONPATH=str(ROOT)), timeout=60)
+                         cwd=tmp_path, env=dict(env, PYTHONPATH=python_path()), timeout=60)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "no enrolled agent in stalela-data" in res.stderr and "Traceback" not in res.stderr
     assert res.stdout == "" and list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, AgentHarness
+from tests.support import ROOT, AgentHarness, python_path
 
 
 def stalela(*args, cwd=ROOT, user: int | None = None) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def stalela(*args, cwd=ROOT, user: int | None = None) -> subprocess.CompletedPro
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                          env=dict(os.environ, PYTHONPATH=python_path()), timeout=60)
 
 
 def one_clean_line(res: subprocess.CompletedProcess) -> str:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.support import ROOT, CloudProcess
+from tests.support import ROOT, CloudProcess, python_path
 
 
 def stalela(*args, umask: int | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -17,7 +17,7 @@ def stalela(*args, umask: int | None = None, stdin: str | None = None) -> subpro
         os.umask(umask)
 
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, input=stdin,
+                          env=dict(os.environ, PYTHONPATH=python_path()), timeout=60, input=stdin,
                           preexec_fn=child_umask if umask is not None else None)
 
 

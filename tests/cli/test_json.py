@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 
-from tests.support import ROOT, invoice
+from tests.support import ROOT, invoice, python_path
 
 
 def stalela(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                          env=dict(os.environ, PYTHONPATH=python_path()), timeout=60)
 
 
 def as_json(*args, code=0) -> dict:

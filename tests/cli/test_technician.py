@@ -11,7 +11,7 @@ import pytest
 
 from agent.config import load_config
 from tests.device.device_support import MID, SimDevice
-from tests.support import ROOT, CloudProcess, EnrolledAgent
+from tests.support import ROOT, CloudProcess, EnrolledAgent, python_path
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_provision_write_config_sets_an_absolute_url(tmp_path, cloud_agent):
         res = subprocess.run([sys.executable, "-m", "agent", "device", "provision", "--data", str(agent.data_dir),
                               "--port", "sim/ttyMCF", "--write-config"], capture_output=True, text=True,
                              cwd=tmp_path / "bench", timeout=60,
-                             env=dict(os.environ, PYTHONPATH=str(ROOT), STALELA_PROVISIONING_TOKEN=token))
+                             env=dict(os.environ, PYTHONPATH=python_path(), STALELA_PROVISIONING_TOKEN=token))
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"device {MID} provisioned" in res.stdout
         url = load_config(agent.data_dir).device_url

@@ -12,9 +12,11 @@ import sys
 import time
 import urllib.request
 
-from tests.support import ROOT, free_port
+from tests.support import free_port, python_path
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=python_path())  # at call time: a pinned clock's too
 
 
 def up(data, cloud_port, port) -> list[str]:
@@ -56,7 +58,7 @@ def demo_files(data) -> list[str]:
 def test_second_up_is_refused_and_the_first_keeps_running(tmp_path):
     data, cloud_port, port = tmp_path / "demo", free_port(), free_port()
     first = subprocess.Popen(up(data, cloud_port, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=ENV, cwd=tmp_path)
+                             text=True, env=_env(), cwd=tmp_path)
     try:
         banner = "".join(wait_for_banner(first))
         label = re.search(r"API key \((.+?)\): (stk_\S+)", banner)
@@ -67,14 +69,14 @@ def test_second_up_is_refused_and_the_first_keeps_running(tmp_path):
         assert health(port)["status"] in ("ok", "degraded")
 
         # The same folder and ports, while the first runs.
-        second = subprocess.run(up(data, cloud_port, port), capture_output=True, text=True, env=ENV,
+        second = subprocess.run(up(data, cloud_port, port), capture_output=True, text=True, env=_env(),
                                 cwd=tmp_path, timeout=60)
         assert second.returncode == 1, second.stdout + second.stderr
         assert "already running" in second.stderr and str(first.pid) in second.stderr
         assert "Traceback" not in second.stderr and "Stalela Edge is up" not in second.stdout
         # Another folder, the same ports: refused too, and that folder is not even created.
         other = subprocess.run(up(tmp_path / "demo2", cloud_port, port), capture_output=True, text=True,
-                               env=ENV, cwd=tmp_path, timeout=60)
+                               env=_env(), cwd=tmp_path, timeout=60)
         assert other.returncode == 1 and "already in use" in other.stderr, other.stderr
         assert not (tmp_path / "demo2").exists()
 
@@ -85,7 +87,7 @@ def test_second_up_is_refused_and_the_first_keeps_running(tmp_path):
 
         # The label printed is the name the key is listed under.
         keys = subprocess.run([sys.executable, "-m", "agent", "agent", "keys", "list", "--data",
-                               str(data / "agent"), "--json"], capture_output=True, text=True, env=ENV, timeout=60)
+                               str(data / "agent"), "--json"], capture_output=True, text=True, env=_env(), timeout=60)
         assert [k["name"] for k in json.loads(keys.stdout)["keys"] if k["active"]] == ["POS-01"], keys.stdout
     finally:
         first.send_signal(signal.SIGINT)

@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import cloud_stub
 from cloud_stub.cli import cloud
+from tests.support import python_path
 
 
 def run(*args: str, ok: bool = True):
@@ -93,7 +93,7 @@ def test_clean_errors(tmp_path):
 
 def test_serve_as_a_process(tmp_path):
     data = tmp_path / "cloud"
-    env = dict(os.environ, PYTHONPATH=str(Path(cloud_stub.__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=python_path())
     proc = subprocess.Popen([sys.executable, "-m", "cloud_stub", "serve", "--data", str(data), "--port", "0"],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -145,7 +145,7 @@ def test_serve_reads_the_database_url_from_the_service_credential(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "STALELA_CLOUD_DATABASE_URL"}
-    env.update(CREDENTIALS_DIRECTORY=str(creds), PYTHONPATH=str(ROOT))
+    env.update(CREDENTIALS_DIRECTORY=str(creds), PYTHONPATH=python_path())
     res = subprocess.run([sys.executable, "-m", "agent", "cloud", "serve", "--data", str(tmp_path / "cloud"),
                           "--port", str(port)], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert res.returncode != 0

@@ -18,7 +18,7 @@ import pytest
 
 from cloud_stub.config import CloudConfig
 from cloud_stub.settings import ConfigError, load
-from tests.support import ROOT
+from tests.support import python_path
 
 BACKEND = os.environ.get("STALELA_TEST_CLOUD_DB", "sqlite")
 
@@ -27,7 +27,7 @@ def _env(**extra: str) -> dict[str, str]:
     """This process's environment without any cloud setting of its own, plus `extra`."""
     env = {k: v for k, v in os.environ.items()
            if not k.upper().startswith("STALELA_CLOUD_") and k != "CREDENTIALS_DIRECTORY"}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
+    return {**env, "PYTHONPATH": python_path(), **extra}
 
 
 def cloud(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:

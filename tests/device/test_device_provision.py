@@ -9,14 +9,14 @@ import pytest
 import serial
 
 from tests.device.device_support import MID, SimDevice
-from tests.support import NIF, ROOT, CloudProcess, EnrolledAgent
+from tests.support import NIF, ROOT, CloudProcess, EnrolledAgent, python_path
 
 
 def provision(data, port, token: str = "") -> subprocess.CompletedProcess:
     # The operator's provisioning token comes from the environment here (`--token` works too).
     return subprocess.run([sys.executable, "-m", "agent", "device", "provision", "--data", str(data),
                            "--port", str(port)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), STALELA_PROVISIONING_TOKEN=token), timeout=60)
+                          env=dict(os.environ, PYTHONPATH=python_path(), STALELA_PROVISIONING_TOKEN=token), timeout=60)
 
 
 @pytest.fixture
@@ -81,6 +81,6 @@ def test_provision_without_a_token_says_where_to_get_one(tmp_path, cloud_agent):
     _, agent = cloud_agent
     res = subprocess.run([sys.executable, "-m", "agent", "device", "provision", "--data", str(agent.data_dir),
                           "--port", str(tmp_path / "ttyNOPE")], capture_output=True, text=True, cwd=ROOT,
-                         env={k: v for k, v in dict(os.environ, PYTHONPATH=str(ROOT)).items()
+                         env={k: v for k, v in dict(os.environ, PYTHONPATH=python_path()).items()
                               if k != "STALELA_PROVISIONING_TOKEN"}, timeout=60)
     assert res.returncode != 0 and "--token" in res.stderr and "Traceback" not in res.stderr, res.stderr

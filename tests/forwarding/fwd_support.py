@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp.test_utils import BaseTestServer
 from aiohttp.web import ServerRunner
 
-from tests.support import ROOT, CloudProcess, _Process
+from tests.support import ROOT, CloudProcess, _Process, python_path
 
 
 class EmcfTestServer(BaseTestServer):
@@ -31,7 +31,7 @@ class EmcfTestServer(BaseTestServer):
 
 def _env() -> dict[str, str]:
     # At each call: the test's cloud database (conftest.py) is in the environment by then.
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    return dict(os.environ, PYTHONPATH=python_path())
 
 
 def cloud_config(data_dir: Path, **settings: Any):

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.pg.server import scratch_database
-from tests.support import ROOT, CloudProcess, EnrolledAgent, invoice
+from tests.support import ROOT, CloudProcess, EnrolledAgent, invoice, python_path
 
 
 def _pg_tool(name: str) -> str:
@@ -23,7 +23,7 @@ def _pg_tool(name: str) -> str:
 
 
 def _verify(data_dir, outlet, url) -> subprocess.CompletedProcess:
-    env = {"STALELA_CLOUD_DATABASE_URL": url, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {"STALELA_CLOUD_DATABASE_URL": url, "PYTHONPATH": python_path(), "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "agent", "cloud", "verify", "--data", str(data_dir),
                            "--outlet", outlet], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 

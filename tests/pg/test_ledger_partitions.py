@@ -24,7 +24,7 @@ from cloud_stub.service import CloudService
 from tests.cloud.cloud_helpers import Clock, invoice_request, new_key
 from tests.cloud.test_repository_backends import entry, seed
 from tests.pg.server import scratch_database
-from tests.support import ROOT
+from tests.support import ROOT, python_path
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -107,7 +107,7 @@ def test_a_populated_ledger_of_version_5_is_partitioned_in_place(database, tmp_p
     finally:
         new.close()
     # `stalela cloud verify`, as an operator runs it, on the upgraded ledger.
-    env = {**os.environ, "STALELA_CLOUD_DATABASE_URL": database, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "STALELA_CLOUD_DATABASE_URL": database, "PYTHONPATH": python_path()}
     done = subprocess.run([sys.executable, "-m", "agent", "cloud", "verify", "--data", str(tmp_path / "cloud"),
                            "--outlet", "KIN-01"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -30,7 +30,7 @@ from cloud_stub.service import CloudService
 
 from tests.cloud.cloud_helpers import Agent, invoice_request, new_key
 from tests.pg.server import scratch_database
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, python_path
 
 OUTLETS = int(os.environ.get("STALELA_TEST_OUTLETS", "200"))
 ROUNDS = 4  # blocks per outlet
@@ -52,7 +52,7 @@ class Instance:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cloud_stub", "serve", "--data", str(data_dir), "--port", str(self.port),
              "--workers", "0", "--database-url", database_url],
-            stdout=self.log, stderr=self.log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            stdout=self.log, stderr=self.log, cwd=ROOT, env=dict(os.environ, PYTHONPATH=python_path()))
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

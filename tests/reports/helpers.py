@@ -13,7 +13,7 @@ from fiscal.protocol import GENESIS_HASH
 from fiscal.seal import chain_hash
 from agent.identity import OutletIdentity
 from agent.service import AgentService
-from tests.support import ROOT
+from tests.support import ROOT, python_path
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -111,7 +111,7 @@ def seal_in_process(data_dir: Path, payloads: list[dict]) -> list[dict]:
 
 def stalela(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                         env=dict(os.environ, PYTHONPATH=python_path()))
     if check and res.returncode != 0:
         raise AssertionError(f"stalela {' '.join(args)} failed: {res.stderr or res.stdout}")
     return res

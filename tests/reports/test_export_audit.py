@@ -161,11 +161,11 @@ def test_verify_export_pinned_issuer_key_passes_a_genuine_export(harness, tmp_pa
     import subprocess
     import sys
 
-    from tests.reports.helpers import ROOT
+    from tests.support import python_path
 
     env = {k: v for k, v in os.environ.items() if k != "STALELA_DATA"}
     inside = subprocess.run([sys.executable, "-m", "agent", "verify", "--export", str(out)], capture_output=True,
-                            text=True, cwd=harness.data_dir, env=dict(env, PYTHONPATH=str(ROOT)))
+                            text=True, cwd=harness.data_dir, env=dict(env, PYTHONPATH=python_path()))
     assert inside.returncode == 0, inside.stderr
     assert f"issuer key pinned from the enrollment in {harness.data_dir}" in inside.stdout
     by_option = stalela("verify", "--export", str(out), "--issuer-key", harness.issuer_pub,
