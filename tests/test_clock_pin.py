@@ -1,0 +1,39 @@
+"""The seam the date-sensitive tests stand on: under a pin (tests/conftest.py `_pin`), a Python
+process the test starts sees the pinned hour too, and still sleeps and waits in real time (what
+libfaketime broke). If the pin stopped reaching subprocesses, every clock_edges test of an agent
+or cloud process would pass at the real hour without proving anything."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.support import python_path
+
+CHILD = """
+import json, threading, time
+from datetime import datetime, timezone
+start = time.monotonic()
+time.sleep(0.05)
+threading.Event().wait(0.05)
+print(json.dumps({"now": datetime.now(timezone.utc).isoformat(), "epoch": time.time(),
+                  "waited": time.monotonic() - start}))
+"""
+
+
+@pytest.mark.clock_edges
+def test_a_started_process_sees_the_pinned_hour_and_still_sleeps(pinned_utc):
+    res = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=python_path()))
+    assert res.returncode == 0, res.stderr
+    child = json.loads(res.stdout)
+    seen = datetime.fromisoformat(child["now"])
+    assert abs((seen - pinned_utc).total_seconds()) < 120, (seen, pinned_utc)
+    assert abs(child["epoch"] - seen.timestamp()) < 5
+    assert 0.1 <= child["waited"] < 30  # real sleeps and waits, neither failing nor hanging
+    # ...and this process sees the same hour.
+    assert abs((datetime.now(timezone.utc) - pinned_utc).total_seconds()) < 120
