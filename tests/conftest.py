@@ -52,10 +52,14 @@ def _pin(hour: int, minute: int):
     target = real.replace(hour=hour, minute=minute, second=0, microsecond=0)
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "STALELA_TEST_CLOCK_OFFSET")}
     inherited = [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p and p != str(CLOCKPIN)]
-    os.environ.update(PYTHONPATH=os.pathsep.join([str(CLOCKPIN), *inherited]),
-                      STALELA_TEST_CLOCK_OFFSET=f"{(target - real).total_seconds():.3f}")
     try:
         with time_machine.travel(target, tick=True):
+            # time-machine ticks from the clock's first read, not from the travel's start: read
+            # it now, then give the subprocesses this process's offset from the real time as it
+            # is (read back to back), so that their clocks and this one agree to the millisecond.
+            offset = time.time() - hatch.time.time()
+            os.environ.update(PYTHONPATH=os.pathsep.join([str(CLOCKPIN), *inherited]),
+                              STALELA_TEST_CLOCK_OFFSET=f"{offset:.6f}")
             yield target
     finally:
         for key, value in saved.items():

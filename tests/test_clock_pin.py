@@ -37,3 +37,35 @@ def test_a_started_process_sees_the_pinned_hour_and_still_sleeps(pinned_utc):
     assert 0.1 <= child["waited"] < 30  # real sleeps and waits, neither failing nor hanging
     # ...and this process sees the same hour.
     assert abs((datetime.now(timezone.utc) - pinned_utc).total_seconds()) < 120
+
+
+
+LATE_READER = """
+import sys, time
+time.sleep(1.0)  # what a program's imports take before it first asks the time
+print("ready", flush=True)
+sys.stdin.readline()
+print(repr(time.time()), flush=True)  # its first reading of the clock
+"""
+
+
+@pytest.mark.clock_edges
+def test_a_process_that_reads_the_time_late_still_agrees_with_this_one(pinned_utc):
+    # time-machine's clock ticks from its first read: a child that first read the time a second
+    # after start-up ran a second behind this process (a simulated device's clock, checked
+    # against this process's to the second, failed on a busy machine). Bracketed as that check
+    # is: the child's reading lies between this process's readings just before and after it.
+    child = subprocess.Popen([sys.executable, "-c", LATE_READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, PYTHONPATH=python_path()))
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        before = datetime.now(timezone.utc).timestamp()
+        child.stdin.write("now?\n")
+        child.stdin.flush()
+        seen = float(child.stdout.readline())
+        after = datetime.now(timezone.utc).timestamp()
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert before <= seen <= after, (before, seen, after)
