@@ -39,7 +39,6 @@ def test_a_started_process_sees_the_pinned_hour_and_still_sleeps(pinned_utc):
     assert abs((datetime.now(timezone.utc) - pinned_utc).total_seconds()) < 120
 
 
-
 LATE_READER = """
 import sys, time
 time.sleep(1.0)  # what a program's imports take before it first asks the time
@@ -68,4 +67,6 @@ def test_a_process_that_reads_the_time_late_still_agrees_with_this_one(pinned_ut
     finally:
         child.kill()
         child.wait(timeout=30)
-    assert before <= seen <= after, (before, seen, after)
+    # The two clocks agree to tens of microseconds (each starts a few statements after its offset
+    # is read): 5 ms of slack, against the whole second by which the late reader was behind.
+    assert before - 0.005 <= seen <= after + 0.005, (before, seen, after)
